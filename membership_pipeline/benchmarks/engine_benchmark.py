@@ -1,0 +1,252 @@
+"""Benchmark: evaluate a synthetic environment (default 1,000,000 identities × 300 segments).
+
+    membership-benchmark-engine [--identities N] [--segments S] [--oracle-sample K]
+
+The evaluation runs in a fresh child process so that its peak RSS is the evaluation's own
+(inputs included, as in production). flag-engine then evaluates a random sample of identities
+against every segment, which gives its cost per (identity, segment) pair for the throughput
+ratio and checks that sample against our bitmaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from pyroaring import BitMap
+
+from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
+from membership_pipeline.sources.synthetic import SyntheticEnvironment, synthetic_environment
+
+TARGET_SECONDS = 10.0
+TARGET_PEAK_RSS_MB = 1536
+TARGET_SPEEDUP = 1000
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--identities", type=int, default=1_000_000)
+    parser.add_argument("--segments", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--oracle-sample", type=int, default=300, help="identities for flag-engine")
+    parser.add_argument("--repeat", type=int, default=3, help="evaluations (min and median shown)")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child, args.repeat)
+        return
+    _parent(args)
+
+
+def _progress(message: str) -> None:
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+def _parent(args: argparse.Namespace) -> None:
+    _progress(
+        f"generating {args.identities:,} identities × {args.segments} segments (seed {args.seed})"
+    )
+    env = synthetic_environment(args.identities, args.segments, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="membership-bench-") as tmp:
+        inputs, outputs = Path(tmp) / "inputs.pickle", Path(tmp) / "outputs.pickle"
+        inputs.write_bytes(pickle.dumps(env, protocol=pickle.HIGHEST_PROTOCOL))
+        del env
+        _progress("evaluating in a fresh process")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "membership_pipeline.benchmarks.engine_benchmark",
+                "--child",
+                tmp,
+                "--repeat",
+                str(args.repeat),
+            ],
+            check=True,
+        )
+        measured = json.loads((Path(tmp) / "figures.json").read_text())
+        env = pickle.loads(inputs.read_bytes())
+        bitmaps = {k: BitMap.deserialize(v) for k, v in pickle.loads(outputs.read_bytes()).items()}
+    _progress(
+        f"flag-engine on a sample of {args.oracle_sample} identities × {len(env.segments)} segments"
+    )
+    oracle = _flag_engine_sample(env, bitmaps, args.oracle_sample, args.seed)
+    _report(env, measured, oracle)
+
+
+def _child(workdir: Path, repeat: int) -> None:
+    from membership_pipeline.evaluation import evaluate_environment
+    from membership_pipeline.evaluation.md5_workers import stop_worker
+
+    with (workdir / "inputs.pickle").open("rb") as stream:
+        env: SyntheticEnvironment = pickle.load(stream)
+    inputs_mb = psutil.Process().memory_info().rss / 2**20
+    runs = []
+    for attempt in range(repeat):
+        _progress(f"evaluation {attempt + 1} of {repeat}")
+        started = time.perf_counter()
+        result = evaluate_environment(env.environment, env.identities, env.traits, env.segments)
+        runs.append((time.perf_counter() - started, result.timings))
+    stop_worker()  # so that its peak RSS is reported below
+    figures = {
+        "seconds": [seconds for seconds, _ in runs],
+        "timings": min(runs, key=lambda run: run[0])[1],
+        "peak_rss_mb": _peak_rss_mb(resource.RUSAGE_SELF),
+        "worker_peak_rss_mb": _peak_rss_mb(resource.RUSAGE_CHILDREN),
+        "inputs_rss_mb": inputs_mb,
+        "segments": len(result.segments),
+        "failed_segments": len(result.failures),
+        "atoms": len(result.atoms),
+        "shared_atoms": len(result.shared_atoms),
+        "memberships": sum(len(b) for b in result.segments.values()),
+        "serialized_bytes": sum(len(b.serialize()) for b in result.segments.values()),
+    }
+    (workdir / "figures.json").write_text(json.dumps(figures))
+    serialized = {key: bitmap.serialize() for key, bitmap in result.segments.items()}
+    (workdir / "outputs.pickle").write_bytes(pickle.dumps(serialized))
+
+
+def _peak_rss_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def _flag_engine_sample(
+    env: SyntheticEnvironment, bitmaps: dict[str, BitMap], sample: int, seed: int
+) -> dict[str, Any] | None:
+    try:
+        from flag_engine.segments.evaluator import get_enriched_context, is_context_in_segment
+    except ImportError:
+        _progress("flag-engine is not installed (pip install -e '.[test]'): no comparison")
+        return None
+    rng = np.random.default_rng(seed)
+    rows = np.sort(
+        rng.choice(len(env.identities), size=min(sample, len(env.identities)), replace=False)
+    )
+    chosen = env.identities.iloc[rows]
+    traits = env.traits[env.traits["identity_id"].isin(chosen["id"])]
+    by_identity: dict[int, dict[str, Any]] = collections.defaultdict(dict)
+    for row in traits.itertuples(index=False):
+        value = getattr(row, VALUE_COLUMN_BY_TYPE[row.value_type])
+        by_identity[row.identity_id][row.trait_key] = (
+            value.item() if hasattr(value, "item") else value
+        )
+    contexts = [
+        (
+            int(identity.id),
+            get_enriched_context(
+                {
+                    "environment": env.environment,
+                    "identity": {
+                        "identifier": identity.identifier,
+                        "key": identity.key,
+                        "traits": by_identity.get(int(identity.id), {}),
+                    },
+                }
+            ),
+        )
+        for identity in chosen.itertuples(index=False)
+    ]
+    mismatches = 0
+    started = time.perf_counter()
+    for segment in env.segments:
+        members = bitmaps[segment["key"]]
+        for identity_id, context in contexts:
+            if is_context_in_segment(context, segment) != (identity_id in members):
+                mismatches += 1
+    seconds = time.perf_counter() - started
+    pairs = len(contexts) * len(env.segments)
+    return {"pairs": pairs, "seconds": seconds, "mismatches": mismatches}
+
+
+def _operator_mix(segments: list[dict[str, Any]]) -> collections.Counter[str]:
+    mix: collections.Counter[str] = collections.Counter()
+    stack = [rule for segment in segments for rule in segment["rules"]]
+    while stack:
+        rule = stack.pop()
+        stack.extend(rule.get("rules") or ())
+        mix.update(condition["operator"] for condition in rule.get("conditions") or ())
+    return mix
+
+
+def _report(
+    env: SyntheticEnvironment, measured: dict[str, Any], oracle: dict[str, Any] | None
+) -> None:
+    identities, segments = len(env.identities), len(env.segments)
+    pairs = identities * segments
+    seconds = sorted(measured["seconds"])
+    best, median = seconds[0], seconds[len(seconds) // 2]
+    rss, worker_rss = measured["peak_rss_mb"], measured["worker_peak_rss_mb"]
+    timings = measured["timings"]
+    mix = ", ".join(f"{op} {n}" for op, n in sorted(_operator_mix(env.segments).items()))
+
+    def check(ok: bool, target: str) -> str:
+        return f"   target {target}: {'ok' if ok else 'MISSED'}"
+
+    rows = [
+        (
+            "environment",
+            f"{identities:,} identities, {len(env.traits):,} trait rows, {segments} segments",
+        ),
+        ("operator mix", mix),
+        (
+            "atoms",
+            f"{measured['atoms']} distinct conditions "
+            f"({measured['shared_atoms']} shared by several segments)",
+        ),
+        (
+            "result",
+            f"{measured['segments']} segments, {measured['failed_segments']} failed, "
+            f"{measured['memberships']:,} memberships, "
+            f"{measured['serialized_bytes'] / 2**20:.1f} MiB serialized",
+        ),
+        (
+            "evaluation",
+            f"best {best:.2f} s, median {median:.2f} s of {len(seconds)} "
+            f"(best: prepare {timings['prepare_seconds']:.2f} s, "
+            f"segments {timings['evaluate_seconds']:.2f} s)"
+            + check(median <= TARGET_SECONDS, f"≤ {TARGET_SECONDS:.0f} s"),
+        ),
+        (
+            "peak RSS",
+            f"{rss:,.0f} MB evaluating + {worker_rss:,.0f} MB MD5 worker "
+            f"(inputs alone {measured['inputs_rss_mb']:,.0f} MB)"
+            + check(rss + worker_rss <= TARGET_PEAK_RSS_MB, f"≤ {TARGET_PEAK_RSS_MB} MB"),
+        ),
+        ("throughput", f"{pairs / median:,.0f} (identity × segment) pairs/s at the median"),
+    ]
+    if oracle:
+        theirs = oracle["pairs"] / oracle["seconds"]
+        ratio = pairs / median / theirs
+        rows += [
+            (
+                "flag-engine",
+                f"{theirs:,.0f} pairs/s ({1e6 / theirs:.1f} µs per pair, "
+                f"on {oracle['pairs']:,} sampled pairs)",
+            ),
+            ("speed-up", f"{ratio:,.0f}×" + check(ratio >= TARGET_SPEEDUP, f"≥ {TARGET_SPEEDUP}×")),
+            (
+                "agreement",
+                f"{oracle['mismatches']} mismatches with flag-engine "
+                f"in {oracle['pairs']:,} sampled pairs",
+            ),
+        ]
+    print("membership engine benchmark")
+    for label, text in rows:
+        print(f"  {label:<14}{text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Atoms: distinct conditions of an environment, each evaluated once into a bitmap.
+
+Two conditions are the same atom when property, operator and value agree (and, for
+PERCENTAGE_SPLIT, the segment key, which is part of the hash). Segments of one environment share
+many conditions (``plan = pro``, ``country IN ...``), so each is computed once and reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyroaring import BitMap
+
+from membership_pipeline.evaluation.bitmaps import bitmap_where
+from membership_pipeline.evaluation.environment_data import EnvironmentData
+from membership_pipeline.evaluation.md5_batch import EncodedTexts
+from membership_pipeline.evaluation.percentage_split import hashed_percentages
+from membership_pipeline.evaluation.predicates import PreparedCondition, decide
+from membership_pipeline.evaluation.properties import PropertyNotSupported, resolve_property
+from membership_pipeline.evaluation.segment_model import Condition, ConditionValue, Operator
+from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
+from membership_pipeline.evaluation.value_column import ValueColumn
+
+
+@dataclass(frozen=True, slots=True)
+class Atom:
+    property: str | None
+    operator: Operator
+    value: ConditionValue
+    split_segment_key: str | None = None
+
+    @classmethod
+    def of(cls, condition: Condition, segment_key: str) -> Atom:
+        is_split = condition.operator is Operator.PERCENTAGE_SPLIT
+        return cls(
+            property=(condition.property or None) if is_split else condition.property,
+            operator=condition.operator,
+            value=condition.value,
+            split_segment_key=segment_key if is_split else None,
+        )
+
+    @property
+    def label(self) -> str:
+        split = f" @segment {self.split_segment_key}" if self.split_segment_key else ""
+        return f"{self.property or '<identity key>'} {self.operator} {self.value!r}{split}"
+
+
+class AtomEvaluator:
+    """Evaluates atoms against one environment, caching columns, hash inputs and results."""
+
+    def __init__(
+        self, environment: EnvironmentData, tuning: EvaluationTuning = DEFAULT_TUNING
+    ) -> None:
+        self.environment = environment
+        self.tuning = tuning
+        self._columns: dict[str, ValueColumn | PropertyNotSupported] = {}
+        self._texts: dict[int, EncodedTexts] = {}
+        self.bitmaps: dict[Atom, BitMap] = {}
+        self.scoped_evaluations = 0
+
+    def bitmap(self, atom: Atom) -> BitMap:
+        """The atom's members; raises ``PropertyNotSupported`` for a property it cannot read."""
+        cached = self.bitmaps.get(atom)
+        if cached is None:
+            cached = self.bitmaps[atom] = bitmap_where(self.environment.ids, self._mask(atom, None))
+        return cached
+
+    def bitmap_within(self, atom: Atom, scope: BitMap) -> BitMap:
+        """The atom's members among ``scope``; expensive atoms look at the scope only."""
+        if (
+            atom not in self.bitmaps
+            and self.is_expensive(atom)
+            and len(scope) < self.tuning.scoped_share * self.environment.size
+        ):
+            self.scoped_evaluations += 1
+            rows = self.environment.positions_of(np.asarray(scope.to_array()))
+            return bitmap_where(self.environment.ids[rows], self._mask(atom, rows))
+        return self.bitmap(atom) & scope
+
+    def is_expensive(self, atom: Atom) -> bool:
+        if atom.operator is not Operator.PERCENTAGE_SPLIT:
+            return False
+        try:
+            return (
+                len(self._split_column(atom).values) > self.tuning.expensive_split_distinct_values
+            )
+        except PropertyNotSupported:
+            return False
+
+    def _mask(self, atom: Atom, rows: np.ndarray | None) -> np.ndarray:
+        """Per-identity booleans, for all identities or for the positions ``rows``."""
+        if atom.operator is Operator.PERCENTAGE_SPLIT:
+            return self._split_mask(atom, rows)
+        column = self._column(atom.property or "")
+        prepared = PreparedCondition.of(Condition(atom.property, atom.operator, atom.value, ""))
+        mask = column.broadcast(decide(prepared, column), when_missing=prepared.when_missing)
+        return mask if rows is None else mask[rows]
+
+    @property
+    def _md5(self) -> tuple[int, int | None]:
+        return self.tuning.vectorised_md5_from, self.tuning.md5_worker_from
+
+    def _split_column(self, atom: Atom) -> ValueColumn:
+        # flag-engine: no property means the identity key, read raw (not coerced).
+        if atom.property is None:
+            return self.environment.identity_key_raw_column
+        return self._column(atom.property)
+
+    def _split_mask(self, atom: Atom, rows: np.ndarray | None) -> np.ndarray:
+        column = self._split_column(atom)
+        count = self.environment.size if rows is None else len(rows)
+        try:
+            threshold = float(atom.value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return np.zeros(count, dtype=bool)
+        assert atom.split_segment_key is not None
+        texts = self._encoded(column)
+        if rows is None:
+            percentages = hashed_percentages(atom.split_segment_key, texts, None, *self._md5)
+            return column.broadcast(percentages <= threshold, when_missing=False)
+        codes = column.codes[rows]
+        present = codes >= 0
+        mask = np.zeros(count, dtype=bool)
+        percentages = hashed_percentages(atom.split_segment_key, texts, codes[present], *self._md5)
+        mask[present] = percentages <= threshold
+        return mask
+
+    def _column(self, prop: str) -> ValueColumn:
+        if prop not in self._columns:
+            try:
+                self._columns[prop] = resolve_property(prop, self.environment)
+            except PropertyNotSupported as exc:
+                self._columns[prop] = exc
+        found = self._columns[prop]
+        if isinstance(found, PropertyNotSupported):
+            raise found
+        return found
+
+    def _encoded(self, column: ValueColumn) -> EncodedTexts:
+        texts = self._texts.get(id(column))
+        if texts is None:
+            texts = self._texts[id(column)] = EncodedTexts.from_strings(
+                [str(value) for value in column.values]
+            )
+        return texts

@@ -1,0 +1,26 @@
+"""Knobs that change how fast the engine is, never what it answers.
+
+Tests set them to extremes so that every code path (scoped hashing, vectorised MD5) is compared
+with flag-engine on small inputs, not only on the large inputs where the defaults switch them on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationTuning:
+    # A percentage split over more distinct hash keys than this counts as expensive ...
+    expensive_split_distinct_values: int = 4096
+    # ... and is hashed only for the identities in scope when they are fewer than this share of
+    # the environment. A split's bitmap is never reused by another segment (the segment key is
+    # part of the hash), so any narrower scope is worth it.
+    scoped_share: float = 1.0
+    # From this many messages MD5 runs vectorised in numpy; below it, hashlib per message.
+    vectorised_md5_from: int = 512
+    # From this many messages a worker process hashes half of them (None: never).
+    md5_worker_from: int | None = 200_000
+
+
+DEFAULT_TUNING = EvaluationTuning()

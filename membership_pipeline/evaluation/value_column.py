@@ -1,0 +1,78 @@
+"""A property of every identity of an environment, dictionary-encoded.
+
+``codes[i]`` is the index into ``values`` of identity ``i``'s context value, or ``-1`` when the
+identity has no value (flag-engine's ``None``). Conditions are decided once per distinct value and
+broadcast to identities through ``codes``, so the cost of a condition follows the number of
+distinct values, and the per-identity part is a single numpy gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from membership_pipeline.evaluation.context_values import ContextValue
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TypedValues:
+    """The positions in ``ValueColumn.values`` holding one Python type, and those values."""
+
+    positions: np.ndarray
+    array: np.ndarray
+
+
+class ValueColumn:
+    def __init__(self, codes: np.ndarray, values: list[ContextValue]) -> None:
+        self.codes = codes
+        self.values = values
+
+    @classmethod
+    def constant(cls, size: int, value: ContextValue) -> ValueColumn:
+        """The same value for every identity (``$.environment.*`` properties)."""
+        if value is None:
+            return cls(np.full(size, -1, dtype=np.int32), [])
+        return cls(np.zeros(size, dtype=np.int32), [value])
+
+    def broadcast(self, decided: np.ndarray, when_missing: bool) -> np.ndarray:
+        """Per-identity booleans from one boolean per distinct value (``-1`` reads the last)."""
+        lookup = np.append(decided.astype(bool, copy=False), when_missing)
+        return lookup[self.codes]
+
+    @cached_property
+    def by_type(self) -> dict[str, TypedValues]:
+        """``values`` split into bool / int (int64 range) / bigint / float / str partitions."""
+        values = _objects(self.values)
+        kinds = _objects(list(map(type, self.values)))
+        partitions: dict[str, TypedValues] = {}
+        for kind, name, dtype in (
+            (bool, "bool", object),
+            (int, "int", np.int64),
+            (float, "float", np.float64),
+            (str, "str", object),
+        ):
+            positions = np.flatnonzero(kinds == kind)
+            if not len(positions):
+                continue
+            picked = values[positions]
+            try:
+                array = picked.astype(dtype)
+            except OverflowError:  # integers beyond int64: keep them apart, as Python ints
+                fits = (picked >= _INT64_MIN) & (picked <= _INT64_MAX)
+                partitions["bigint"] = TypedValues(positions[~fits], picked[~fits])
+                positions, array = positions[fits], picked[fits].astype(np.int64)
+            if len(positions):
+                partitions[name] = TypedValues(positions, array)
+        return partitions
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-d object array, without numpy's per-element shape discovery."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array

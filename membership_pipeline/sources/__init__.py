@@ -1,0 +1,1 @@
+"""Sources: where one environment's identities, traits and segments come from."""

@@ -1,0 +1,41 @@
+"""The synthetic environment: deterministic, Flagsmith-shaped, and evaluated like flag-engine."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from membership_pipeline.evaluation import TRAIT_COLUMNS, evaluate_environment
+from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
+from membership_pipeline.sources.synthetic import synthetic_environment
+from membership_pipeline_tests.evaluation.flag_engine_oracle import identity_contexts, mismatches
+
+
+def test_same_seed_same_environment() -> None:
+    first, second = synthetic_environment(500, 20, seed=3), synthetic_environment(500, 20, seed=3)
+    pd.testing.assert_frame_equal(first.traits, second.traits)
+    assert first.segments == second.segments
+    assert synthetic_environment(500, 20, seed=4).segments != first.segments
+
+
+def test_shape_follows_flagsmith_storage() -> None:
+    env = synthetic_environment(2_000, 50, seed=0)
+    assert list(env.traits.columns) == list(TRAIT_COLUMNS)
+    assert set(env.traits["value_type"]) == set(VALUE_COLUMN_BY_TYPE)
+    assert env.identities["id"].is_unique and env.identities["id"].is_monotonic_increasing
+    assert 2.5 < len(env.traits) / len(env.identities) < 3.5  # about three traits per identity
+
+
+def test_realistic_catalogue_agrees_with_flag_engine() -> None:
+    env = synthetic_environment(3_000, 120, seed=11)
+    result = evaluate_environment(env.environment, env.identities, env.traits, env.segments)
+    assert result.failures == {}
+    traits: dict[int, dict] = {}
+    for row in env.traits.itertuples(index=False):
+        value = getattr(row, VALUE_COLUMN_BY_TYPE[row.value_type])
+        traits.setdefault(row.identity_id, {})[row.trait_key] = (
+            value.item() if hasattr(value, "item") else value
+        )
+    contexts = identity_contexts(env.environment, env.identities, traits)
+    computed = {key: set(bitmap) for key, bitmap in result.segments.items()}
+    assert mismatches(contexts, env.segments, computed) == []
+    assert any(len(bitmap) for bitmap in result.segments.values())

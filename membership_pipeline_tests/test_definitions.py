@@ -1,0 +1,33 @@
+"""The Dagster entry point loads, in-process and through the CLI with the project's workspace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from membership_pipeline.definitions import defs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_definitions_object_loads() -> None:
+    assert isinstance(defs, dg.Definitions)
+
+
+def test_workspace_validates_with_the_dagster_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    completed = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "membership_pipeline" in completed.stdout + completed.stderr
