@@ -74,8 +74,9 @@ class AtomEvaluator:
             and len(scope) < self.tuning.scoped_share * self.environment.size
         ):
             self.scoped_evaluations += 1
-            rows = self.environment.positions_of(np.asarray(scope.to_array()))
-            return bitmap_where(self.environment.ids[rows], self._mask(atom, rows))
+            scope_ids = np.frombuffer(scope.to_array(), dtype=np.uint32)
+            rows = self.environment.positions_of(scope_ids)
+            return bitmap_where(scope_ids, self._mask(atom, rows))
         return self.bitmap(atom) & scope
 
     def is_expensive(self, atom: Atom) -> bool:

@@ -75,6 +75,11 @@ def hash_with_worker(
         out[half:] = received
 
 
+def worker_pid() -> int | None:
+    """The worker's process id, while one runs."""
+    return _Worker._instance.process.pid if _Worker._instance is not None else None
+
+
 def stop_worker() -> None:
     """End the worker process, if one runs (it restarts on the next large batch)."""
     worker, _Worker._instance = _Worker._instance, None

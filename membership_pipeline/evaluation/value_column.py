@@ -48,15 +48,13 @@ class ValueColumn:
     def by_type(self) -> dict[str, TypedValues]:
         """``values`` split into bool / int (int64 range) / bigint / float / str partitions."""
         values = _objects(self.values)
-        kinds = _objects(list(map(type, self.values)))
+        # One C-level pass: the type of each value, looked up to a small code.
+        kinds = np.fromiter(
+            map(_KIND_CODES.__getitem__, map(type, self.values)), dtype=np.int8, count=len(values)
+        )
         partitions: dict[str, TypedValues] = {}
-        for kind, name, dtype in (
-            (bool, "bool", object),
-            (int, "int", np.int64),
-            (float, "float", np.float64),
-            (str, "str", object),
-        ):
-            positions = np.flatnonzero(kinds == kind)
+        for code, (name, dtype) in enumerate(_KINDS):
+            positions = np.flatnonzero(kinds == code)
             if not len(positions):
                 continue
             picked = values[positions]
@@ -69,6 +67,15 @@ class ValueColumn:
             if len(positions):
                 partitions[name] = TypedValues(positions, array)
         return partitions
+
+
+_KINDS: list[tuple[str, type]] = [
+    ("bool", object),
+    ("int", np.int64),
+    ("float", np.float64),
+    ("str", object),
+]
+_KIND_CODES = {bool: 0, int: 1, float: 2, str: 3}
 
 
 def _objects(values: list) -> np.ndarray:
