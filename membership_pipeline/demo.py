@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
             f"({len(result.failures)} failed) in {seconds:.2f} s"
         )
         top = sorted(result.segments.items(), key=lambda item: len(item[1]), reverse=True)[:5]
-        print(f"  {'segment':<14}{'members':>10}{'share':>9}  rule")
+        print(f"  {'segment':<28}{'members':>10}{'share':>9}  rule")
         for key, bitmap in top:
             share = len(bitmap) / max(len(result.universe), 1)
             name = result.segment_names[key]
-            print(f"  {name:<14}{len(bitmap):>10,}{share:>9.1%}  {_summary(env.segments, key)}")
+            print(f"  {name:<28}{len(bitmap):>10,}{share:>9.1%}  {_summary(env.segments, key)}")
 
 
 def _summary(segments: list[dict], key: str) -> str:

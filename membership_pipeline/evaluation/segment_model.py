@@ -94,13 +94,19 @@ def _segment_key(raw: Any) -> str:
 
 
 def _rule_list(segment_key: str, raw: Any, location: str, *, required: bool) -> tuple[Rule, ...]:
+    if (raw is _MISSING or raw is None) and required:
+        raise MalformedRuleTree(segment_key, location, "missing list of rules")
+    items = _json_list(segment_key, raw, location)
+    return tuple(_rule(segment_key, item, f"{location}[{i}]") for i, item in enumerate(items))
+
+
+def _json_list(segment_key: str, raw: Any, location: str) -> Sequence[Any]:
+    """A JSON list, where a missing or null one is empty."""
     if raw is _MISSING or raw is None:
-        if required:
-            raise MalformedRuleTree(segment_key, location, "missing list of rules")
         return ()
     if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
         raise MalformedRuleTree(segment_key, location, f"expected a list, got {type(raw).__name__}")
-    return tuple(_rule(segment_key, item, f"{location}[{i}]") for i, item in enumerate(raw))
+    return raw
 
 
 def _rule(segment_key: str, raw: Any, location: str) -> Rule:
@@ -112,14 +118,10 @@ def _rule(segment_key: str, raw: Any, location: str) -> Rule:
         raise MalformedRuleTree(
             segment_key, location, f"rule type {raw.get('type')!r} is not one of ALL, ANY, NONE"
         ) from None
-    conditions_raw = raw.get("conditions")
-    if conditions_raw is not None and (
-        not isinstance(conditions_raw, Sequence) or isinstance(conditions_raw, str | bytes)
-    ):
-        raise MalformedRuleTree(segment_key, f"{location}.conditions", "expected a list")
+    where = f"{location}.conditions"
     conditions = tuple(
-        _condition(segment_key, item, f"{location}.conditions[{i}]")
-        for i, item in enumerate(conditions_raw or ())
+        _condition(segment_key, item, f"{where}[{i}]")
+        for i, item in enumerate(_json_list(segment_key, raw.get("conditions"), where))
     )
     rules = _rule_list(segment_key, raw.get("rules"), f"{location}.rules", required=False)
     return Rule(type=rule_type, conditions=conditions, rules=rules, location=location)

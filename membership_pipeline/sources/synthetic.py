@@ -131,102 +131,102 @@ def _condition(prop: str | None, operator: str, value: str | list[str] | None) -
     return {"property": prop, "operator": operator, "value": value}
 
 
+def _rule(rule_type: str, *conditions: dict[str, Any], **nested: Any) -> dict[str, Any]:
+    return {"type": rule_type, "conditions": list(conditions), **nested}
+
+
 def _segment(rng: np.random.Generator, key: int) -> dict[str, Any]:
     """One segment from a weighted catalogue of the shapes Flagsmith customers build."""
-    pick = rng.random()
+    c = _condition
     plan = str(rng.choice(PLANS[:4]))
-    countries = [str(c) for c in rng.choice(COUNTRIES, size=int(rng.integers(2, 8)), replace=False)]
+    countries = [str(x) for x in rng.choice(COUNTRIES, size=int(rng.integers(2, 8)), replace=False)]
     version = str(rng.choice(APP_VERSIONS[:-3]))
     age = int(rng.integers(16, 70))
     split = f"{rng.integers(1, 100)}"
-    c = _condition
-    if pick < 0.12:
-        rules = [{"type": "ALL", "conditions": [c("plan", "EQUAL", plan)]}]
-    elif pick < 0.24:
-        rules = [{"type": "ALL", "conditions": [c("country", "IN", ",".join(countries))]}]
-    elif pick < 0.34:
-        rules = [
-            {
-                "type": "ALL",
-                "conditions": [c("app_version", "GREATER_THAN_INCLUSIVE", f"{version}:semver")],
-            }
-        ]
-    elif pick < 0.42:
-        rules = [
-            {
-                "type": "ALL",
-                "conditions": [
+    domain = str(rng.choice(EMAIL_DOMAINS))
+    catalogue: list[tuple[float, str, list[dict[str, Any]]]] = [
+        (0.12, f"plan is {plan}", [_rule("ALL", c("plan", "EQUAL", plan))]),
+        (0.12, "in countries", [_rule("ALL", c("country", "IN", ",".join(countries)))]),
+        (
+            0.10,
+            f"app ≥ {version}",
+            [_rule("ALL", c("app_version", "GREATER_THAN_INCLUSIVE", f"{version}:semver"))],
+        ),
+        (
+            0.08,
+            f"age {age}-{age + 9}",
+            [
+                _rule(
+                    "ALL",
                     c("age", "GREATER_THAN_INCLUSIVE", str(age)),
                     c("age", "LESS_THAN", str(age + 10)),
-                ],
-            }
-        ]
-    elif pick < 0.48:
-        rules = [{"type": "ALL", "conditions": [c(None, "PERCENTAGE_SPLIT", split)]}]
-    elif pick < 0.55:
-        rules = [
-            {
-                "type": "ALL",
-                "conditions": [c("plan", "EQUAL", plan), c("", "PERCENTAGE_SPLIT", split)],
-            }
-        ]
-    elif pick < 0.61:
-        domain = str(rng.choice(EMAIL_DOMAINS)).replace(".", r"\.")
-        rules = [{"type": "ALL", "conditions": [c("email", "REGEX", rf"^user[0-9]*7@{domain}$")]}]
-    elif pick < 0.66:
-        rules = [
-            {"type": "ALL", "conditions": [c("email", "CONTAINS", str(rng.choice(EMAIL_DOMAINS)))]}
-        ]
-    elif pick < 0.71:
-        rules = [
-            {"type": "ALL", "conditions": [c("sessions", "MODULO", f"{rng.integers(2, 10)}|0")]}
-        ]
-    elif pick < 0.76:
-        rules = [
-            {
-                "type": "ANY",
-                "conditions": [c("beta_opt_in", "EQUAL", "true"), c("plan", "EQUAL", "enterprise")],
-            }
-        ]
-    elif pick < 0.80:
-        rules = [{"type": "NONE", "conditions": [c("plan", "IS_SET", None)]}]
-    elif pick < 0.84:
-        rules = [
-            {"type": "ALL", "conditions": [c("score", "GREATER_THAN", f"{rng.random() * 100:.1f}")]}
-        ]
-    elif pick < 0.88:
-        rules = [
-            {
-                "type": "ALL",
-                "conditions": [c("signup_day", "GREATER_THAN", f"2023{rng.integers(1, 13):02d}01")],
-            }
-        ]
-    elif pick < 0.92:
-        rules = [
-            {"type": "ALL", "conditions": [c("$.identity.identifier", "REGEX", r"^user-[0-9]*00$")]}
-        ]
-    else:
-        # Flagsmith's editor shape: an ALL rule holding ANY / NONE sub-rules.
-        rules = [
-            {
-                "type": "ALL",
-                "rules": [
-                    {
-                        "type": "ANY",
-                        "conditions": [
-                            c("country", "IN", countries),
-                            c("plan", "NOT_EQUAL", "free"),
-                        ],
-                    },
-                    {
-                        "type": "NONE",
-                        "conditions": [
+                )
+            ],
+        ),
+        (0.06, f"{split}% rollout", [_rule("ALL", c(None, "PERCENTAGE_SPLIT", split))]),
+        (
+            0.07,
+            f"{split}% of {plan}",
+            [_rule("ALL", c("plan", "EQUAL", plan), c("", "PERCENTAGE_SPLIT", split))],
+        ),
+        (
+            0.06,
+            f"emails …7@{domain}",
+            [
+                _rule(
+                    "ALL",
+                    c("email", "REGEX", rf"^user[0-9]*7@{domain.replace('.', chr(92) + '.')}$"),
+                )
+            ],
+        ),
+        (0.05, f"@{domain}", [_rule("ALL", c("email", "CONTAINS", domain))]),
+        (
+            0.05,
+            "every nth session",
+            [_rule("ALL", c("sessions", "MODULO", f"{rng.integers(2, 10)}|0"))],
+        ),
+        (
+            0.05,
+            "beta or enterprise",
+            [_rule("ANY", c("beta_opt_in", "EQUAL", "true"), c("plan", "EQUAL", "enterprise"))],
+        ),
+        (0.04, "no plan", [_rule("NONE", c("plan", "IS_SET", None))]),
+        (
+            0.04,
+            "high score",
+            [_rule("ALL", c("score", "GREATER_THAN", f"{rng.random() * 100:.1f}"))],
+        ),
+        (
+            0.04,
+            "recent signup",
+            [_rule("ALL", c("signup_day", "GREATER_THAN", f"2023{rng.integers(1, 13):02d}01"))],
+        ),
+        (
+            0.04,
+            "identifier …00",
+            [_rule("ALL", c("$.identity.identifier", "REGEX", r"^user-[0-9]*00$"))],
+        ),
+        # Flagsmith's editor shape: an ALL rule holding ANY / NONE / ALL sub-rules.
+        (
+            0.08,
+            f"{split}% of targeted adults",
+            [
+                _rule(
+                    "ALL",
+                    rules=[
+                        _rule("ANY", c("country", "IN", countries), c("plan", "NOT_EQUAL", "free")),
+                        _rule(
+                            "NONE",
                             c("app_version", "LESS_THAN", f"{version}:semver"),
                             c("age", "LESS_THAN", "18"),
-                        ],
-                    },
-                    {"type": "ALL", "conditions": [c("", "PERCENTAGE_SPLIT", split)]},
-                ],
-            }
-        ]
-    return {"key": str(key), "name": f"segment-{key}", "rules": rules}
+                        ),
+                        _rule("ALL", c("", "PERCENTAGE_SPLIT", split)),
+                    ],
+                )
+            ],
+        ),
+    ]
+    weights = np.array([weight for weight, _, _ in catalogue])
+    choice = int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum(), side="right"))
+    _, name, rules = catalogue[min(choice, len(catalogue) - 1)]
+    return {"key": str(key), "name": name, "rules": rules}
