@@ -254,8 +254,10 @@ def _modulo_kernel(operands: tuple[float, float] | None, values: np.ndarray) -> 
     divisor, remainder = operands
     if divisor == 0 or not math.isfinite(divisor):
         return None  # the scalar path has Python's exact inf / nan / zero behaviour
-    # np.remainder follows Python's float % (sign of the divisor), value for value.
-    return np.remainder(values, divisor) == remainder
+    # np.remainder follows Python's float % (sign of the divisor), value for value; an infinite
+    # value gives nan in both, which numpy also warns about.
+    with np.errstate(invalid="ignore"):
+        return np.remainder(values, divisor) == remainder
 
 
 _VECTORISED: dict[str, Callable[[PreparedCondition, np.ndarray], np.ndarray | None]] = {
