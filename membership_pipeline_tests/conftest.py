@@ -1,6 +1,17 @@
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+import sqlalchemy as sa
+
+# The PostgreSQL server the tests use for real; each test run works in a schema of its own.
+POSTGRES_URL = os.environ.get(
+    "MEMBERSHIP_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -15,3 +26,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def differential_examples(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--differential-examples"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[sa.Engine]:
+    engine = sa.create_engine(POSTGRES_URL, future=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({exc.orig}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
+            "or set MEMBERSHIP_TEST_POSTGRES_URL"
+        )
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: sa.Engine) -> Iterator[str]:
+    """A fresh schema on the test server, as a URL whose search_path points at it."""
+    schema = f"mp_test_{uuid.uuid4().hex[:12]}"
+    with postgres_server.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = sa.engine.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with postgres_server.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'flagsmith.sqlite'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each backend for real: an SQLite file, and a PostgreSQL schema."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return request.getfixturevalue(fixture)

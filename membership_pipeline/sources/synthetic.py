@@ -66,8 +66,17 @@ def synthetic_environment(
         environment={"key": environment_key, "name": f"Synthetic {environment_key}"},
         identities=frame,
         traits=_traits(rng, ids),
-        segments=[_segment(rng, 1000 + i) for i in range(segments)],
+        segments=_segments(rng, segments),
     )
+
+
+def synthetic_segments(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """A segment catalogue alone (keys "1000", "1001", ...)."""
+    return _segments(np.random.default_rng(seed), count)
+
+
+def _segments(rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
+    return [_segment(rng, 1000 + i) for i in range(count)]
 
 
 def _traits(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
@@ -80,6 +89,8 @@ def _traits(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
 
 def _trait_values(rng: np.random.Generator, key: str, owners: np.ndarray) -> np.ndarray:
     n = len(owners)
+    if n == 0:
+        return np.empty(0, dtype=object)
     match key:
         case "plan":
             return rng.choice(PLANS, size=n, p=PLAN_WEIGHTS)
@@ -206,6 +217,13 @@ def _segment(rng: np.random.Generator, key: int) -> dict[str, Any]:
             "identifier …00",
             [_rule("ALL", c("$.identity.identifier", "REGEX", r"^user-[0-9]*00$"))],
         ),
+        (
+            0.02,
+            f"email not at {domain}",
+            [_rule("ALL", c("email", "IS_SET", None), c("email", "NOT_CONTAINS", domain))],
+        ),
+        (0.02, f"age ≤ {age}", [_rule("ALL", c("age", "LESS_THAN_INCLUSIVE", str(age)))]),
+        (0.02, "no app version", [_rule("ALL", c("app_version", "IS_NOT_SET", None))]),
         # Flagsmith's editor shape: an ALL rule holding ANY / NONE / ALL sub-rules.
         (
             0.08,

@@ -31,8 +31,12 @@ def test_benchmark_prints_its_figures_and_agrees_with_flag_engine() -> None:
     assert "0 mismatches with flag-engine in 1,500 sampled pairs" in out
 
 
-def test_demo_prints_a_summary_per_environment() -> None:
-    out = _run("membership_pipeline.demo", "--identities", "4000", "--environments", "2")
-    assert "environment demo_env_1: 4,000 identities" in out
-    assert "environment demo_env_2: 1,000 identities" in out
-    assert out.count("members") == 2
+def test_demo_seeds_a_database_and_prints_a_summary_per_environment(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    out = _run("membership_pipeline.demo", "--url", url, "--identities", "3000")
+    assert f"seeded {url}: 8 environments" in out
+    assert out.count("identities, ") == 9  # the seeding line and one line per environment
+    assert "(0 failed)" in out and "failed)" in out
+    assert out.count("  segment ") == 8
+    again = _run("membership_pipeline.demo", "--url", url, "--reuse")
+    assert "seeded" not in again and again.count("  segment ") == 8
