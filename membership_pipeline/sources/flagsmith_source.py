@@ -281,31 +281,34 @@ class FlagsmithSource:
         return frame, system_traits
 
     def _traits(self, conn: sa.Connection, info: EnvironmentInfo) -> tuple[pd.DataFrame, int]:
-        """One streamed query per value type, for the rows Flagsmith can read a value from."""
-        joined = (
-            "FROM environments_trait t JOIN environments_identity i ON i.id = t.identity_id "
+        """The environment's trait rows, split per value type chunk by chunk, keeping the rows
+        Flagsmith can read a value from."""
+        sql = (
+            "SELECT t.identity_id, t.trait_key, t.value_type, t.string_value, t.integer_value, "
+            "t.float_value, t.boolean_value FROM environments_trait t "
+            "JOIN environments_identity i ON i.id = t.identity_id "
             f"WHERE i.environment_id = {int(info.id)}"
         )
+        value_index = {name: 3 + i for i, name in enumerate(TRAIT_COLUMNS[3:])}
         parts = []
-        for value_type, column in VALUE_COLUMN_BY_TYPE.items():
-            sql = (
-                f"SELECT t.identity_id, t.trait_key, t.{column} {joined} "
-                f"AND t.value_type = '{value_type}' AND t.{column} IS NOT NULL"
-            )
-            for rows in self._rows(conn, sql):
-                parts.append(_typed_trait_rows(value_type, column, list(zip(*rows, strict=True))))
-        readable = " OR ".join(
-            f"(t.value_type = '{value_type}' AND t.{column} IS NOT NULL)"
-            for value_type, column in VALUE_COLUMN_BY_TYPE.items()
-        )
-        unreadable = conn.execute(sa.text(f"SELECT count(*) {joined} AND NOT ({readable})"))
-        unreadable_rows = int(unreadable.scalar_one())
+        unreadable = 0
+        for rows in self._rows(conn, sql):
+            columns = [_objects(column) for column in zip(*rows, strict=True)]
+            readable_rows = 0
+            for value_type, column in VALUE_COLUMN_BY_TYPE.items():
+                values = columns[value_index[column]]
+                keep = (columns[2] == value_type) & ~pd.isna(values)
+                if keep.any():
+                    readable_rows += int(keep.sum())
+                    picked = [columns[0][keep], columns[1][keep], values[keep]]
+                    parts.append(_typed_trait_rows(value_type, column, picked))
+            unreadable += len(rows) - readable_rows
         if not parts:
-            return traits_frame_from_rows([]), unreadable_rows
+            return traits_frame_from_rows([]), unreadable
         frame = pd.concat(parts, ignore_index=True)
         for name in ("trait_key", "value_type"):
             frame[name] = frame[name].astype(object).astype("category")
-        return frame, unreadable_rows
+        return frame, unreadable
 
     def _segments(self, conn: sa.Connection, info: EnvironmentInfo) -> list[dict[str, Any]]:
         canonical = (
@@ -385,7 +388,7 @@ def _read_only(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _objects(values: tuple[Any, ...]) -> np.ndarray:
+def _objects(values: tuple[Any, ...] | list[Any]) -> np.ndarray:
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array

@@ -76,7 +76,9 @@ def synthetic_segments(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def _segments(rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
-    return [_segment(rng, 1000 + i) for i in range(count)]
+    # The first segments take each shape of the catalogue once, so that any catalogue of at
+    # least that many segments uses every operator; the rest are drawn by weight.
+    return [_segment(rng, 1000 + i, shape=i) for i in range(count)]
 
 
 def _traits(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
@@ -146,7 +148,7 @@ def _rule(rule_type: str, *conditions: dict[str, Any], **nested: Any) -> dict[st
     return {"type": rule_type, "conditions": list(conditions), **nested}
 
 
-def _segment(rng: np.random.Generator, key: int) -> dict[str, Any]:
+def _segment(rng: np.random.Generator, key: int, shape: int) -> dict[str, Any]:
     """One segment from a weighted catalogue of the shapes Flagsmith customers build."""
     c = _condition
     plan = str(rng.choice(PLANS[:4]))
@@ -246,5 +248,7 @@ def _segment(rng: np.random.Generator, key: int) -> dict[str, Any]:
     ]
     weights = np.array([weight for weight, _, _ in catalogue])
     choice = int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum(), side="right"))
+    if shape < len(catalogue):
+        choice = shape
     _, name, rules = catalogue[min(choice, len(catalogue) - 1)]
     return {"key": str(key), "name": name, "rules": rules}

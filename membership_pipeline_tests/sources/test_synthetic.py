@@ -39,3 +39,12 @@ def test_realistic_catalogue_agrees_with_flag_engine() -> None:
     computed = {key: set(bitmap) for key, bitmap in result.segments.items()}
     assert mismatches(contexts, env.segments, computed) == []
     assert any(len(bitmap) for bitmap in result.segments.values())
+
+
+def test_any_catalogue_of_twenty_segments_uses_every_operator() -> None:
+    from membership_pipeline.benchmarks.engine_benchmark import _operator_mix
+    from membership_pipeline.evaluation.segment_model import Operator
+    from membership_pipeline.sources.synthetic import synthetic_segments
+
+    for seed in range(3):
+        assert set(_operator_mix(synthetic_segments(20, seed=seed))) == set(Operator)
