@@ -13,6 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+# Flagsmith's editor nests two levels; deeper trees are read up to this depth (so that a cycle
+# in the parent pointers cannot recurse forever).
+MAX_RULE_DEPTH = 32
+
 
 @dataclass(frozen=True, slots=True)
 class SegmentRow:
@@ -64,7 +68,7 @@ def build_segment_trees(
 
     def rule_json(rule_id: int, depth: int) -> dict[str, Any]:
         reached.add(rule_id)
-        children = child_rules.get(rule_id, []) if depth < _MAX_DEPTH else []
+        children = child_rules.get(rule_id, []) if depth < MAX_RULE_DEPTH else []
         return {
             "type": rules_by_id[rule_id].type,
             "conditions": [
@@ -86,8 +90,3 @@ def build_segment_trees(
         len(found) for rule_id, found in conditions_by_rule.items() if rule_id not in reached
     )
     return SegmentTrees(built, len(rules_by_id) - len(reached), unreachable_conditions)
-
-
-# Flagsmith's editor nests two levels; deeper trees are accepted up to this depth (and a cycle
-# in the parent pointers cannot recurse forever).
-_MAX_DEPTH = 32
