@@ -63,7 +63,7 @@ class AtomEvaluator:
         """The atom's members; raises ``PropertyNotSupported`` for a property it cannot read."""
         cached = self.bitmaps.get(atom)
         if cached is None:
-            cached = self.bitmaps[atom] = bitmap_where(self.environment.ids, self._mask(atom, None))
+            cached = self.bitmaps[atom] = bitmap_where(self.environment.ids, self._mask(atom))
         return cached
 
     def bitmap_within(self, atom: Atom, scope: BitMap) -> BitMap:
@@ -76,7 +76,7 @@ class AtomEvaluator:
             self.scoped_evaluations += 1
             scope_ids = np.frombuffer(scope.to_array(), dtype=np.uint32)
             rows = self.environment.positions_of(scope_ids)
-            return bitmap_where(scope_ids, self._mask(atom, rows))
+            return bitmap_where(scope_ids, self._split_mask(atom, rows))
         return self.bitmap(atom) & scope
 
     def is_expensive(self, atom: Atom) -> bool:
@@ -89,14 +89,13 @@ class AtomEvaluator:
         except PropertyNotSupported:
             return False
 
-    def _mask(self, atom: Atom, rows: np.ndarray | None) -> np.ndarray:
-        """Per-identity booleans, for all identities or for the positions ``rows``."""
+    def _mask(self, atom: Atom) -> np.ndarray:
+        """Per-identity booleans for every identity of the environment."""
         if atom.operator is Operator.PERCENTAGE_SPLIT:
-            return self._split_mask(atom, rows)
+            return self._split_mask(atom, None)
         column = self._column(atom.property or "")
         prepared = PreparedCondition.of(Condition(atom.property, atom.operator, atom.value, ""))
-        mask = column.broadcast(decide(prepared, column), when_missing=prepared.when_missing)
-        return mask if rows is None else mask[rows]
+        return column.broadcast(decide(prepared, column), when_missing=prepared.when_missing)
 
     @property
     def _md5(self) -> tuple[int, int | None]:
