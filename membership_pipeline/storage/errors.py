@@ -1,0 +1,78 @@
+"""What the store tells its callers when it cannot do what they asked; each names the problem."""
+
+from __future__ import annotations
+
+
+class StoreError(RuntimeError):
+    """Base of the store's errors."""
+
+
+class SchemaNotReady(StoreError):
+    """The database's store schema is missing or older than this code."""
+
+
+class UnknownEnvironment(StoreError, LookupError):
+    def __init__(self, environment_key: str) -> None:
+        self.environment_key = environment_key
+        super().__init__(f"environment {environment_key!r} is not known to the membership store")
+
+
+class NotYetPublished(StoreError, LookupError):
+    """The environment is known (it has been claimed) but no version has been published yet."""
+
+    def __init__(self, environment_key: str, status: str | None) -> None:
+        self.environment_key = environment_key
+        self.status = status
+        super().__init__(
+            f"environment {environment_key!r} has no published membership yet "
+            f"(last backfill status: {status or 'never run'})"
+        )
+
+
+class UnknownSegment(StoreError, LookupError):
+    def __init__(self, environment_key: str, segment_key: str, version_id: int) -> None:
+        self.environment_key = environment_key
+        self.segment_key = segment_key
+        super().__init__(
+            f"segment {segment_key!r} is not in environment {environment_key!r} "
+            f"(published version {version_id})"
+        )
+
+
+class SegmentUnavailable(StoreError, LookupError):
+    """The segment exists in the published version but could not be evaluated."""
+
+    def __init__(self, environment_key: str, segment_key: str, code: str, message: str) -> None:
+        self.environment_key = environment_key
+        self.segment_key = segment_key
+        self.code = code
+        super().__init__(
+            f"segment {segment_key!r} of environment {environment_key!r} has no bitmap in the "
+            f"published version: {code}: {message}"
+        )
+
+
+class UnknownIdentity(StoreError, LookupError):
+    def __init__(self, environment_key: str, identity_id: int, version_id: int) -> None:
+        self.environment_key = environment_key
+        self.identity_id = identity_id
+        super().__init__(
+            f"identity {identity_id} is not in environment {environment_key!r} "
+            f"(published version {version_id})"
+        )
+
+
+class VersionCollected(StoreError):
+    """A version a reader still held was garbage-collected; read the published one again."""
+
+
+class ClaimLost(StoreError):
+    """The caller's claim on an environment no longer holds (failed, reconciled or replaced)."""
+
+
+class InvalidVersion(StoreError, ValueError):
+    """A shadow version cannot be written or published as asked."""
+
+
+class RollbackUnavailable(StoreError):
+    """No earlier version to flip back to, or the environment is busy."""

@@ -1,0 +1,23 @@
+"""Staging the engine's ``MembershipResult`` as a store version."""
+
+from __future__ import annotations
+
+import hashlib
+
+from membership_pipeline.evaluation import MembershipResult
+from membership_pipeline.storage.versions import ShadowVersion
+
+
+def stage_membership_result(shadow: ShadowVersion, result: MembershipResult) -> None:
+    """Universe, every segment (bitmap or failure) and the atoms shared by several segments."""
+    shadow.add_universe(result.universe)
+    for key, members in result.segments.items():
+        shadow.add_segment(key, result.segment_names.get(key), members)
+    for key, failure in result.failures.items():
+        shadow.add_failed_segment(
+            key, result.segment_names.get(key), failure.reason_code, str(failure)
+        )
+    for atom, members in result.shared_atoms.items():
+        # Labels can be long; the key is a stable digest of the label, the label its name.
+        key = hashlib.sha256(atom.label.encode()).hexdigest()[:32]
+        shadow.add_atom(key, atom.label, members)

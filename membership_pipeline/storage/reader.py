@@ -1,0 +1,413 @@
+"""The read API: count, is_member, members (paged), sample, segments_of — against the published
+version only.
+
+``MembershipReader.published(env)`` reads the pointer and the version's directory (keys,
+cardinalities, chunk id ranges) in one snapshot and returns a ``PublishedMembership`` pinned to
+that version: every query on it answers from that version, whatever is published meanwhile.
+Chunks are fetched on first use and kept in an LRU cache bounded in bytes, keyed by version
+(versions never change once written, so a cached chunk is never stale). The reader remembers
+the newest publication it has seen per environment and never answers from an older one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+import sqlalchemy as sa
+from cachetools import LRUCache
+from pyroaring import BitMap, FrozenBitMap
+
+from membership_pipeline.storage.chunking import load_chunk
+from membership_pipeline.storage.database import StoreDatabase
+from membership_pipeline.storage.errors import (
+    NotYetPublished,
+    SegmentUnavailable,
+    UnknownEnvironment,
+    UnknownIdentity,
+    UnknownSegment,
+    VersionCollected,
+)
+from membership_pipeline.storage.tables import bitmap, bitmap_chunk, environment
+from membership_pipeline.storage.versions import UNIVERSE_KEY
+
+DEFAULT_CACHE_BYTES = 256 << 20
+MAX_PAGE = 100_000
+MAX_IDENTITY_ID = 2**32 - 1
+T = TypeVar("T")
+ChunkKey = tuple[int, str, str, int]  # version, kind, key, chunk index
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    index: int
+    min_id: int
+    max_id: int
+    cardinality: int
+
+
+@dataclass(frozen=True)
+class BitmapEntry:
+    kind: str
+    key: str
+    name: str | None
+    cardinality: int
+    error_code: str | None
+    error_message: str | None
+    chunks: tuple[ChunkRef, ...]
+
+    def chunk_holding(self, identity_id: int) -> ChunkRef | None:
+        position = bisect.bisect_right([c.min_id for c in self.chunks], identity_id) - 1
+        if position < 0 or self.chunks[position].max_id < identity_id:
+            return None
+        return self.chunks[position]
+
+
+@dataclass(frozen=True)
+class MembersPage:
+    ids: list[int]
+    next_after: int | None  # pass as ``after`` for the next page; None on the last page
+
+
+@dataclass(frozen=True)
+class IdentitySegments:
+    identity_id: int
+    segments: list[str]  # keys of the segments the identity is in
+    unavailable: list[str]  # segments that failed to evaluate in this version: unknown
+
+
+class ChunkCache:
+    """Deserialized chunks, LRU, bounded by their serialized size; shared by a reader's threads."""
+
+    def __init__(self, database: StoreDatabase, max_bytes: int) -> None:
+        self._database = database
+        self._cache: LRUCache[ChunkKey, tuple[FrozenBitMap, int]] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda entry: entry[1]
+        )
+        self._lock = threading.Lock()
+
+    def get(
+        self, version_id: int, wanted: Iterable[tuple[str, str, int]]
+    ) -> dict[ChunkKey, FrozenBitMap]:
+        found: dict[ChunkKey, FrozenBitMap] = {}
+        missing: list[tuple[str, str, int]] = []
+        with self._lock:
+            for kind, key, index in wanted:
+                entry = self._cache.get((version_id, kind, key, index))
+                if entry is None:
+                    missing.append((kind, key, index))
+                else:
+                    found[(version_id, kind, key, index)] = entry[0]
+        if missing:
+            found.update(self._fetch(version_id, missing))
+        return found
+
+    def _fetch(
+        self, version_id: int, missing: list[tuple[str, str, int]]
+    ) -> dict[ChunkKey, FrozenBitMap]:
+        wanted = sa.tuple_(bitmap_chunk.c.kind, bitmap_chunk.c.key, bitmap_chunk.c.chunk_index)
+        with self._database.reader.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    bitmap_chunk.c.kind,
+                    bitmap_chunk.c.key,
+                    bitmap_chunk.c.chunk_index,
+                    bitmap_chunk.c.payload,
+                ).where(bitmap_chunk.c.version_id == version_id, wanted.in_(missing))
+            ).all()
+        if len(rows) < len(missing):
+            raise VersionCollected(
+                f"version {version_id} was garbage-collected while it was being read"
+            )
+        loaded = {}
+        with self._lock:
+            for row in rows:
+                chunk = load_chunk(row.payload)
+                cache_key = (version_id, row.kind, row.key, row.chunk_index)
+                loaded[cache_key] = chunk
+                if len(row.payload) <= self._cache.maxsize:
+                    self._cache[cache_key] = (chunk, len(row.payload))
+        return loaded
+
+    @property
+    def bytes_cached(self) -> int:
+        return int(self._cache.currsize)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+class PublishedMembership:
+    """One published version of one environment: every answer comes from this version."""
+
+    def __init__(
+        self,
+        environment_key: str,
+        row: sa.Row,  # the environment's pointer columns
+        entries: dict[tuple[str, str], BitmapEntry],
+        chunks: ChunkCache,
+    ) -> None:
+        self.environment_key = environment_key
+        self.version_id: int = row.published_version_id
+        self.publication: int = row.publication
+        self.published_at: datetime = row.published_at
+        self.as_of: datetime = row.published_as_of
+        self.identity_count: int = row.published_identity_count
+        self._entries = entries
+        self._chunks = chunks
+
+    @property
+    def segment_keys(self) -> list[str]:
+        return sorted(key for kind, key in self._entries if kind == "segment")
+
+    @property
+    def failed_segments(self) -> dict[str, str]:
+        return {
+            entry.key: f"{entry.error_code}: {entry.error_message}"
+            for entry in self._segments()
+            if entry.error_code is not None
+        }
+
+    def segment_name(self, segment_key: str) -> str | None:
+        return self._entry(segment_key, allow_failed=True).name
+
+    def segment_counts(self) -> dict[str, int]:
+        return {e.key: e.cardinality for e in self._segments() if e.error_code is None}
+
+    def count(self, segment_key: str) -> int:
+        return self._entry(segment_key).cardinality
+
+    def is_member(self, segment_key: str, identity_id: int) -> bool:
+        entry = self._entry(segment_key)
+        chunk = entry.chunk_holding(_identity(identity_id))
+        if chunk is None:
+            return False
+        return identity_id in self._load(entry, [chunk])[0]
+
+    def members(self, segment_key: str, after: int | None = None, limit: int = 1000) -> MembersPage:
+        """Members in id order, from the first id greater than ``after``."""
+        entry = self._entry(segment_key)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        start = 0 if after is None else _identity(after) + 1
+        ids: list[int] = []
+        for chunk in (c for c in entry.chunks if c.max_id >= start):
+            members = self._load(entry, [chunk])[0]
+            ids.extend(itertools.islice(members.iter_equal_or_larger(start), limit + 1 - len(ids)))
+            if len(ids) > limit:
+                return MembersPage(ids[:limit], ids[limit - 1])
+        return MembersPage(ids, None)
+
+    def sample(self, segment_key: str, n: int, seed: int = 0) -> list[int]:
+        """Up to ``n`` distinct members, uniformly at random; the same for the same version and
+        seed. Returned in id order."""
+        entry = self._entry(segment_key)
+        if n < 0:
+            raise ValueError(f"sample size must be 0 or more, got {n}")
+        ranks = sorted(
+            random.Random(seed).sample(range(entry.cardinality), min(n, entry.cardinality))
+        )
+        firsts = list(itertools.accumulate((c.cardinality for c in entry.chunks), initial=0))
+        by_chunk: dict[int, list[int]] = {}
+        for rank in ranks:
+            position = bisect.bisect_right(firsts, rank) - 1
+            by_chunk.setdefault(position, []).append(rank - firsts[position])
+        needed = [entry.chunks[position] for position in by_chunk]
+        loaded = dict(zip(by_chunk, self._load(entry, needed), strict=True))
+        return [loaded[p][local] for p, locals_ in by_chunk.items() for local in locals_]
+
+    def segments_of(self, identity_id: int) -> IdentitySegments:
+        universe = self._entries[("universe", UNIVERSE_KEY)]
+        if not self._contains(universe, _identity(identity_id)):
+            raise UnknownIdentity(self.environment_key, identity_id, self.version_id)
+        evaluated = [e for e in self._segments() if e.error_code is None]
+        holding = [(e, c) for e in evaluated if (c := e.chunk_holding(identity_id)) is not None]
+        loaded = self._chunks.get(
+            self.version_id, [("segment", e.key, c.index) for e, c in holding]
+        )
+        return IdentitySegments(
+            identity_id,
+            sorted(
+                e.key
+                for e, c in holding
+                if identity_id in loaded[(self.version_id, "segment", e.key, c.index)]
+            ),
+            sorted(self.failed_segments),
+        )
+
+    def bitmap(self, segment_key: str) -> FrozenBitMap:
+        """The whole segment as one bitmap."""
+        entry = self._entry(segment_key)
+        return FrozenBitMap(BitMap.union(BitMap(), *self._load(entry, list(entry.chunks))))
+
+    def universe(self) -> FrozenBitMap:
+        entry = self._entries[("universe", UNIVERSE_KEY)]
+        return FrozenBitMap(BitMap.union(BitMap(), *self._load(entry, list(entry.chunks))))
+
+    def _contains(self, entry: BitmapEntry, identity_id: int) -> bool:
+        chunk = entry.chunk_holding(identity_id)
+        return chunk is not None and identity_id in self._load(entry, [chunk])[0]
+
+    def _segments(self) -> list[BitmapEntry]:
+        return [entry for (kind, _), entry in self._entries.items() if kind == "segment"]
+
+    def _entry(self, segment_key: str, allow_failed: bool = False) -> BitmapEntry:
+        entry = self._entries.get(("segment", segment_key))
+        if entry is None:
+            raise UnknownSegment(self.environment_key, segment_key, self.version_id)
+        if entry.error_code is not None and not allow_failed:
+            raise SegmentUnavailable(
+                self.environment_key, segment_key, entry.error_code, entry.error_message or ""
+            )
+        return entry
+
+    def _load(self, entry: BitmapEntry, chunks: list[ChunkRef]) -> list[FrozenBitMap]:
+        loaded = self._chunks.get(
+            self.version_id, [(entry.kind, entry.key, c.index) for c in chunks]
+        )
+        return [loaded[(self.version_id, entry.kind, entry.key, c.index)] for c in chunks]
+
+
+class MembershipReader:
+    """Reads published membership. ``pointer_ttl`` (seconds) lets repeated reads skip the
+    pointer lookup for that long: 0 checks the pointer on every call (each answer is from the
+    version published at that moment); a small value makes warm reads pure in-memory work at
+    the price of seeing a new publication up to that late."""
+
+    def __init__(
+        self,
+        database: StoreDatabase,
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        pointer_ttl: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._database = database
+        self.chunks = ChunkCache(database, cache_bytes)
+        self.pointer_ttl = pointer_ttl
+        self._monotonic = monotonic
+        self._latest: dict[str, tuple[PublishedMembership, float]] = {}
+        self._lock = threading.Lock()
+
+    def published(self, environment_key: str) -> PublishedMembership:
+        latest = self._latest.get(environment_key)
+        checked = self._monotonic()
+        if latest is not None and checked - latest[1] < self.pointer_ttl:
+            return latest[0]
+        with self._database.reader.connect() as conn, conn.begin():
+            row = conn.execute(
+                sa.select(
+                    environment.c.last_backfill_status,
+                    environment.c.published_version_id,
+                    environment.c.publication,
+                    environment.c.published_at,
+                    environment.c.published_as_of,
+                    environment.c.published_identity_count,
+                ).where(environment.c.environment_key == environment_key)
+            ).one_or_none()
+            if row is None:
+                raise UnknownEnvironment(environment_key)
+            if row.published_version_id is None:
+                raise NotYetPublished(environment_key, row.last_backfill_status)
+            if latest is not None and row.publication <= latest[0].publication:
+                snapshot = None  # what we hold is as new (or newer: never go back)
+            else:
+                snapshot = PublishedMembership(
+                    environment_key, row, _directory(conn, row.published_version_id), self.chunks
+                )
+        with self._lock:
+            held = self._latest.get(environment_key)
+            if snapshot is None or (
+                held is not None and held[0].publication >= snapshot.publication
+            ):
+                assert held is not None
+                snapshot = held[0]
+            self._latest[environment_key] = (snapshot, checked)
+        return snapshot
+
+    # One-call conveniences: each reads the current publication, and retries once if the
+    # version it found is collected under it.
+    def count(self, environment_key: str, segment_key: str) -> int:
+        return self._retrying(environment_key, lambda p: p.count(segment_key))
+
+    def is_member(self, environment_key: str, segment_key: str, identity_id: int) -> bool:
+        return self._retrying(environment_key, lambda p: p.is_member(segment_key, identity_id))
+
+    def members(
+        self, environment_key: str, segment_key: str, after: int | None = None, limit: int = 1000
+    ) -> MembersPage:
+        return self._retrying(environment_key, lambda p: p.members(segment_key, after, limit))
+
+    def sample(self, environment_key: str, segment_key: str, n: int, seed: int = 0) -> list[int]:
+        return self._retrying(environment_key, lambda p: p.sample(segment_key, n, seed))
+
+    def segments_of(self, environment_key: str, identity_id: int) -> IdentitySegments:
+        return self._retrying(environment_key, lambda p: p.segments_of(identity_id))
+
+    def _retrying(self, environment_key: str, query: Callable[[PublishedMembership], T]) -> T:
+        try:
+            return query(self.published(environment_key))
+        except VersionCollected:
+            with self._lock:
+                self._latest.pop(environment_key, None)
+            return query(self.published(environment_key))
+
+
+def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], BitmapEntry]:
+    rows = conn.execute(
+        sa.select(
+            bitmap.c.kind,
+            bitmap.c.key,
+            bitmap.c.name,
+            bitmap.c.cardinality,
+            bitmap.c.error_code,
+            bitmap.c.error_message,
+            bitmap_chunk.c.chunk_index,
+            bitmap_chunk.c.min_id,
+            bitmap_chunk.c.max_id,
+            bitmap_chunk.c.cardinality.label("chunk_cardinality"),
+        )
+        .select_from(
+            bitmap.outerjoin(
+                bitmap_chunk,
+                sa.and_(
+                    bitmap_chunk.c.version_id == bitmap.c.version_id,
+                    bitmap_chunk.c.kind == bitmap.c.kind,
+                    bitmap_chunk.c.key == bitmap.c.key,
+                ),
+            )
+        )
+        .where(bitmap.c.version_id == version_id, bitmap.c.kind != "atom")
+        .order_by(bitmap.c.kind, bitmap.c.key, bitmap_chunk.c.chunk_index)
+    ).all()
+    if not rows:
+        raise VersionCollected(f"version {version_id} has no bitmaps (collected?)")
+    entries = {}
+    for (kind, key), group in itertools.groupby(rows, key=lambda r: (r.kind, r.key)):
+        group_rows = list(group)
+        first = group_rows[0]
+        chunks = tuple(
+            ChunkRef(r.chunk_index, r.min_id, r.max_id, r.chunk_cardinality)
+            for r in group_rows
+            if r.chunk_index is not None
+        )
+        entries[(kind, key)] = BitmapEntry(
+            kind, key, first.name, first.cardinality, first.error_code, first.error_message, chunks
+        )
+    return entries
+
+
+def _identity(identity_id: int) -> int:
+    if isinstance(identity_id, bool) or not isinstance(identity_id, int):
+        raise TypeError(f"identity ids are integers, got {identity_id!r}")
+    if not 0 <= identity_id <= MAX_IDENTITY_ID:
+        raise ValueError(f"identity id {identity_id} is outside 0..{MAX_IDENTITY_ID}")
+    return identity_id

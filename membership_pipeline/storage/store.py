@@ -1,0 +1,135 @@
+"""``MembershipStore``: the store's operations over one database, with the clock and the policy
+settings (cooldown, lease, chunk size, retention) in one place.
+
+    store = MembershipStore("sqlite:///.membership/store.sqlite")   # after `membership migrate`
+    if claim := store.claim("env-key", owner="run-123"):
+        shadow = store.stage(claim, as_of=snapshot.as_of)
+        stage_membership_result(shadow, result)
+        store.publish(claim, shadow)          # or store.fail(claim, "why") on any error
+    store.reader().count("env-key", "segment-key")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from membership_pipeline.storage import claims, garbage, versions
+from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
+from membership_pipeline.storage.claims import Claim, ClaimRefused, ReconciledClaim
+from membership_pipeline.storage.database import StoreDatabase, open_database
+from membership_pipeline.storage.environment_metadata import (
+    EnvironmentMembershipMetadata,
+    read_all_metadata,
+    read_metadata,
+)
+from membership_pipeline.storage.garbage import GarbageReport
+from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, MembershipReader
+from membership_pipeline.storage.schema import require_current_schema
+from membership_pipeline.storage.timestamps import Clock, utc_now
+from membership_pipeline.storage.versions import Publication, ShadowVersion
+
+DEFAULT_COOLDOWN = timedelta(seconds=60)
+DEFAULT_LEASE = timedelta(minutes=10)
+
+
+class MembershipStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = utc_now,
+        cooldown: timedelta = DEFAULT_COOLDOWN,
+        lease: timedelta = DEFAULT_LEASE,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        pool_size: int = 5,
+    ) -> None:
+        if cooldown < timedelta(0) or lease <= timedelta(0):
+            raise ValueError(f"cooldown must be ≥ 0 and lease > 0 (got {cooldown}, {lease})")
+        self.database: StoreDatabase = open_database(url, pool_size=pool_size)
+        try:
+            require_current_schema(self.database)
+        except Exception:
+            self.database.dispose()
+            raise
+        self.clock = clock
+        self.cooldown = cooldown
+        self.lease = lease
+        self.chunk_bytes = chunk_bytes
+
+    @property
+    def url(self) -> str:
+        return self.database.url
+
+    def close(self) -> None:
+        self.database.dispose()
+
+    def __enter__(self) -> MembershipStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # EnvironmentMembershipMetadata
+    def metadata(self, environment_key: str) -> EnvironmentMembershipMetadata | None:
+        with self.database.reader.connect() as conn:
+            return read_metadata(conn, environment_key)
+
+    def all_metadata(self) -> list[EnvironmentMembershipMetadata]:
+        with self.database.reader.connect() as conn:
+            return read_all_metadata(conn)
+
+    # The backfill lifecycle
+    def claim(
+        self, environment_key: str, owner: str, *, force: bool = False
+    ) -> Claim | ClaimRefused:
+        return claims.claim(
+            self.database,
+            environment_key,
+            owner,
+            now=self.clock(),
+            cooldown=self.cooldown,
+            lease=self.lease,
+            force=force,
+        )
+
+    def renew_lease(self, held: Claim) -> Claim:
+        return claims.renew_lease(self.database, held, now=self.clock(), lease=self.lease)
+
+    def stage(self, held: Claim, *, as_of: datetime) -> ShadowVersion:
+        return ShadowVersion(
+            self.database, held, as_of=as_of, now=self.clock(), chunk_bytes=self.chunk_bytes
+        )
+
+    def publish(self, held: Claim, shadow: ShadowVersion) -> Publication:
+        if not shadow.sealed:
+            shadow.seal(now=self.clock())
+        return versions.publish(self.database, held, shadow, now=self.clock())
+
+    def fail(self, held: Claim, error: str) -> bool:
+        return claims.fail(self.database, held, error, now=self.clock())
+
+    def reconcile_stale_claims(
+        self, is_owner_alive: Callable[[str | None], bool | None] | None = None
+    ) -> list[ReconciledClaim]:
+        return claims.reconcile_stale_claims(
+            self.database, now=self.clock(), is_owner_alive=is_owner_alive
+        )
+
+    # Operations
+    def rollback(self, environment_key: str, to_version: int | None = None) -> Publication:
+        return versions.rollback(
+            self.database, environment_key, now=self.clock(), to_version=to_version
+        )
+
+    def collect_garbage(
+        self, keep_retired: int = 2, retired_grace: timedelta = timedelta(minutes=5)
+    ) -> GarbageReport:
+        return garbage.collect_garbage(
+            self.database, now=self.clock(), keep_retired=keep_retired, retired_grace=retired_grace
+        )
+
+    def reader(
+        self, *, cache_bytes: int = DEFAULT_CACHE_BYTES, pointer_ttl: float = 0.0
+    ) -> MembershipReader:
+        return MembershipReader(self.database, cache_bytes=cache_bytes, pointer_ttl=pointer_ttl)

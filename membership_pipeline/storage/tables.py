@@ -1,0 +1,100 @@
+"""The store's tables. The migrations in ``migrations/versions`` create exactly these (a test
+compares them), so a change here needs a new migration.
+
+- ``membership_environment``: one row per environment — EnvironmentMembershipMetadata (backfill
+  lifecycle, the claim and its lease) and the **pointer** to the published version. Publishing
+  and rollback are an update of this one row.
+- ``membership_version``: every version written, with its state (``shadow`` while written,
+  ``sealed`` when complete, ``published``, ``retired``) and totals.
+- ``membership_bitmap``: a version's directory — one row per bitmap (the identity universe, each
+  segment, each shared atom) with its cardinality, or the error of a segment that failed.
+- ``membership_bitmap_chunk``: serialized Roaring bitmaps, split into id ranges of bounded size.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from membership_pipeline.storage.timestamps import UtcDateTime
+
+metadata = sa.MetaData()
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+VersionId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+environment = sa.Table(
+    "membership_environment",
+    metadata,
+    sa.Column("environment_key", sa.String(255), primary_key=True),
+    sa.Column("last_backfill_status", sa.String(16)),
+    sa.Column("last_backfill_started_at", UtcDateTime()),
+    sa.Column("last_backfill_completed_at", UtcDateTime()),
+    sa.Column("last_error", sa.Text()),
+    sa.Column("claim_owner", sa.String(255)),
+    sa.Column("claim_token", sa.String(32)),
+    sa.Column("claim_lease_expires_at", UtcDateTime()),
+    sa.Column("published_version_id", VersionId),
+    sa.Column("publication", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("published_at", UtcDateTime()),
+    sa.Column("published_as_of", UtcDateTime()),
+    sa.Column("published_identity_count", sa.BigInteger()),
+    sa.Column("published_segment_count", sa.Integer()),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+version = sa.Table(
+    "membership_version",
+    metadata,
+    sa.Column("version_id", VersionId, primary_key=True, autoincrement=True),
+    sa.Column("environment_key", sa.String(255), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("claim_token", sa.String(32), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("sealed_at", UtcDateTime()),
+    sa.Column("published_at", UtcDateTime()),
+    sa.Column("retired_at", UtcDateTime()),
+    sa.Column("as_of", UtcDateTime(), nullable=False),
+    sa.Column("identity_count", sa.BigInteger()),
+    sa.Column("segment_count", sa.Integer()),
+    sa.Column("failed_segment_count", sa.Integer()),
+    sa.Column("atom_count", sa.Integer()),
+    sa.Column("chunk_count", sa.Integer()),
+    sa.Column("byte_size", sa.BigInteger()),
+)
+
+bitmap = sa.Table(
+    "membership_bitmap",
+    metadata,
+    sa.Column(
+        "version_id",
+        VersionId,
+        sa.ForeignKey("membership_version.version_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("name", sa.Text()),
+    sa.Column("cardinality", sa.BigInteger(), nullable=False),
+    sa.Column("byte_size", sa.BigInteger(), nullable=False),
+    sa.Column("chunk_count", sa.Integer(), nullable=False),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text()),
+)
+
+bitmap_chunk = sa.Table(
+    "membership_bitmap_chunk",
+    metadata,
+    sa.Column("version_id", VersionId, primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("chunk_index", sa.Integer(), primary_key=True),
+    sa.Column("min_id", sa.BigInteger(), nullable=False),
+    sa.Column("max_id", sa.BigInteger(), nullable=False),
+    sa.Column("cardinality", sa.BigInteger(), nullable=False),
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["version_id", "kind", "key"],
+        ["membership_bitmap.version_id", "membership_bitmap.kind", "membership_bitmap.key"],
+        ondelete="CASCADE",
+    ),
+)
