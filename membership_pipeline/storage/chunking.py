@@ -1,13 +1,13 @@
 """Splitting a bitmap into id-range chunks of bounded serialized size, and back.
 
-A chunk is a serialized Roaring bitmap of the ids in ``[min_id, max_id]``. Small bitmaps are one
-chunk; a large one is cut at rank boundaries into about ``ceil(size / chunk_bytes)`` pieces, so
-no row grows with the environment and a reader can fetch only the chunk that holds an id.
+A chunk is a serialized Roaring bitmap of the ids in ``[min_id, max_id]``. A small bitmap is one
+chunk; a large one is halved at its median id until every piece serializes to at most
+``chunk_bytes``, so no row grows with the environment and a reader fetches only the chunk that
+holds an id.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from pyroaring import BitMap, FrozenBitMap
@@ -31,21 +31,31 @@ def split_bitmap(
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     if not bitmap:
         return []
-    whole = bitmap.serialize()
-    pieces = math.ceil(len(whole) / chunk_bytes)
-    if pieces <= 1:
-        return [Chunk(0, bitmap.min(), bitmap.max(), len(bitmap), whole)]
-    cardinality = len(bitmap)
-    # The first id of each piece: ids at evenly spaced ranks.
-    starts = sorted({bitmap[cardinality * i // pieces] for i in range(pieces)})
-    ends = [*(start - 1 for start in starts[1:]), bitmap.max()]
-    chunks = []
-    for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
-        window = BitMap()
-        window.add_range(start, end + 1)
-        piece = bitmap & window
-        chunks.append(Chunk(index, piece.min(), piece.max(), len(piece), piece.serialize()))
-    return chunks
+    whole = BitMap(bitmap)
+    whole.run_optimize()  # runs of consecutive ids (common for identity ids) store compactly
+    pieces: list[tuple[BitMap, bytes]] = []
+    pending = [(whole, whole.serialize())]
+    while pending:  # halve by rank until each piece fits (a single id always does)
+        piece, payload = pending.pop()
+        if len(payload) <= chunk_bytes or len(piece) == 1:
+            pieces.append((piece, payload))
+            continue
+        middle = piece[len(piece) // 2]
+        upper = piece & _id_range(middle, piece.max() + 1)
+        lower = piece & _id_range(piece.min(), middle)
+        for half in (upper, lower):  # popped lower first: pieces come out in id order
+            half.run_optimize()
+            pending.append((half, half.serialize()))
+    return [
+        Chunk(index, piece.min(), piece.max(), len(piece), payload)
+        for index, (piece, payload) in enumerate(pieces)
+    ]
+
+
+def _id_range(start: int, stop: int) -> BitMap:
+    ids = BitMap()
+    ids.add_range(start, stop)
+    return ids
 
 
 def load_chunk(payload: bytes) -> FrozenBitMap:

@@ -171,7 +171,7 @@ def renew_lease(database: StoreDatabase, held: Claim, *, now: datetime, lease: t
 def fail(database: StoreDatabase, held: Claim, error: str, *, now: datetime) -> bool:
     """Mark the backfill failed and discard its shadow versions; the published version stays.
     Returns False when the claim had already been released (e.g. reconciled)."""
-    return _fail_token(database, held.environment_key, held.token, error, now=now)
+    return _fail_token(database, held.environment_key, held.token, error, now=now, discard=True)
 
 
 def reconcile_stale_claims(
@@ -181,7 +181,8 @@ def reconcile_stale_claims(
     is_owner_alive: Callable[[str | None], bool | None] | None = None,
 ) -> list[ReconciledClaim]:
     """Fail running claims whose owner is gone. ``is_owner_alive`` answers True (alive: leave
-    it), False (gone: fail it) or None (unknown); without an answer, a lapsed lease decides."""
+    it), False (gone: fail it) or None (unknown); without an answer, a lapsed lease decides.
+    Their shadow versions are left to ``collect_garbage`` (deleting them can take a while)."""
     with database.reader.connect() as conn:
         running = conn.execute(
             sa.select(
@@ -206,7 +207,8 @@ def reconcile_stale_claims(
             if reason == "owner_gone"
             else f"the lease of {row.claim_owner} lapsed at {lapsed}"
         )
-        if _fail_token(database, row.environment_key, row.claim_token, message, now=now):
+        token = row.claim_token
+        if _fail_token(database, row.environment_key, token, message, now=now, discard=False):
             reconciled.append(ReconciledClaim(row.environment_key, row.claim_owner, reason))
             log.warning(
                 "segment_membership.store.reconciled",
@@ -226,7 +228,13 @@ def _holds(held: Claim) -> sa.ColumnElement[bool]:
 
 
 def _fail_token(
-    database: StoreDatabase, environment_key: str, token: str, error: str, *, now: datetime
+    database: StoreDatabase,
+    environment_key: str,
+    token: str,
+    error: str,
+    *,
+    now: datetime,
+    discard: bool,
 ) -> bool:
     summary = error if len(error) <= ERROR_SUMMARY_CHARS else error[: ERROR_SUMMARY_CHARS - 1] + "…"
     with database.writer.begin() as conn:
@@ -247,11 +255,13 @@ def _fail_token(
             )
         ).rowcount
         # The shadow versions of this claim are abandoned whether or not it still held.
-        discarded = conn.execute(
-            version.delete().where(
-                version.c.claim_token == token, version.c.state.in_(("shadow", "sealed"))
-            )
-        ).rowcount
+        discarded = 0
+        if discard:
+            discarded = conn.execute(
+                version.delete().where(
+                    version.c.claim_token == token, version.c.state.in_(("shadow", "sealed"))
+                )
+            ).rowcount
     if failed:
         log.error(
             "segment_membership.store.failed",

@@ -117,15 +117,12 @@ class ShadowVersion:
                 f"version {self.version_id} of {self.claim.environment_key!r} has no universe: "
                 "call add_universe with every identity id"
             )
-        self._flush()
         with self._database.writer.begin() as conn:
-            sealed = conn.execute(
+            self._require_shadow(conn)
+            self._write_buffer(conn)
+            conn.execute(
                 version.update()
-                .where(
-                    version.c.version_id == self.version_id,
-                    version.c.state == "shadow",
-                    version.c.claim_token == self.claim.token,
-                )
+                .where(version.c.version_id == self.version_id)
                 .values(
                     state="sealed",
                     sealed_at=now,
@@ -136,11 +133,6 @@ class ShadowVersion:
                     chunk_count=self._totals["chunks"],
                     byte_size=self._totals["bytes"],
                 )
-            ).rowcount
-        if not sealed:
-            raise ClaimLost(
-                f"version {self.version_id} of {self.claim.environment_key!r} was discarded "
-                "before it was sealed (its claim was failed or reconciled)"
             )
         self.sealed = True
         log.info(
@@ -210,12 +202,33 @@ class ShadowVersion:
         }
 
     def _flush(self) -> None:
-        if not self._bitmap_rows:
-            return
-        with self._database.writer.begin() as conn:
+        if self._bitmap_rows:
+            with self._database.writer.begin() as conn:
+                self._require_shadow(conn)
+                self._write_buffer(conn)
+
+    def _require_shadow(self, conn: sa.Connection) -> None:
+        """Lock the version row; it is gone when its claim was failed or reconciled meanwhile."""
+        still_shadow = conn.execute(
+            sa.select(version.c.version_id)
+            .where(
+                version.c.version_id == self.version_id,
+                version.c.state == "shadow",
+                version.c.claim_token == self.claim.token,
+            )
+            .with_for_update()
+        ).first()
+        if still_shadow is None:
+            raise ClaimLost(
+                f"version {self.version_id} of {self.claim.environment_key!r} was discarded "
+                "while it was written (its claim was failed or reconciled)"
+            )
+
+    def _write_buffer(self, conn: sa.Connection) -> None:
+        if self._bitmap_rows:
             conn.execute(bitmap.insert(), self._bitmap_rows)
-            if self._chunk_rows:
-                conn.execute(bitmap_chunk.insert(), self._chunk_rows)
+        if self._chunk_rows:
+            conn.execute(bitmap_chunk.insert(), self._chunk_rows)
         self._bitmap_rows, self._chunk_rows, self._buffered_bytes = [], [], 0
 
 
@@ -305,7 +318,7 @@ def rollback(
             candidates = candidates.where(version.c.version_id == to_version)
         target = conn.execute(candidates.order_by(version.c.version_id.desc()).limit(1)).first()
         if target is None:
-            wanted = f"version {to_version}" if to_version is not None else "an earlier version"
+            wanted = f"version {to_version}" if to_version is not None else "earlier version"
             raise RollbackUnavailable(
                 f"environment {environment_key!r} has no {wanted} kept for rollback"
             )
