@@ -40,7 +40,8 @@ def count_queries(engine: sa.Engine) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def record(conn, cursor, statement, *args) -> None:
-        statements.append(statement)
+        if not statement.startswith("BEGIN"):  # SQLite's explicit transaction start
+            statements.append(statement)
 
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
