@@ -28,10 +28,11 @@ from membership_pipeline.storage.reader import (
     PublishedMembership,
 )
 from membership_pipeline.storage.schema import migrate
-from membership_pipeline.storage.store import MembershipStore
+from membership_pipeline.storage.store import DEFAULT_STORE_URL, MembershipStore
 from membership_pipeline.storage.versions import Publication, ShadowVersion
 
 __all__ = [
+    "DEFAULT_STORE_URL",
     "BackfillStatus",
     "Claim",
     "ClaimLost",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from membership_pipeline.evaluation import MembershipResult
+if TYPE_CHECKING:
+    from membership_pipeline.evaluation import MembershipResult
 from membership_pipeline.storage.versions import ShadowVersion
 
 

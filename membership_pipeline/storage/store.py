@@ -29,6 +29,7 @@ from membership_pipeline.storage.schema import require_current_schema
 from membership_pipeline.storage.timestamps import Clock, utc_now
 from membership_pipeline.storage.versions import Publication, ShadowVersion
 
+DEFAULT_STORE_URL = "sqlite:///.membership/membership_store.sqlite"  # the embedded default
 DEFAULT_COOLDOWN = timedelta(seconds=60)
 DEFAULT_LEASE = timedelta(minutes=10)
 

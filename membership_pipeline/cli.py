@@ -1,0 +1,257 @@
+"""``membership``: the operator's command line for the bitmap store.
+
+    membership migrate                          create or upgrade the store's schema
+    membership status [ENV]                     EnvironmentMembershipMetadata, one line each
+    membership segments ENV                     the published version: segments, counts, failures
+    membership count ENV SEGMENT                members of a segment (published version)
+    membership members ENV SEGMENT [--after ID] [--limit N]
+    membership sample ENV SEGMENT [-n N] [--seed S]
+    membership is-member ENV SEGMENT ID
+    membership segments-of ENV ID
+    membership rollback ENV [--to-version V]    flip back to a kept earlier version
+    membership gc [--keep N] [--grace SECONDS]  collect retired and abandoned versions
+    membership reconcile                        fail running claims whose lease lapsed
+
+The store is ``--store-url`` or ``$MEMBERSHIP_STORE_URL`` (default: the embedded SQLite file
+under ``.membership/``). ``--json`` prints one JSON document instead of text. Exit status: 0 on
+success, 1 when the store refuses or cannot answer (the message says why), 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from membership_pipeline.storage import (
+    DEFAULT_STORE_URL,
+    EnvironmentMembershipMetadata,
+    MembershipStore,
+    StoreError,
+    migrate,
+)
+
+Command = Callable[[argparse.Namespace], tuple[Any, str]]  # (JSON document, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        document, text = args.command(args)
+    except (StoreError, ValueError, TypeError) as error:
+        print(f"membership {args.name}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(document, indent=2, default=str) if args.json else text)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="membership", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--store-url",
+        default=os.environ.get("MEMBERSHIP_STORE_URL", DEFAULT_STORE_URL),
+        help="the store's database (default $MEMBERSHIP_STORE_URL or %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Command, help_: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_)
+        sub.set_defaults(command=handler, name=name)
+        return sub
+
+    command("migrate", _migrate, "create or upgrade the store's schema")
+    command("status", _status, "backfill status per environment").add_argument(
+        "environment", nargs="?"
+    )
+    command("segments", _segments, "segments of the published version").add_argument("environment")
+    for name, handler, help_ in (
+        ("count", _count, "members of a segment"),
+        ("members", _members, "a page of members in id order"),
+        ("sample", _sample, "a reproducible random sample of members"),
+        ("is-member", _is_member, "whether an identity is in a segment"),
+    ):
+        sub = command(name, handler, help_)
+        sub.add_argument("environment")
+        sub.add_argument("segment")
+        if name == "members":
+            sub.add_argument("--after", type=int, help="the last id of the previous page")
+            sub.add_argument("--limit", type=int, default=100)
+        if name == "sample":
+            sub.add_argument("-n", type=int, default=10)
+            sub.add_argument("--seed", type=int, default=0)
+        if name == "is-member":
+            sub.add_argument("identity_id", type=int)
+    segments_of = command("segments-of", _segments_of, "the segments an identity is in")
+    segments_of.add_argument("environment")
+    segments_of.add_argument("identity_id", type=int)
+    rollback = command("rollback", _rollback, "flip back to an earlier version")
+    rollback.add_argument("environment")
+    rollback.add_argument("--to-version", type=int)
+    gc = command("gc", _gc, "collect retired and abandoned versions")
+    gc.add_argument("--keep", type=int, default=2, help="retired versions kept for rollback")
+    gc.add_argument("--grace", type=float, default=300, help="seconds a retired version is kept")
+    command("reconcile", _reconcile, "fail running claims whose lease lapsed")
+    return parser
+
+
+def _store(args: argparse.Namespace) -> MembershipStore:
+    return MembershipStore(args.store_url)
+
+
+def _migrate(args: argparse.Namespace) -> tuple[Any, str]:
+    before, after = migrate(args.store_url)
+    text = (
+        f"store schema at revision {after} (unchanged)"
+        if before == after
+        else f"store schema migrated from {before or 'empty'} to revision {after}"
+    )
+    return {"revision_before": before, "revision": after}, text
+
+
+def _status(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        if args.environment:
+            found = store.metadata(args.environment)
+            if found is None:
+                raise StoreError(f"environment {args.environment!r} has never been backfilled")
+            rows = [found]
+        else:
+            rows = store.all_metadata()
+    return [row.as_dict() for row in rows], _status_table(rows)
+
+
+def _status_table(rows: list[EnvironmentMembershipMetadata]) -> str:
+    if not rows:
+        return "no environment has been backfilled yet"
+    header = f"{'environment':<24}{'status':<11}{'started (UTC)':<21}{'completed (UTC)':<21}"
+    header += f"{'version':>8}{'identities':>12}  as of / owner / error"
+    lines = [header]
+    for row in rows:
+        detail = [
+            f"as of {_when(row.published_as_of)}" if row.published_as_of else "nothing published"
+        ]
+        if row.claim_owner:
+            detail.append(f"by {row.claim_owner}")
+        if row.last_error:
+            detail.append(f"error: {row.last_error.splitlines()[0][:80]}")
+        lines.append(
+            f"{row.environment_key:<24}{row.last_backfill_status or '-':<11}"
+            f"{_when(row.last_backfill_started_at):<21}{_when(row.last_backfill_completed_at):<21}"
+            f"{row.published_version_id or '-':>8}{row.published_identity_count or 0:>12,}  "
+            + "; ".join(detail)
+        )
+    return "\n".join(lines)
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _segments(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        published = store.reader().published(args.environment)
+        counts = published.segment_counts()
+        failed = published.failed_segments
+        names = {key: published.segment_name(key) for key in published.segment_keys}
+    document = {
+        "environment": args.environment,
+        "version": published.version_id,
+        "as_of": published.as_of.isoformat(),
+        "identities": published.identity_count,
+        "segments": [
+            {"key": key, "name": names[key], "count": counts.get(key), "error": failed.get(key)}
+            for key in names
+        ],
+    }
+    lines = [
+        f"{args.environment}: version {published.version_id}, "
+        f"{published.identity_count:,} identities, as of {_when(published.as_of)} UTC",
+        f"{'segment':<16}{'name':<32}{'members':>10}",
+    ]
+    for key, name in names.items():
+        shown = f"{counts[key]:>10,}" if key in counts else f"  failed: {failed[key]}"
+        lines.append(f"{key:<16}{(name or '')[:31]:<32}{shown}")
+    return document, "\n".join(lines)
+
+
+def _count(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        published = store.reader().published(args.environment)
+        count = published.count(args.segment)
+    document = {
+        "environment": args.environment,
+        "segment": args.segment,
+        "count": count,
+        "version": published.version_id,
+        "as_of": published.as_of.isoformat(),
+    }
+    return document, f"{count:,} identities (version {published.version_id})"
+
+
+def _members(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        page = store.reader().members(args.environment, args.segment, args.after, args.limit)
+    more = f"\n(next page: --after {page.next_after})" if page.next_after is not None else ""
+    return {"ids": page.ids, "next_after": page.next_after}, "\n".join(map(str, page.ids)) + more
+
+
+def _sample(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        ids = store.reader().sample(args.environment, args.segment, args.n, args.seed)
+    return {"ids": ids, "seed": args.seed}, "\n".join(map(str, ids))
+
+
+def _is_member(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        member = store.reader().is_member(args.environment, args.segment, args.identity_id)
+    verdict = "is" if member else "is not"
+    return {"member": member}, f"identity {args.identity_id} {verdict} in {args.segment}"
+
+
+def _segments_of(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        found = store.reader().segments_of(args.environment, args.identity_id)
+    text = "\n".join(found.segments) or "(in no segment)"
+    if found.unavailable:
+        text += f"\n(unknown for segments that failed to evaluate: {', '.join(found.unavailable)})"
+    return {"segments": found.segments, "unavailable": found.unavailable}, text
+
+
+def _rollback(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        flipped = store.rollback(args.environment, args.to_version)
+    text = f"{args.environment}: version {flipped.previous_version_id} → {flipped.version_id}"
+    return flipped.__dict__, text
+
+
+def _gc(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        report = store.collect_garbage(args.keep, timedelta(seconds=args.grace))
+    text = (
+        f"collected {len(report.retired_versions)} retired and "
+        f"{len(report.abandoned_versions)} abandoned versions ({report.bytes_freed:,} bytes)"
+    )
+    return report.__dict__, text
+
+
+def _reconcile(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        reconciled = store.reconcile_stale_claims()
+    lines = [f"{r.environment_key}: claim of {r.owner} failed ({r.reason})" for r in reconciled]
+    return [r.__dict__ for r in reconciled], "\n".join(lines) or "no stale claims"
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

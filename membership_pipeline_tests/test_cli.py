@@ -1,0 +1,77 @@
+"""The ``membership`` command, run for real in a subprocess against each backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+from pyroaring import BitMap
+
+from membership_pipeline.storage import MembershipStore, migrate
+from membership_pipeline_tests.storage.conftest import backfill
+
+
+def membership(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "membership_pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEMBERSHIP_STORE_URL": store_url},
+        timeout=120,
+    )
+
+
+def test_the_store_commands(database_url):
+    first = membership(database_url, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "migrated from empty to revision 0001" in first.stdout
+    assert "(unchanged)" in membership(database_url, "migrate").stdout
+
+    with MembershipStore(database_url, cooldown=timedelta(0)) as store:
+        backfill(store, "env", {"odd": BitMap(range(1, 100, 2))}, universe=BitMap(range(100)))
+        backfill(store, "env", {"odd": BitMap(range(1, 200, 2))}, universe=BitMap(range(200)))
+
+    status = membership(database_url, "status")
+    assert status.returncode == 0
+    assert status.stdout.splitlines()[1].split()[:2] == ["env", "succeeded"]
+    assert (
+        json.loads(membership(database_url, "--json", "status", "env").stdout)[0][
+            "published_identity_count"
+        ]
+        == 200
+    )
+
+    assert membership(database_url, "count", "env", "odd").stdout.startswith("100 identities")
+    page = json.loads(
+        membership(database_url, "--json", "members", "env", "odd", "--limit", "3").stdout
+    )
+    assert page == {"ids": [1, 3, 5], "next_after": 5}
+    sample = json.loads(
+        membership(database_url, "--json", "sample", "env", "odd", "-n", "5").stdout
+    )
+    assert len(sample["ids"]) == 5 and all(i % 2 for i in sample["ids"])
+    assert membership(database_url, "segments-of", "env", "7").stdout.strip() == "odd"
+    assert "is not in odd" in membership(database_url, "is-member", "env", "odd", "8").stdout
+    segments = json.loads(membership(database_url, "--json", "segments", "env").stdout)
+    assert segments["segments"] == [{"key": "odd", "name": "ODD", "count": 100, "error": None}]
+
+    unknown = membership(database_url, "count", "env", "even")
+    assert unknown.returncode == 1
+    assert "segment 'even' is not in environment 'env'" in unknown.stderr
+
+    rolled = membership(database_url, "rollback", "env")
+    assert rolled.returncode == 0, rolled.stderr
+    assert membership(database_url, "count", "env", "odd").stdout.startswith("50 identities")
+    assert "no stale claims" in membership(database_url, "reconcile").stdout
+    assert "collected 0 retired" in membership(database_url, "gc").stdout
+
+
+def test_an_unmigrated_store_says_what_to_run(database_url):
+    result = membership(database_url, "status")
+    assert result.returncode == 1
+    assert "Run `membership migrate` first" in result.stderr
+    migrate(database_url)
+    assert "no environment has been backfilled yet" in membership(database_url, "status").stdout
