@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
-
-import sqlalchemy as sa
 
 from membership_pipeline.benchmarks.memory import peak_rss_mb, reset_peak_rss
+from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
 from membership_pipeline.sources.demo_dataset import write_demo_dataset
 
-POSTGRES_URL = os.environ.get(
-    "MEMBERSHIP_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 TARGET_PEAK_RSS_MB = 1536
 
 
@@ -47,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     print(f"source benchmark: one environment of {args.identities:,} identities")
     for backend in backends:
-        with _database(backend) as url:
-            _progress(f"{backend}: writing the demo database")
+        with ScratchDatabase(backend) as url:
+            progress(f"{backend}: writing the demo database")
             started = time.perf_counter()
             written = write_demo_dataset(
                 url,
@@ -59,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                 segments_per_project=args.segments,
             )
             seeded = time.perf_counter() - started
-            _progress(f"{backend}: reading in a fresh process")
+            progress(f"{backend}: reading in a fresh process")
             child = subprocess.run(
                 [
                     sys.executable,
@@ -116,38 +108,6 @@ def _report(backend: str, traits: int, seeded: float, m: dict[str, float]) -> No
         f"{m['failed_segments']:.0f} failed segments): peak RSS {m['total_peak_mb']:,.0f} MB"
         f"   target ≤ {TARGET_PEAK_RSS_MB} MB: {ok}   (seeding took {seeded:.0f} s)"
     )
-
-
-class _database:
-    """A throw-away database for one backend: an SQLite file, or a PostgreSQL schema."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-
-    def __enter__(self) -> str:
-        if self.backend == "sqlite":
-            self.tmp = tempfile.TemporaryDirectory(prefix="membership-source-bench-")
-            return f"sqlite:///{Path(self.tmp.name) / 'flagsmith.sqlite'}"
-        self.schema = f"mp_bench_{uuid.uuid4().hex[:12]}"
-        self.server = sa.create_engine(POSTGRES_URL)
-        with self.server.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {self.schema}"))
-        url = sa.engine.make_url(POSTGRES_URL).update_query_dict(
-            {"options": f"-csearch_path={self.schema}"}
-        )
-        return url.render_as_string(hide_password=False)
-
-    def __exit__(self, *_: object) -> None:
-        if self.backend == "sqlite":
-            self.tmp.cleanup()
-            return
-        with self.server.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {self.schema} CASCADE"))
-        self.server.dispose()
-
-
-def _progress(message: str) -> None:
-    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -25,27 +25,32 @@ class StoreDatabase:
     url: str
     writer: sa.Engine
     reader: sa.Engine
+    # Single-statement reads that need no snapshot (the pointer check on every read): on
+    # PostgreSQL autocommit, one round trip instead of BEGIN / SET / SELECT / ROLLBACK.
+    probe: sa.Engine
 
     @property
     def dialect(self) -> str:
         return self.writer.dialect.name
 
     def dispose(self) -> None:
-        self.writer.dispose()
-        self.reader.dispose()
+        for engine in {self.writer, self.reader, self.probe}:
+            engine.dispose()
 
 
 def open_database(url: str, pool_size: int = 5) -> StoreDatabase:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return StoreDatabase(url, _sqlite_engine(parsed, "BEGIN IMMEDIATE"), _sqlite_engine(parsed))
+        reader = _sqlite_engine(parsed)
+        return StoreDatabase(url, _sqlite_engine(parsed, "BEGIN IMMEDIATE"), reader, reader)
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(
             f"unsupported store URL {parsed.render_as_string()!r}: use postgresql://... or sqlite:///..."
         )
     writer = sa.create_engine(parsed, pool_size=pool_size, pool_pre_ping=True)
     reader = writer.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-    return StoreDatabase(url, writer, reader)
+    probe = sa.create_engine(parsed, pool_size=pool_size, isolation_level="AUTOCOMMIT")
+    return StoreDatabase(url, writer, reader, probe)
 
 
 def _sqlite_engine(url: sa.URL, begin: str = "BEGIN") -> sa.Engine:

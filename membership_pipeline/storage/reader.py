@@ -302,27 +302,19 @@ class MembershipReader:
         checked = self._monotonic()
         if latest is not None and checked - latest[1] < self.pointer_ttl:
             return latest[0]
-        with self._database.reader.connect() as conn, conn.begin():
-            row = conn.execute(
-                sa.select(
-                    environment.c.last_backfill_status,
-                    environment.c.published_version_id,
-                    environment.c.publication,
-                    environment.c.published_at,
-                    environment.c.published_as_of,
-                    environment.c.published_identity_count,
-                ).where(environment.c.environment_key == environment_key)
-            ).one_or_none()
-            if row is None:
-                raise UnknownEnvironment(environment_key)
-            if row.published_version_id is None:
-                raise NotYetPublished(environment_key, row.last_backfill_status)
-            if latest is not None and row.publication <= latest[0].publication:
-                snapshot = None  # what we hold is as new (or newer: never go back)
-            else:
-                snapshot = PublishedMembership(
-                    environment_key, row, _directory(conn, row.published_version_id), self.chunks
-                )
+        with self._database.probe.connect() as conn:
+            row = conn.execute(_pointer(environment_key)).one_or_none()
+        if row is None:
+            raise UnknownEnvironment(environment_key)
+        if row.published_version_id is None:
+            raise NotYetPublished(environment_key, row.last_backfill_status)
+        snapshot = None  # what we hold is as new (or newer: never go back)
+        if latest is None or row.publication > latest[0].publication:
+            # A new publication: its pointer and directory, read in one snapshot.
+            with self._database.reader.connect() as conn, conn.begin():
+                row = conn.execute(_pointer(environment_key)).one()
+                entries = _directory(conn, row.published_version_id)
+            snapshot = PublishedMembership(environment_key, row, entries, self.chunks)
         with self._lock:
             held = self._latest.get(environment_key)
             if snapshot is None or (
@@ -359,6 +351,17 @@ class MembershipReader:
             with self._lock:
                 self._latest.pop(environment_key, None)
             return query(self.published(environment_key))
+
+
+def _pointer(environment_key: str) -> sa.Select:
+    return sa.select(
+        environment.c.last_backfill_status,
+        environment.c.published_version_id,
+        environment.c.publication,
+        environment.c.published_at,
+        environment.c.published_as_of,
+        environment.c.published_identity_count,
+    ).where(environment.c.environment_key == environment_key)
 
 
 def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], BitmapEntry]:

@@ -1,0 +1,232 @@
+"""Benchmark: the membership store on SQLite and PostgreSQL.
+
+    membership-benchmark-store [--identities N] [--segments S] [--backend sqlite|postgresql|both]
+
+It seeds a demo Flagsmith database in PostgreSQL with one environment of N identities and S
+segments, reads and evaluates it (the large version), and evaluates a 1,000-identity synthetic
+environment (the small one). For each store backend it prints:
+- the shadow write and the publish flip, for both sizes (target: flip(large) / flip(small) ≤ 1.5,
+  i.e. the flip does not grow with the version);
+- count and is_member latency on the large environment, p50 and p99: cold (a new reader: pointer,
+  directory and chunk from the database), warm (cache filled, pointer checked on every call) and
+  warm with a 1 s pointer TTL (pure memory). Target: warm p99 ≤ 2 ms;
+- for comparison, the same segment count done as SQL ``count(*)`` over Flagsmith's identity and
+  trait tables in PostgreSQL (indexed), with both counts so they can be checked against each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
+from membership_pipeline.evaluation import MembershipResult, evaluate_environment
+from membership_pipeline.evaluation.md5_workers import stop_worker
+from membership_pipeline.sources.demo_dataset import write_demo_dataset
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.sources.synthetic import synthetic_environment
+from membership_pipeline.storage import (
+    Claim,
+    MembershipReader,
+    MembershipStore,
+    migrate,
+    stage_membership_result,
+)
+
+FLIP_RATIO_TARGET = 1.5
+WARM_P99_TARGET_MS = 2.0
+Query = Callable[[MembershipReader, str, int], object]
+PROBE_SEGMENT = "plan is free"  # one EQUAL condition on a trait: what SQL can count directly
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--identities", type=int, default=1_000_000)
+    parser.add_argument("--segments", type=int, default=300)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=5, help="publishes per size")
+    parser.add_argument("--reads", type=int, default=2_000, help="queries per latency figure")
+    args = parser.parse_args(argv)
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+
+    with ScratchDatabase("postgresql") as flagsmith_url:
+        progress(f"seeding a Flagsmith database: {args.identities:,} identities")
+        seeded = write_demo_dataset(
+            flagsmith_url,
+            identities=args.identities,
+            organisations=1,
+            projects_per_organisation=1,
+            environments_per_project=1,
+            segments_per_project=args.segments,
+        )
+        api_key = seeded.environments[0]["api_key"]
+        progress("reading and evaluating it")
+        large = _evaluate_from_source(flagsmith_url, api_key)
+        small = _evaluate_synthetic(1_000, args.segments)
+        print(
+            f"store benchmark: large version {len(large.universe):,} identities × "
+            f"{len(large.segments)} segments; small version {len(small.universe):,} identities"
+        )
+        probe = next(k for k, name in large.segment_names.items() if name == PROBE_SEGMENT)
+        for backend in backends:
+            with ScratchDatabase(backend) as store_url:
+                migrate(store_url)
+                with MembershipStore(store_url, cooldown=timedelta(0)) as store:
+                    _publish_figures(store, backend, {"small": small, "large": large}, args.repeats)
+                    _read_figures(store, backend, large, args.reads)
+        _sql_count_figures(flagsmith_url, api_key, probe, large, args.reads // 20)
+    stop_worker()
+
+
+def _evaluate_from_source(url: str, api_key: str) -> MembershipResult:
+    source = FlagsmithSource(url)
+    try:
+        snapshot = source.read_environment(api_key)
+    finally:
+        source.close()
+    return evaluate_environment(
+        snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
+    )
+
+
+def _evaluate_synthetic(identities: int, segments: int) -> MembershipResult:
+    env = synthetic_environment(identities, segments, seed=1, environment_key="small_env")
+    return evaluate_environment(env.environment, env.identities, env.traits, env.segments)
+
+
+def _publish_figures(
+    store: MembershipStore, backend: str, results: dict[str, MembershipResult], repeats: int
+) -> None:
+    flips: dict[str, list[float]] = {}
+    for label, result in results.items():
+        progress(f"{backend}: {repeats} publishes of the {label} version")
+        writes, flips[label], size = [], [], 0
+        for _ in range(repeats):
+            held = store.claim(result.environment_key, "benchmark", force=True)
+            assert isinstance(held, Claim), held
+            started = time.perf_counter()
+            shadow = store.stage(held, as_of=store.clock())
+            stage_membership_result(shadow, result)
+            shadow.seal(now=store.clock())
+            writes.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            store.publish(held, shadow)
+            flips[label].append(time.perf_counter() - started)
+            size = shadow.byte_size
+            store.collect_garbage(keep_retired=1, retired_grace=timedelta(0))
+        print(
+            f"  {backend:<11}{label} version ({len(result.universe):>9,} identities, "
+            f"{size / 1e6:7.2f} MB): shadow write {statistics.median(writes):6.3f} s, "
+            f"publish flip {statistics.median(flips[label]) * 1000:6.2f} ms (median of {repeats})"
+        )
+    ratio = statistics.median(flips["large"]) / statistics.median(flips["small"])
+    verdict = "ok" if ratio <= FLIP_RATIO_TARGET else "MISSED"
+    print(
+        f"  {backend:<11}flip large / small = {ratio:.2f}   target ≤ {FLIP_RATIO_TARGET}: {verdict}"
+    )
+
+
+def _read_figures(
+    store: MembershipStore, backend: str, result: MembershipResult, reads: int
+) -> None:
+    progress(f"{backend}: read latency")
+    env = result.environment_key
+    rng = random.Random(0)
+    segments = sorted(result.segments)
+    ids = result.universe.to_array()
+    probes = [(rng.choice(segments), int(ids[rng.randrange(len(ids))])) for _ in range(reads)]
+    cold_reads = max(reads // 20, 20)
+
+    def _count(reader: MembershipReader, segment: str, _: int) -> object:
+        return reader.count(env, segment)
+
+    def _is_member(reader: MembershipReader, segment: str, identity: int) -> object:
+        return reader.is_member(env, segment, identity)
+
+    def cold(query: Query, segment: str, identity: int) -> float:
+        reader = store.reader()
+        started = time.perf_counter()
+        query(reader, segment, identity)
+        return time.perf_counter() - started
+
+    rows = {
+        "count cold": [cold(_count, s, i) for s, i in probes[:cold_reads]],
+        "is_member cold": [cold(_is_member, s, i) for s, i in probes[:cold_reads]],
+    }
+    for label, ttl in (("warm", 0.0), ("warm, 1 s pointer TTL", 1.0)):
+        reader = store.reader(pointer_ttl=ttl)
+        for segment, identity in probes:  # fill the cache
+            reader.is_member(env, segment, identity)
+        rows[f"count {label}"] = _timed(reader, _count, probes)
+        rows[f"is_member {label}"] = _timed(reader, _is_member, probes)
+    for label, samples in rows.items():
+        p50, p99 = _percentiles(samples)
+        target = ""
+        if "warm" in label:
+            target = f"   target p99 ≤ {WARM_P99_TARGET_MS} ms: "
+            target += "ok" if p99 <= WARM_P99_TARGET_MS else "MISSED"
+        print(f"  {backend:<11}{label:<32} p50 {p50:8.3f} ms   p99 {p99:8.3f} ms{target}")
+
+
+def _timed(reader: MembershipReader, query: Query, probes: list[tuple[str, int]]) -> list[float]:
+    samples = []
+    for segment, identity in probes:
+        started = time.perf_counter()
+        query(reader, segment, identity)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return (
+        ordered[len(ordered) // 2] * 1000,
+        ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    )
+
+
+def _sql_count_figures(
+    url: str, api_key: str, probe: str, result: MembershipResult, repeats: int
+) -> None:
+    """The probe segment ("plan EQUAL 'free'") counted in SQL, as a query over Flagsmith's tables
+    would: a user trait of that value, unless a system trait overrides the key."""
+    query = sa.text(
+        """
+        SELECT count(*)
+        FROM environments_identity i
+        JOIN environments_environment e ON e.id = i.environment_id
+        JOIN environments_trait t ON t.identity_id = i.id
+        WHERE e.api_key = :api_key AND t.trait_key = 'plan' AND t.value_type = 'unicode'
+          AND t.string_value = 'free' AND (i.system_traits ->> 'plan') IS NULL
+        """
+    )
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE INDEX ON environments_trait (trait_key, string_value)"))
+        conn.execute(sa.text("ANALYZE"))
+    samples, count = [], None
+    with engine.connect() as conn:
+        for _ in range(max(repeats, 5)):
+            started = time.perf_counter()
+            count = conn.execute(query, {"api_key": api_key}).scalar_one()
+            samples.append(time.perf_counter() - started)
+    engine.dispose()
+    p50, p99 = _percentiles(samples)
+    bitmap_count = len(result.segments[probe])
+    agree = "equal" if count == bitmap_count else "DIFFERENT"
+    print(
+        f"  {'postgresql':<11}{'SQL count(*) of ' + repr(PROBE_SEGMENT):<32} p50 {p50:8.3f} ms   "
+        f"p99 {p99:8.3f} ms   ({count:,} rows; bitmap count {bitmap_count:,}: {agree})"
+    )
+
+
+if __name__ == "__main__":
+    main()
