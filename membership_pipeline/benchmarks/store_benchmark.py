@@ -22,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -42,7 +43,13 @@ from membership_pipeline.storage import (
 FLIP_RATIO_TARGET = 1.5
 WARM_P99_TARGET_MS = 2.0
 Query = Callable[[MembershipReader, str, int], object]
-PROBE_SEGMENT = "plan is free"  # one EQUAL condition on a trait: what SQL can count directly
+STRING_TRAITS = ("plan", "country")  # the demo's traits whose values are plain strings
+
+
+class Probe(NamedTuple):
+    segment_key: str
+    trait_key: str
+    value: str
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,13 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         api_key = seeded.environments[0]["api_key"]
         progress("reading and evaluating it")
-        large = _evaluate_from_source(flagsmith_url, api_key)
+        large, probe = _evaluate_from_source(flagsmith_url, api_key)
         small = _evaluate_synthetic(1_000, args.segments)
         print(
             f"store benchmark: large version {len(large.universe):,} identities × "
             f"{len(large.segments)} segments; small version {len(small.universe):,} identities"
         )
-        probe = next(k for k, name in large.segment_names.items() if name == PROBE_SEGMENT)
         for backend in backends:
             with ScratchDatabase(backend) as store_url:
                 migrate(store_url)
@@ -86,15 +92,29 @@ def main(argv: list[str] | None = None) -> None:
     stop_worker()
 
 
-def _evaluate_from_source(url: str, api_key: str) -> MembershipResult:
+def _evaluate_from_source(url: str, api_key: str) -> tuple[MembershipResult, Probe]:
     source = FlagsmithSource(url)
     try:
         snapshot = source.read_environment(api_key)
     finally:
         source.close()
-    return evaluate_environment(
+    result = evaluate_environment(
         snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
     )
+    return result, _probe(snapshot.segments)
+
+
+def _probe(segments: list[dict[str, Any]]) -> Probe:
+    """A segment that SQL can count directly: one string trait EQUAL to a value."""
+    for segment in segments:
+        rules = segment["rules"]
+        if len(rules) == 1 and rules[0]["type"] == "ALL" and not rules[0].get("rules"):
+            conditions = rules[0].get("conditions") or []
+            if len(conditions) == 1 and conditions[0]["operator"] == "EQUAL":
+                condition = conditions[0]
+                if condition["property"] in STRING_TRAITS:
+                    return Probe(segment["key"], condition["property"], condition["value"])
+    raise LookupError("no segment of one string-trait EQUAL condition to count in SQL")
 
 
 def _evaluate_synthetic(identities: int, segments: int) -> MembershipResult:
@@ -194,18 +214,18 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def _sql_count_figures(
-    url: str, api_key: str, probe: str, result: MembershipResult, repeats: int
+    url: str, api_key: str, probe: Probe, result: MembershipResult, repeats: int
 ) -> None:
-    """The probe segment ("plan EQUAL 'free'") counted in SQL, as a query over Flagsmith's tables
-    would: a user trait of that value, unless a system trait overrides the key."""
+    """The probe segment (e.g. plan EQUAL 'free') counted in SQL, as a query over Flagsmith's
+    tables would: a user trait of that value, unless a system trait overrides the key."""
     query = sa.text(
         """
         SELECT count(*)
         FROM environments_identity i
         JOIN environments_environment e ON e.id = i.environment_id
         JOIN environments_trait t ON t.identity_id = i.id
-        WHERE e.api_key = :api_key AND t.trait_key = 'plan' AND t.value_type = 'unicode'
-          AND t.string_value = 'free' AND (i.system_traits ->> 'plan') IS NULL
+        WHERE e.api_key = :api_key AND t.trait_key = :trait AND t.value_type = 'unicode'
+          AND t.string_value = :value AND (i.system_traits ->> :trait) IS NULL
         """
     )
     engine = sa.create_engine(url)
@@ -216,15 +236,17 @@ def _sql_count_figures(
     with engine.connect() as conn:
         for _ in range(max(repeats, 5)):
             started = time.perf_counter()
-            count = conn.execute(query, {"api_key": api_key}).scalar_one()
+            parameters = {"api_key": api_key, "trait": probe.trait_key, "value": probe.value}
+            count = conn.execute(query, parameters).scalar_one()
             samples.append(time.perf_counter() - started)
     engine.dispose()
     p50, p99 = _percentiles(samples)
-    bitmap_count = len(result.segments[probe])
+    bitmap_count = len(result.segments[probe.segment_key])
     agree = "equal" if count == bitmap_count else "DIFFERENT"
     print(
-        f"  {'postgresql':<11}{'SQL count(*) of ' + repr(PROBE_SEGMENT):<32} p50 {p50:8.3f} ms   "
-        f"p99 {p99:8.3f} ms   ({count:,} rows; bitmap count {bitmap_count:,}: {agree})"
+        f"  {'postgresql':<11}{'SQL count(*)':<32} p50 {p50:8.3f} ms   p99 {p99:8.3f} ms   "
+        f"({probe.trait_key} = {probe.value!r}: {count:,} rows; bitmap count {bitmap_count:,}: "
+        f"{agree})"
     )
 
 

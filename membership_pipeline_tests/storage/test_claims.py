@@ -174,3 +174,23 @@ def test_fifty_concurrent_claims_have_exactly_one_winner(store_url):
     assert stores[0].metadata("contested").claim_owner == winners[0].owner
     for opened in stores:
         opened.close()
+
+
+def test_each_transition_is_a_structured_event(store, clock):
+    with structlog.testing.capture_logs() as events:
+        held = store.claim("env", "run-1")
+        store.claim("env", "run-2")
+        write_version(store, held, {"s": BitMap([1])})
+        clock.advance(61)
+        store.fail(store.claim("env", "run-3"), "boom")
+    assert [(e["event"], e.get("owner")) for e in events] == [
+        ("segment_membership.store.claimed", "run-1"),
+        ("segment_membership.store.claim_refused", "run-2"),
+        ("segment_membership.store.shadow_written", None),
+        ("segment_membership.store.published", None),
+        ("segment_membership.store.claimed", "run-3"),
+        ("segment_membership.store.failed", None),
+    ]
+    assert all(e["environment"] == "env" for e in events)
+    assert events[1]["reason"] == "running"
+    assert events[3]["identities"] == 1 and events[3]["publication"] == 1

@@ -1,0 +1,82 @@
+"""The benchmark and demo commands run end to end (their figures are not asserted: no timing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from membership_pipeline.storage import BackfillStatus, MembershipStore
+from membership_pipeline_tests.conftest import POSTGRES_URL
+
+
+def _run(*args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "MEMBERSHIP_BENCH_POSTGRES_URL": POSTGRES_URL},
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+def test_benchmark_prints_its_figures_and_agrees_with_flag_engine() -> None:
+    out = _run(
+        "membership_pipeline.benchmarks.engine_benchmark",
+        "--identities",
+        "3000",
+        "--segments",
+        "25",
+        "--oracle-sample",
+        "60",
+        "--repeat",
+        "1",
+    )
+    for label in ("environment", "evaluation", "peak RSS", "throughput", "flag-engine", "speed-up"):
+        assert f"  {label}" in out
+    assert "0 mismatches with flag-engine in 1,500 sampled pairs" in out
+
+
+def test_demo_seeds_evaluates_and_publishes_every_environment(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    demo = ("membership_pipeline.demo", "--url", url, "--store-url", store_url)
+    out = _run(*demo, "--identities", "3000")
+    assert f"seeded {url}: 8 environments" in out
+    assert out.count("identities, ") == 9  # the seeding line and one line per environment
+    assert "(0 failed)" in out and "failed)" in out
+    assert out.count("  segment ") == 8
+    assert f"bitmaps published to {store_url}" in out
+    with MembershipStore(store_url) as store:
+        first = store.all_metadata()
+        assert len(first) == 8
+        assert {m.last_backfill_status for m in first} == {BackfillStatus.SUCCEEDED}
+        assert sum(m.published_identity_count for m in first) > 3000
+    again = _run(*demo, "--reuse")
+    assert "seeded" not in again and again.count("  segment ") == 8
+    with MembershipStore(store_url) as store:
+        second = store.all_metadata()
+    assert [m.publication for m in second] == [2] * 8  # a refresh of every environment
+
+
+def test_store_benchmark_prints_its_figures() -> None:
+    out = _run(
+        "membership_pipeline.benchmarks.store_benchmark",
+        "--identities",
+        "4000",
+        "--segments",
+        "20",
+        "--repeats",
+        "2",
+        "--reads",
+        "100",
+    )
+    for backend in ("sqlite", "postgresql"):
+        assert f"  {backend:<11}flip large / small = " in out
+        for query in ("count", "is_member"):
+            for mode in ("cold", "warm", "warm, 1 s pointer TTL"):
+                assert f"  {backend:<11}{query} {mode} " in out
+    assert "  postgresql SQL count(*) " in out and ": equal)" in out
