@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=5, help="publishes per size")
     parser.add_argument("--reads", type=int, default=2_000, help="queries per latency figure")
+    parser.add_argument("--sql-repeats", type=int, default=10, help="SQL count(*) queries")
     args = parser.parse_args(argv)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                 with MembershipStore(store_url, cooldown=timedelta(0)) as store:
                     _publish_figures(store, backend, {"small": small, "large": large}, args.repeats)
                     _read_figures(store, backend, large, args.reads)
-        _sql_count_figures(flagsmith_url, api_key, probe, large, args.reads // 20)
+        _sql_count_figures(flagsmith_url, api_key, probe, large, args.sql_repeats)
     stop_worker()
 
 
@@ -234,7 +235,7 @@ def _sql_count_figures(
         conn.execute(sa.text("ANALYZE"))
     samples, count = [], None
     with engine.connect() as conn:
-        for _ in range(max(repeats, 5)):
+        for _ in range(repeats):
             started = time.perf_counter()
             parameters = {"api_key": api_key, "trait": probe.trait_key, "value": probe.value}
             count = conn.execute(query, parameters).scalar_one()

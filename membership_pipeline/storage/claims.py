@@ -160,7 +160,7 @@ def renew_lease(database: StoreDatabase, held: Claim, *, now: datetime, lease: t
     with database.writer.begin() as conn:
         renewed = conn.execute(
             environment.update()
-            .where(_holds(held))
+            .where(_holds(held.environment_key, held.token))
             .values(claim_lease_expires_at=expires, updated_at=now)
         ).rowcount
     if not renewed:
@@ -219,11 +219,29 @@ def reconcile_stale_claims(
     return reconciled
 
 
-def _holds(held: Claim) -> sa.ColumnElement[bool]:
+def _holds(environment_key: str, token: str) -> sa.ColumnElement[bool]:
     return sa.and_(
-        environment.c.environment_key == held.environment_key,
-        environment.c.claim_token == held.token,
+        environment.c.environment_key == environment_key,
+        environment.c.claim_token == token,
         environment.c.last_backfill_status == RUNNING,
+    )
+
+
+def end_claim(
+    environment_key: str, token: str, status: BackfillStatus, *, now: datetime, error: str | None
+) -> sa.Update:
+    """The update that ends a claim still held, with the backfill's outcome (0 rows if not)."""
+    return (
+        environment.update()
+        .where(_holds(environment_key, token))
+        .values(
+            last_backfill_status=status.value,
+            last_backfill_completed_at=now,
+            last_error=error,
+            claim_token=None,
+            claim_lease_expires_at=None,
+            updated_at=now,
+        )
     )
 
 
@@ -239,20 +257,7 @@ def _fail_token(
     summary = error if len(error) <= ERROR_SUMMARY_CHARS else error[: ERROR_SUMMARY_CHARS - 1] + "…"
     with database.writer.begin() as conn:
         failed = conn.execute(
-            environment.update()
-            .where(
-                environment.c.environment_key == environment_key,
-                environment.c.claim_token == token,
-                environment.c.last_backfill_status == RUNNING,
-            )
-            .values(
-                last_backfill_status=BackfillStatus.FAILED.value,
-                last_backfill_completed_at=now,
-                last_error=summary,
-                claim_token=None,
-                claim_lease_expires_at=None,
-                updated_at=now,
-            )
+            end_claim(environment_key, token, BackfillStatus.FAILED, now=now, error=summary)
         ).rowcount
         # The shadow versions of this claim are abandoned whether or not it still held.
         discarded = 0

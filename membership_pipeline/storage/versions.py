@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from pyroaring import BitMap, FrozenBitMap
 
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES, split_bitmap
-from membership_pipeline.storage.claims import RUNNING, Claim
+from membership_pipeline.storage.claims import RUNNING, Claim, end_claim
 from membership_pipeline.storage.database import StoreDatabase
 from membership_pipeline.storage.environment_metadata import BackfillStatus
 from membership_pipeline.storage.errors import ClaimLost, InvalidVersion, RollbackUnavailable
@@ -251,22 +251,11 @@ def publish(
             raise ClaimLost(
                 f"version {shadow.version_id} of {held.environment_key!r} was discarded"
             )
+        succeeded = end_claim(
+            held.environment_key, held.token, BackfillStatus.SUCCEEDED, now=now, error=None
+        )
         flipped = conn.execute(
-            environment.update()
-            .where(
-                environment.c.environment_key == held.environment_key,
-                environment.c.claim_token == held.token,
-                environment.c.last_backfill_status == RUNNING,
-            )
-            .values(
-                last_backfill_status=BackfillStatus.SUCCEEDED.value,
-                last_backfill_completed_at=now,
-                last_error=None,
-                claim_token=None,
-                claim_lease_expires_at=None,
-                **_pointer_values(totals, now),
-            )
-            .returning(environment.c.publication)
+            succeeded.values(**_pointer_values(totals, now)).returning(environment.c.publication)
         ).one_or_none()
         if flipped is None:
             raise ClaimLost(
