@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 from pyroaring import BitMap
 
 from membership_pipeline.benchmarks.memory import peak_rss_mb, reset_peak_rss
-from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
+from membership_pipeline.evaluation.reference_audit import audit_against_flag_engine
 from membership_pipeline.sources.synthetic import SyntheticEnvironment, synthetic_environment
 
 TARGET_SECONDS = 10.0
@@ -126,50 +125,19 @@ def _child(workdir: Path, repeat: int) -> None:
 
 def _flag_engine_sample(
     env: SyntheticEnvironment, bitmaps: dict[str, BitMap], sample: int, seed: int
-) -> dict[str, Any] | None:
-    try:
-        from flag_engine.segments.evaluator import get_enriched_context, is_context_in_segment
-    except ImportError:
-        _progress("flag-engine is not installed (pip install -e '.[test]'): no comparison")
-        return None
-    rng = np.random.default_rng(seed)
-    rows = np.sort(
-        rng.choice(len(env.identities), size=min(sample, len(env.identities)), replace=False)
-    )
-    chosen = env.identities.iloc[rows]
-    traits = env.traits[env.traits["identity_id"].isin(chosen["id"])]
-    by_identity: dict[int, dict[str, Any]] = collections.defaultdict(dict)
-    for row in traits.itertuples(index=False):
-        value = getattr(row, VALUE_COLUMN_BY_TYPE[row.value_type])
-        by_identity[row.identity_id][row.trait_key] = (
-            value.item() if hasattr(value, "item") else value
-        )
-    contexts = [
-        (
-            int(identity.id),
-            get_enriched_context(
-                {
-                    "environment": env.environment,
-                    "identity": {
-                        "identifier": identity.identifier,
-                        "key": identity.key,
-                        "traits": by_identity.get(int(identity.id), {}),
-                    },
-                }
-            ),
-        )
-        for identity in chosen.itertuples(index=False)
-    ]
-    mismatches = 0
+) -> dict[str, Any]:
     started = time.perf_counter()
-    for segment in env.segments:
-        members = bitmaps[segment["key"]]
-        for identity_id, context in contexts:
-            if is_context_in_segment(context, segment) != (identity_id in members):
-                mismatches += 1
+    report = audit_against_flag_engine(
+        env.environment,
+        env.identities,
+        env.traits,
+        env.segments,
+        bitmaps,
+        sample_size=sample,
+        seed=seed,
+    )
     seconds = time.perf_counter() - started
-    pairs = len(contexts) * len(env.segments)
-    return {"pairs": pairs, "seconds": seconds, "mismatches": mismatches}
+    return {"pairs": report.pairs, "seconds": seconds, "mismatches": len(report.mismatches)}
 
 
 def _operator_mix(segments: list[dict[str, Any]]) -> collections.Counter[str]:
