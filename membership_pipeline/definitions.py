@@ -1,12 +1,90 @@
-"""The single Dagster entry point, loaded by ``workspace.yaml`` and ``[tool.dagster]``.
+"""The Dagster entry point (``workspace.yaml`` loads ``defs``).
 
-The per-environment bitmap asset, its publishing IO manager, sensors and schedules join here as
-``defs/<domain>/`` packages once the store exists (issues #4 and #5); the evaluation engine they
-will call is :func:`membership_pipeline.evaluation.evaluate_environment`.
+Configuration comes from the environment, so the same code runs on the embedded default and in
+production: ``MEMBERSHIP_SOURCE_URL`` (Flagsmith's database), ``MEMBERSHIP_STORE_URL`` (the
+bitmap store), ``MEMBERSHIP_COOLDOWN_SECONDS`` and ``MEMBERSHIP_LEASE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
-defs = dg.Definitions()
+from membership_pipeline.defs.membership.assets import (
+    segment_membership_bitmaps,
+    segment_membership_counts,
+)
+from membership_pipeline.defs.membership.io_manager import PublishingIOManager
+from membership_pipeline.defs.membership.partitions import environments_partitions
+from membership_pipeline.defs.membership.resources import (
+    FlagsmithSourceResource,
+    MembershipStoreResource,
+)
+from membership_pipeline.defs.membership.schedules import membership_refresh_schedule
+from membership_pipeline.defs.membership.sensors import (
+    backfill_reconcile_sensor,
+    bitmaps_job,
+    environment_discovery_sensor,
+)
+from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
+from membership_pipeline.storage import DEFAULT_STORE_URL
+
+
+def _setting(name: str, default: str) -> str | dg.EnvVar:
+    """An EnvVar when set (its value stays out of the UI), else the embedded default."""
+    return dg.EnvVar(name) if name in os.environ else default
+
+
+def build_resources(
+    source_url: str | dg.EnvVar | None = None, store_url: str | dg.EnvVar | None = None
+) -> dict[str, object]:
+    store = MembershipStoreResource(
+        url=store_url or _setting("MEMBERSHIP_STORE_URL", DEFAULT_STORE_URL),
+        cooldown_seconds=float(os.environ.get("MEMBERSHIP_COOLDOWN_SECONDS", 60)),
+        lease_seconds=float(os.environ.get("MEMBERSHIP_LEASE_SECONDS", 600)),
+    )
+    return {
+        "flagsmith": FlagsmithSourceResource(
+            url=_setting("MEMBERSHIP_SOURCE_URL", DEMO_SOURCE_URL)
+        ),
+        "membership_store": store,
+        "membership_io_manager": PublishingIOManager(membership_store=store),
+    }
+
+
+defs = dg.Definitions(
+    assets=[segment_membership_bitmaps, segment_membership_counts],
+    jobs=[bitmaps_job],
+    sensors=[environment_discovery_sensor, backfill_reconcile_sensor],
+    schedules=[membership_refresh_schedule],
+    resources=build_resources(),
+)
+
+
+def materialize_environments(
+    instance: dg.DagsterInstance,
+    environment_keys: list[str],
+    *,
+    source_url: str | None = None,
+    store_url: str | None = None,
+    force: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """Backfill environments in this process, recorded in ``instance`` (the main job's path;
+    ``force`` skips the cooldown, never the running guard). One run per partition."""
+    instance.add_dynamic_partitions(environments_partitions.name, environment_keys)
+    results = [
+        dg.materialize(
+            [segment_membership_bitmaps, segment_membership_counts],
+            partition_key=key,
+            instance=instance,
+            resources=build_resources(source_url, store_url),
+            run_config={
+                "ops": {"segment_membership_bitmaps": {"config": {"force": force}}},
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            },
+            raise_on_error=False,
+        )
+        for key in environment_keys
+    ]
+    return results[-1]

@@ -1,32 +1,33 @@
-"""The README's first command: seed a demo Flagsmith database, evaluate every environment from
-it, publish the bitmaps to the membership store, print a summary read back from the store.
+"""The README's first command, the main job on the embedded default: seed a demo Flagsmith
+database, then materialize every environment's partition of ``segment_membership_bitmaps``
+through Dagster (claim → read → evaluate → audit → shadow write → flip) and print a summary per
+environment, read back from the membership store.
 
     membership-demo [--url URL] [--store-url URL] [--identities N] [--reuse] [--verbose]
 
-Until the Dagster asset exists (issue #5) this runs source → engine → store directly, one
-backfill per environment (claim, shadow version, publish); it then becomes the materialization
-of every environment's partition through Dagster on the embedded SQLite default.
+Dagster keeps its runs under ``$DAGSTER_HOME`` (default ``.membership/dagster_home``, created
+with the project's ``dagster.yaml``), so ``dagster dev`` shows the materializations afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
-from membership_pipeline.evaluation import evaluate_environment
+import dagster as dg
+
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL, write_demo_dataset
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import (
-    DEFAULT_STORE_URL,
-    Claim,
-    MembershipStore,
-    PublishedMembership,
-    migrate,
-    stage_membership_result,
-)
+from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore, migrate
 from membership_pipeline.structured_logging import log_to_stderr
+
+DEFAULT_DAGSTER_HOME = Path(".membership/dagster_home")
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,73 +54,74 @@ def main(argv: list[str] | None = None) -> None:
             f"{written.identities:,} identities, {written.traits:,} traits "
             f"({time.perf_counter() - started:.1f} s)"
         )
-    migrate(args.store_url)
+    before, after = migrate(args.store_url)
+    if before != after:
+        print(f"created the membership store {args.store_url} (schema revision {after})")
     source = FlagsmithSource(args.url)
-    store = MembershipStore(args.store_url)
     try:
-        for info in source.environments():
-            _backfill(source, store, info.api_key, f"{info.organisation_name} / {info.name}")
+        environments = source.environments()
     finally:
         source.close()
-        store.close()
-    print(f"\nbitmaps published to {args.store_url}; query them with `membership --help`")
+    instance = dg.DagsterInstance.get() if "DAGSTER_HOME" in os.environ else _local_instance()
+    from membership_pipeline.definitions import materialize_environments
+
+    print(f"materializing {len(environments)} partitions of segment_membership_bitmaps")
+    with MembershipStore(args.store_url) as store:
+        for info in environments:
+            started = time.perf_counter()
+            result = materialize_environments(
+                instance, [info.api_key], source_url=args.url, store_url=args.store_url
+            )
+            _print_environment(
+                store,
+                info.api_key,
+                f"{info.organisation_name} / {info.name}",
+                result,
+                time.perf_counter() - started,
+            )
+    print(
+        f"\nbitmaps published to {args.store_url}; query them with `membership --help`.\n"
+        f"Dagster runs are in {os.environ['DAGSTER_HOME']}: see them with "
+        f"`DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev`"
+    )
     sys.stdout.flush()
 
 
-def _backfill(source: FlagsmithSource, store: MembershipStore, api_key: str, title: str) -> None:
-    held = store.claim(api_key, "membership-demo", force=True)
-    if not isinstance(held, Claim):
-        print(f"\n{title} ({api_key}): skipped, {held.describe()}")
-        return
-    try:
-        started = time.perf_counter()
-        snapshot = source.read_environment(api_key)
-        read = time.perf_counter() - started
-        result = evaluate_environment(
-            snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
-        )
-        started = time.perf_counter()
-        shadow = store.stage(held, as_of=snapshot.as_of)
-        stage_membership_result(shadow, result)
-        publication = store.publish(held, shadow)
-        stored = time.perf_counter() - started
-    except BaseException as error:
-        store.fail(held, f"{type(error).__name__}: {error}")
-        raise
-    published = store.reader().published(api_key)
+def _local_instance() -> dg.DagsterInstance:
+    home = DEFAULT_DAGSTER_HOME.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(PROJECT_DAGSTER_YAML, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def _print_environment(
+    store: MembershipStore,
+    api_key: str,
+    title: str,
+    result: dg.ExecuteInProcessResult,
+    seconds: float,
+) -> None:
+    metadata = store.metadata(api_key)
+    status = metadata.last_backfill_status if metadata else None
     print(
-        f"\n{title} ({api_key}): {published.identity_count:,} identities, "
-        f"{len(snapshot.traits):,} traits, {len(published.segment_keys)} segments "
-        f"({len(published.failed_segments)} failed) → version {publication.version_id}, "
-        f"{shadow.byte_size:,} bytes; read {read:.2f} s, evaluated "
-        f"{sum(result.timings.values()):.2f} s, stored {stored:.2f} s"
+        f"\n{title} ({api_key}): run {result.run_id[:8]} {status or 'not run'} in {seconds:.1f} s"
     )
-    _print_top_segments(published, snapshot.segments)
-
-
-def _print_top_segments(published: PublishedMembership, segments: list[dict]) -> None:
+    if metadata is None or metadata.published_version_id is None:
+        if metadata is not None and metadata.last_error:
+            print(f"  error: {metadata.last_error}")
+        return
+    published = store.reader().published(api_key)
     counts = published.segment_counts()
-    top = sorted(counts.items(), key=lambda item: item[1], reverse=True)[:5]
-    print(f"  {'segment':<28}{'members':>10}{'share':>9}  rule")
-    for key, count in top:
+    print(
+        f"  version {published.version_id}: {published.identity_count:,} identities, "
+        f"{len(published.segment_keys)} segments ({len(published.failed_segments)} failed)"
+    )
+    print(f"  {'segment':<32}{'members':>10}{'share':>9}")
+    for key, count in sorted(counts.items(), key=lambda item: item[1], reverse=True)[:5]:
         share = count / max(published.identity_count, 1)
-        name = published.segment_name(key) or key
-        print(f"  {name:<28}{count:>10,}{share:>9.1%}  {_summary(segments, key)}")
-
-
-def _summary(segments: list[dict], key: str) -> str:
-    segment = next(s for s in segments if s["key"] == key)
-    parts = []
-    for rule in segment["rules"]:
-        conditions = [
-            f"{c['property'] or '<identity key>'} {c['operator']} {c['value']!r}"
-            for c in rule.get("conditions") or ()
-        ]
-        joined = " & ".join(conditions) if rule["type"] == "ALL" else ", ".join(conditions)
-        text = joined if rule["type"] == "ALL" else f"{rule['type']}({joined})"
-        parts.append(text if conditions else f"{rule['type']}(nested rules)")
-    text = " & ".join(parts)
-    return text if len(text) <= 60 else text[:57] + "..."
+        print(f"  {(published.segment_name(key) or key)[:31]:<32}{count:>10,}{share:>9.1%}")
 
 
 if __name__ == "__main__":

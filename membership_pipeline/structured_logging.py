@@ -36,8 +36,11 @@ def get_logger(area: str) -> structlog.stdlib.BoundLogger:
 def log_to_stderr(level: int = logging.INFO) -> None:
     """For command-line entry points: show the project's events on stderr."""
     logger = logging.getLogger("membership_pipeline")
-    if not any(getattr(h, "_membership_pipeline", False) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if getattr(h, "_membership_pipeline", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler._membership_pipeline = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+    # On the handler too: Dagster raises the logger's level to its python_log_level during runs.
+    handler.setLevel(level)
     logger.setLevel(level)

@@ -1,0 +1,1 @@
+"""Segment membership: the per-environment bitmap asset, its IO manager, sensors and schedule."""

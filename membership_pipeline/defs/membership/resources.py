@@ -1,0 +1,44 @@
+"""Where environments come from and where their bitmaps go. Environment differences (embedded
+SQLite or PostgreSQL, cooldowns) are configuration of these resources, never code branches."""
+
+from datetime import timedelta
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
+
+
+class FlagsmithSourceResource(dg.ConfigurableResource):
+    """Flagsmith's core database, read-only."""
+
+    url: str = DEMO_SOURCE_URL
+
+    def open(self) -> FlagsmithSource:
+        return FlagsmithSource(self.url)
+
+
+class MembershipStoreResource(dg.ConfigurableResource):
+    """The bitmap store and the backfill guard's settings."""
+
+    url: str = DEFAULT_STORE_URL
+    cooldown_seconds: float = 60.0
+    lease_seconds: float = 600.0
+    _store: MembershipStore | None = PrivateAttr(default=None)
+
+    def get(self) -> MembershipStore:
+        """One store (and connection pool) per process that uses this resource."""
+        if self._store is None:
+            self._store = MembershipStore(
+                self.url,
+                cooldown=timedelta(seconds=self.cooldown_seconds),
+                lease=timedelta(seconds=self.lease_seconds),
+            )
+        return self._store
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
