@@ -66,14 +66,14 @@ def segment_membership_bitmaps(
 ) -> Iterator[dg.Output[ComputedMembership] | dg.AssetCheckResult]:
     environment_key = context.partition_key
     store = membership_store.get()
-    claim = store.claim(environment_key, owner=context.run_id, force=config.force)
+    claim = store.claim(environment_key, owner=context.run.run_id, force=config.force)
     if not isinstance(claim, Claim):
         skip_by_guard(context, claim)
         return
     log.info(
         "segment_membership.backfill.claimed",
         environment=environment_key,
-        run_id=context.run_id,
+        run_id=context.run.run_id,
         forced=config.force,
     )
     with LeaseHeartbeat(store, claim) as heartbeat:
@@ -121,7 +121,7 @@ def segment_membership_bitmaps(
         except GeneratorExit:
             raise
         except BaseException as error:
-            fail_backfill(store, heartbeat.claim, context.run_id, error)
+            fail_backfill(store, heartbeat.claim, context.run.run_id, error)
             raise
 
 

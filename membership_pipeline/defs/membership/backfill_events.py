@@ -32,11 +32,11 @@ def skip_by_guard(context: dg.AssetExecutionContext, refused: ClaimRefused) -> N
     log.warning(
         "segment_membership.backfill.skipped",
         environment=refused.environment_key,
-        run_id=context.run_id,
+        run_id=context.run.run_id,
         reason=refused.reason,
         detail=refused.describe(),
     )
     context.instance.add_run_tags(
-        context.run_id,
+        context.run.run_id,
         {GUARD_TAG: f"skipped: {refused.reason}", GUARD_REASON_TAG: refused.describe()},
     )

@@ -21,9 +21,7 @@ FINISHED = {
     dg.DagsterRunStatus.FAILURE,
     dg.DagsterRunStatus.CANCELED,
 }
-bitmaps_job = dg.define_asset_job(
-    "segment_membership_backfill", selection=[BITMAPS], partitions_def=environments_partitions
-)
+bitmaps_job = dg.define_asset_job("segment_membership_backfill", selection=[BITMAPS])
 
 
 @dg.sensor(

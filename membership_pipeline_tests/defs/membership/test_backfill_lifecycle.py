@@ -1,0 +1,206 @@
+"""The backfill lifecycle through real Dagster runs (``materialize``), on SQLite and PostgreSQL
+(both the store and the Dagster instance storage)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import dagster as dg
+import structlog
+from pyroaring import BitMap
+
+from membership_pipeline.defs.membership import assets as assets_module
+from membership_pipeline.defs.membership.assets import (
+    AUDIT_CHECK,
+    BITMAPS,
+    segment_membership_bitmaps,
+    segment_membership_counts,
+)
+from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
+from membership_pipeline.defs.membership.partitions import environments_partitions
+from membership_pipeline.defs.membership.resources import FlagsmithSourceResource
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.storage import BackfillStatus, Claim, MembershipStore
+
+GATE = threading.Event()
+
+
+class GatedSource(FlagsmithSourceResource):
+    """The real source, whose read waits until the test opens the gate: a run caught mid-way."""
+
+    def open(self) -> FlagsmithSource:
+        source = super().open()
+        read = source.read_environment
+
+        def gated_read(api_key: str) -> Any:
+            assert GATE.wait(60), "the test never opened the gate"
+            return read(api_key)
+
+        source.read_environment = gated_read  # type: ignore[method-assign]
+        return source
+
+
+def run(instance, resources, env_key: str, *, force: bool = False, selection=None):
+    instance.add_dynamic_partitions(environments_partitions.name, [env_key])
+    return dg.materialize(
+        selection or [segment_membership_bitmaps],
+        partition_key=env_key,
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"segment_membership_bitmaps": {"config": {"force": force}}}},
+        raise_on_error=False,
+    )
+
+
+def run_in_background(instance, resources, env_key: str, **kwargs):
+    GATE.clear()
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("result", run(instance, resources, env_key, **kwargs))
+    )
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_status(store: MembershipStore, env_key: str, status: BackfillStatus) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = store.metadata(env_key)
+        if found is not None and found.last_backfill_status is status:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{env_key} never became {status}")
+
+
+def test_first_backfill_is_running_then_succeeded_with_metadata(
+    instance, resources, store, env_key
+):
+    gated = {**resources, "flagsmith": GatedSource(url=resources["flagsmith"].url)}
+    thread, outcome = run_in_background(instance, gated, env_key)
+    wait_for_status(store, env_key, BackfillStatus.RUNNING)
+    running = store.metadata(env_key)
+    assert running.published_version_id is None
+    assert instance.get_run_by_id(running.claim_owner) is not None  # the claim is the run's
+    GATE.set()
+    thread.join(60)
+    result = outcome["result"]
+    assert result.success
+    done = store.metadata(env_key)
+    assert done.last_backfill_status is BackfillStatus.SUCCEEDED
+    assert done.claim_owner == result.run_id
+    assert done.last_backfill_completed_at > done.last_backfill_started_at
+
+    [materialization] = result.asset_materializations_for_node("segment_membership_bitmaps")
+    metadata = materialization.metadata
+    assert metadata["version"].value == done.published_version_id
+    assert metadata["identities"].value == done.published_identity_count > 0
+    assert metadata["bytes"].value > 0
+    table = metadata["segment_counts"].value.records
+    published = store.reader().published(env_key)
+    assert {r.data["segment"]: r.data["members"] for r in table} == published.segment_counts()
+    assert {"seconds_read", "seconds_evaluate", "seconds_audit", "seconds_flip"} <= set(metadata)
+    [check] = result.get_asset_check_evaluations()
+    assert (check.check_name, check.passed) == (AUDIT_CHECK, True)
+    assert check.metadata["mismatches"].value == 0
+
+
+def test_a_refresh_keeps_the_published_version_until_it_flips(instance, resources, store, env_key):
+    assert run(instance, resources, env_key).success
+    first = store.metadata(env_key)
+    counts = store.reader().published(env_key).segment_counts()
+    gated = {**resources, "flagsmith": GatedSource(url=resources["flagsmith"].url)}
+    thread, outcome = run_in_background(instance, gated, env_key, force=True)
+    wait_for_status(store, env_key, BackfillStatus.RUNNING)
+    reader = store.reader()
+    assert reader.published(env_key).version_id == first.published_version_id
+    assert reader.published(env_key).segment_counts() == counts
+    GATE.set()
+    thread.join(60)
+    assert outcome["result"].success
+    assert store.metadata(env_key).published_version_id > first.published_version_id
+    assert reader.published(env_key).segment_counts() == counts  # same data, new version
+
+
+def test_a_failed_backfill_keeps_the_published_version(instance, resources, store, env_key):
+    assert run(instance, resources, env_key).success
+    before = store.metadata(env_key)
+    broken = {**resources, "flagsmith": FlagsmithSourceResource(url="sqlite:////nonexistent/x.db")}
+    with structlog.testing.capture_logs() as events:
+        result = run(instance, broken, env_key, force=True)
+    assert not result.success
+    after = store.metadata(env_key)
+    assert after.last_backfill_status is BackfillStatus.FAILED
+    assert after.published_version_id == before.published_version_id
+    assert "OperationalError" in after.last_error
+    [failed] = [e for e in events if e["event"] == "segment_membership.backfill.failed"]
+    assert failed["environment"] == env_key and failed["run_id"] == result.run_id
+    assert "OperationalError" in failed["error"]
+    assert store.reader().count(env_key, next(iter(store.reader().published(env_key).segment_keys)))
+
+
+def test_an_audit_disagreement_fails_without_publishing(
+    instance, resources, store, env_key, monkeypatch
+):
+    evaluate = assets_module.evaluate_environment
+
+    def buggy_engine(*args: Any, **kwargs: Any) -> Any:
+        result = evaluate(*args, **kwargs)
+        for members in result.segments.values():
+            members.clear()  # an engine bug: every segment empty
+        return result
+
+    monkeypatch.setattr(assets_module, "evaluate_environment", buggy_engine)
+    result = run(instance, resources, env_key)
+    assert not result.success
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.metadata["mismatches"].value > 0
+    metadata = store.metadata(env_key)
+    assert metadata.last_backfill_status is BackfillStatus.FAILED
+    assert metadata.published_version_id is None
+    assert "disagree with flag-engine" in metadata.last_error
+
+
+def test_a_run_that_loses_the_claim_is_skipped_and_changes_nothing(
+    instance, resources, store, env_key
+):
+    held = store.claim(env_key, "another-run")
+    assert isinstance(held, Claim)
+    before = store.metadata(env_key)
+    for force in (False, True):  # force skips the cooldown, never the running guard
+        with structlog.testing.capture_logs() as events:
+            result = run(instance, resources, env_key, force=force)
+        assert result.success
+        assert instance.get_run_by_id(result.run_id).tags[GUARD_TAG] == "skipped: running"
+        assert result.asset_materializations_for_node("segment_membership_bitmaps") == []
+        assert store.metadata(env_key) == before
+        assert [e["event"] for e in events if "backfill" in e["event"]] == [
+            "segment_membership.backfill.skipped"
+        ]
+    shadow = store.stage(held, as_of=store.clock())
+    shadow.add_universe(BitMap([1]))
+    store.publish(held, shadow)
+
+    result = run(instance, resources, env_key)  # within the cooldown of that backfill
+    assert instance.get_run_by_id(result.run_id).tags[GUARD_TAG] == "skipped: cooldown"
+    assert store.metadata(env_key).claim_owner == "another-run"
+    forced = run(instance, resources, env_key, force=True)
+    assert GUARD_TAG not in instance.get_run_by_id(forced.run_id).tags
+    assert store.metadata(env_key).claim_owner == forced.run_id
+
+
+def test_the_io_manager_loads_the_published_version_downstream(instance, resources, store, env_key):
+    result = run(
+        instance,
+        resources,
+        env_key,
+        selection=[segment_membership_bitmaps, segment_membership_counts],
+    )
+    assert result.success
+    [counts] = result.asset_materializations_for_node("segment_membership_counts")
+    published = store.reader().published(env_key)
+    assert counts.metadata["version"].value == published.version_id
+    assert counts.metadata["counts"].value == published.segment_counts()
+    materialized = {e.materialization.asset_key for e in result.get_asset_materialization_events()}
+    assert materialized == {BITMAPS, dg.AssetKey("segment_membership_counts")}
