@@ -46,7 +46,7 @@ def build_resources(
     )
     return {
         "flagsmith": FlagsmithSourceResource(
-            url=_setting("MEMBERSHIP_SOURCE_URL", DEMO_SOURCE_URL)
+            url=source_url or _setting("MEMBERSHIP_SOURCE_URL", DEMO_SOURCE_URL)
         ),
         "membership_store": store,
         "membership_io_manager": PublishingIOManager(membership_store=store),
