@@ -21,7 +21,8 @@ from membership_pipeline_tests.defs.membership.conftest import ROOT
 
 def materialize_command(env_key: str, *config: str) -> list[str]:
     return [
-        sys.executable, "-m", "dagster", "asset", "materialize", "-m", "membership_pipeline.definitions",
+        sys.executable, "-m", "dagster", "asset", "materialize",
+        "-m", "membership_pipeline.definitions",
         "--select", "segment_membership_bitmaps", "--partition", env_key, *config,
     ]  # fmt: skip
 
