@@ -16,6 +16,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_definitions_object_loads() -> None:
     assert isinstance(defs, dg.Definitions)
+    repository = defs.get_repository_def()
+    assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == {
+        "segment_membership_bitmaps",
+        "segment_membership_counts",
+    }
+    bitmaps = repository.assets_defs_by_key[dg.AssetKey("segment_membership_bitmaps")]
+    assert isinstance(bitmaps.partitions_def, dg.DynamicPartitionsDefinition)
+    assert bitmaps.partitions_def.name == "environments"
+    assert {s.name for s in repository.sensor_defs} == {
+        "environment_discovery_sensor",
+        "backfill_reconcile_sensor",
+    }
+    assert [s.name for s in repository.schedule_defs] == ["membership_refresh_schedule"]
+    assert set(repository.get_top_level_resources()) == {
+        "flagsmith",
+        "membership_store",
+        "membership_io_manager",
+    }
 
 
 def test_workspace_validates_with_the_dagster_cli(tmp_path: Path) -> None:

@@ -6,18 +6,20 @@ import os
 import subprocess
 import sys
 
+import dagster as dg
+
 from membership_pipeline.storage import BackfillStatus, MembershipStore
 from membership_pipeline_tests.conftest import POSTGRES_URL
 
 
-def _run(*args: str) -> str:
+def _run(*args: str, **environment: str) -> str:
     completed = subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
-        env={**os.environ, "MEMBERSHIP_BENCH_POSTGRES_URL": POSTGRES_URL},
+        env={**os.environ, "MEMBERSHIP_BENCH_POSTGRES_URL": POSTGRES_URL, **environment},
     )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout
@@ -40,11 +42,15 @@ def test_benchmark_prints_its_figures_and_agrees_with_flag_engine() -> None:
     assert "0 mismatches with flag-engine in 1,500 sampled pairs" in out
 
 
-def test_demo_seeds_evaluates_and_publishes_every_environment(tmp_path) -> None:
+def test_demo_materializes_every_environment_through_dagster(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
     store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     demo = ("membership_pipeline.demo", "--url", url, "--store-url", store_url)
-    out = _run(*demo, "--identities", "3000")
+    out = _run(*demo, "--identities", "3000", DAGSTER_HOME=str(home))
+    assert out.count(" succeeded in ") == 8
     assert f"seeded {url}: 8 environments" in out
     assert out.count("identities, ") == 9  # the seeding line and one line per environment
     assert "(0 failed)" in out and "failed)" in out
@@ -55,7 +61,11 @@ def test_demo_seeds_evaluates_and_publishes_every_environment(tmp_path) -> None:
         assert len(first) == 8
         assert {m.last_backfill_status for m in first} == {BackfillStatus.SUCCEEDED}
         assert sum(m.published_identity_count for m in first) > 3000
-    again = _run(*demo, "--reuse")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 8 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+        assert {r.tags["dagster/partition"] for r in runs} == {m.environment_key for m in first}
+    again = _run(*demo, "--reuse", DAGSTER_HOME=str(home))
     assert "seeded" not in again and again.count("  segment ") == 8
     with MembershipStore(store_url) as store:
         second = store.all_metadata()
