@@ -12,6 +12,7 @@ import structlog
 from pyroaring import BitMap
 
 from membership_pipeline.defs.membership import assets as assets_module
+from membership_pipeline.defs.membership import io_manager as io_manager_module
 from membership_pipeline.defs.membership.assets import (
     AUDIT_CHECK,
     BITMAPS,
@@ -204,3 +205,27 @@ def test_the_io_manager_loads_the_published_version_downstream(instance, resourc
     assert counts.metadata["counts"].value == published.segment_counts()
     materialized = {e.materialization.asset_key for e in result.get_asset_materialization_events()}
     assert materialized == {BITMAPS, dg.AssetKey("segment_membership_counts")}
+
+
+def test_a_failure_in_the_io_manager_publishes_nothing(
+    instance, resources, store, env_key, monkeypatch
+):
+    assert run(instance, resources, env_key).success
+    before = store.metadata(env_key)
+
+    def store_breaks(shadow: Any, result: Any) -> None:
+        shadow.add_universe(result.universe)  # part of the shadow is written, then it breaks
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io_manager_module, "stage_membership_result", store_breaks)
+    with structlog.testing.capture_logs() as events:
+        result = run(instance, resources, env_key, force=True)
+    assert not result.success
+    after = store.metadata(env_key)
+    assert after.last_backfill_status is BackfillStatus.FAILED
+    assert after.last_error == "OSError: disk full"
+    assert after.published_version_id == before.published_version_id
+    assert store.collect_garbage().abandoned_versions == []  # the failure discarded its shadow
+    assert [e["run_id"] for e in events if e["event"] == "segment_membership.backfill.failed"] == [
+        result.run_id
+    ]
