@@ -62,29 +62,25 @@ defs = dg.Definitions(
 )
 
 
-def materialize_environments(
+def materialize_environment(
     instance: dg.DagsterInstance,
-    environment_keys: list[str],
+    environment_key: str,
     *,
     source_url: str | None = None,
     store_url: str | None = None,
     force: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    """Backfill environments in this process, recorded in ``instance`` (the main job's path;
-    ``force`` skips the cooldown, never the running guard). One run per partition."""
-    instance.add_dynamic_partitions(environments_partitions.name, environment_keys)
-    results = [
-        dg.materialize(
-            [segment_membership_bitmaps, segment_membership_counts],
-            partition_key=key,
-            instance=instance,
-            resources=build_resources(source_url, store_url),
-            run_config={
-                "ops": {"segment_membership_bitmaps": {"config": {"force": force}}},
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            },
-            raise_on_error=False,
-        )
-        for key in environment_keys
-    ]
-    return results[-1]
+    """Backfill one environment in this process, recorded in ``instance`` (the main job's path;
+    ``force`` skips the cooldown, never the running guard)."""
+    instance.add_dynamic_partitions(environments_partitions.name, [environment_key])
+    return dg.materialize(
+        [segment_membership_bitmaps, segment_membership_counts],
+        partition_key=environment_key,
+        instance=instance,
+        resources=build_resources(source_url, store_url),
+        run_config={
+            "ops": {"segment_membership_bitmaps": {"config": {"force": force}}},
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        },
+        raise_on_error=False,
+    )

@@ -63,14 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         source.close()
     instance = dg.DagsterInstance.get() if "DAGSTER_HOME" in os.environ else _local_instance()
-    from membership_pipeline.definitions import materialize_environments
+    from membership_pipeline.definitions import materialize_environment
 
     print(f"materializing {len(environments)} partitions of segment_membership_bitmaps")
     with MembershipStore(args.store_url) as store:
         for info in environments:
             started = time.perf_counter()
-            result = materialize_environments(
-                instance, [info.api_key], source_url=args.url, store_url=args.store_url
+            result = materialize_environment(
+                instance, info.api_key, source_url=args.url, store_url=args.store_url
             )
             _print_environment(
                 store,

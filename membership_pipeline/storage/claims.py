@@ -18,7 +18,11 @@ from typing import Literal
 import sqlalchemy as sa
 
 from membership_pipeline.storage.database import StoreDatabase, insert_if_absent
-from membership_pipeline.storage.environment_metadata import BackfillStatus, read_metadata
+from membership_pipeline.storage.environment_metadata import (
+    BackfillStatus,
+    EnvironmentMembershipMetadata,
+    read_metadata,
+)
 from membership_pipeline.storage.errors import ClaimLost
 from membership_pipeline.storage.tables import environment, version
 from membership_pipeline.structured_logging import get_logger
@@ -127,23 +131,9 @@ def claim(
         )
         return Claim(environment_key, owner, token, now, now + lease)
     assert current is not None
-    if current.last_backfill_status is BackfillStatus.RUNNING:
-        expires = current.claim_lease_expires_at
-        refused = ClaimRefused(
-            environment_key,
-            "running",
-            None,
-            current.claim_owner,
-            lease_expired=expires is not None and expires < now,
-        )
-    else:
-        last = max(
-            t
-            for t in (current.last_backfill_started_at, current.last_backfill_completed_at)
-            if t is not None
-        )
-        left = max(last + cooldown - now, timedelta(0))
-        refused = ClaimRefused(environment_key, "cooldown", left, None, lease_expired=False)
+    refused = refusal(current, now=now, cooldown=cooldown)
+    if refused is None:  # the row changed since the update (a race): report 0 s of cooldown
+        refused = ClaimRefused(environment_key, "cooldown", timedelta(0), None, lease_expired=False)
     log.info(
         "segment_membership.store.claim_refused",
         environment=environment_key,
@@ -152,6 +142,31 @@ def claim(
         detail=refused.describe(),
     )
     return refused
+
+
+def refusal(
+    current: EnvironmentMembershipMetadata | None, *, now: datetime, cooldown: timedelta
+) -> ClaimRefused | None:
+    """Why a claim on this environment would be refused now (None: it would not). What the
+    compare-and-set in ``claim`` decides atomically, for callers that only look (the sensors)."""
+    if current is None:
+        return None
+    if current.last_backfill_status is BackfillStatus.RUNNING:
+        expires = current.claim_lease_expires_at
+        return ClaimRefused(
+            current.environment_key,
+            "running",
+            None,
+            current.claim_owner,
+            lease_expired=expires is not None and expires < now,
+        )
+    times = (current.last_backfill_started_at, current.last_backfill_completed_at)
+    last = max((t for t in times if t is not None), default=None)
+    if last is None or last + cooldown <= now:
+        return None
+    return ClaimRefused(
+        current.environment_key, "cooldown", last + cooldown - now, None, lease_expired=False
+    )
 
 
 def renew_lease(database: StoreDatabase, held: Claim, *, now: datetime, lease: timedelta) -> Claim:

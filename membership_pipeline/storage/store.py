@@ -94,6 +94,12 @@ class MembershipStore:
             force=force,
         )
 
+    def refusal(self, environment_key: str) -> ClaimRefused | None:
+        """Why a claim would be refused now, without claiming (the sensors' look-ahead)."""
+        return claims.refusal(
+            self.metadata(environment_key), now=self.clock(), cooldown=self.cooldown
+        )
+
     def renew_lease(self, held: Claim) -> Claim:
         return claims.renew_lease(self.database, held, now=self.clock(), lease=self.lease)
 

@@ -194,3 +194,18 @@ def test_each_transition_is_a_structured_event(store, clock):
     assert all(e["environment"] == "env" for e in events)
     assert events[1]["reason"] == "running"
     assert events[3]["identities"] == 1 and events[3]["publication"] == 1
+
+
+def test_refusal_looks_ahead_as_the_claim_would_decide(store, clock):
+    assert store.refusal("env") is None  # never claimed
+    held = store.claim("env", "run-1")
+    before = store.metadata("env")
+    assert store.refusal("env") == store.claim("env", "run-2")
+    write_version(store, held, {"s": BitMap([1])})
+    clock.advance(45)
+    looked = store.refusal("env")
+    assert (looked.reason, looked.retry_after) == ("cooldown", timedelta(seconds=15))
+    assert looked == store.claim("env", "run-3")
+    clock.advance(15)
+    assert store.refusal("env") is None
+    assert store.metadata("env").last_backfill_started_at == before.last_backfill_started_at

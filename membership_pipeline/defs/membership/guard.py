@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from membership_pipeline.storage import BackfillStatus, MembershipStore
+from membership_pipeline.storage import MembershipStore
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("backfill")
@@ -33,22 +33,15 @@ class GuardedLaunches:
 def guarded_launches(
     store: MembershipStore, environment_keys: Iterable[str], reason: str
 ) -> GuardedLaunches:
-    now = store.clock()
     launches = GuardedLaunches()
     for environment_key in environment_keys:
-        found = store.metadata(environment_key)
+        refused = store.refusal(environment_key)
         why = None
-        if found is not None and found.last_backfill_status is BackfillStatus.RUNNING:
-            why = f"running (claimed by {found.claim_owner})"
-        elif found is not None:
-            last = max(
-                t
-                for t in (found.last_backfill_started_at, found.last_backfill_completed_at)
-                if t is not None
-            )
-            left = (last + store.cooldown - now).total_seconds()
-            if left > 0:
-                why = f"cooldown ({left:.0f}s left)"
+        if refused is not None and refused.reason == "running":
+            why = f"running (claimed by {refused.holder})"
+        elif refused is not None:
+            assert refused.retry_after is not None
+            why = f"cooldown ({refused.retry_after.total_seconds():.0f}s left)"
         if why is not None:
             launches.refused[environment_key] = why
             log.info(
