@@ -1,0 +1,1 @@
+"""The backfill dispatcher: which environment backfills to launch, decided as data."""

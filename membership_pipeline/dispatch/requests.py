@@ -1,0 +1,85 @@
+"""A backfill request: one environment's window of source changes to bring into its bitmaps."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a backfill is wanted; listed from the most urgent."""
+
+    MANUAL = "manual"
+    NEW_ENVIRONMENT = "new_environment"
+    RETRY = "retry"
+    CHANGE = "change"
+    SCHEDULE = "schedule"
+
+    @property
+    def urgency(self) -> int:
+        return list(Reason).index(self)  # 0 is the most urgent
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    job_id: str
+    dedup_key: str
+    organisation: str
+    environment: str
+    window_start: datetime
+    window_end: datetime
+    reason: Reason
+    created_at: datetime
+    attempt: int = 1
+    max_attempts: int = 3
+    coalesced: tuple[str, ...] = ()  # job ids of the requests merged into this one
+
+    def __post_init__(self) -> None:
+        if self.window_end < self.window_start:
+            raise ValueError(
+                f"request {self.job_id}: window ends ({self.window_end.isoformat()}) before it "
+                f"starts ({self.window_start.isoformat()})"
+            )
+        if self.attempt < 1:
+            raise ValueError(
+                f"request {self.job_id}: attempt must be 1 or more, got {self.attempt}"
+            )
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        organisation: str,
+        environment: str,
+        window_start: datetime,
+        window_end: datetime,
+        reason: Reason,
+        created_at: datetime,
+        max_attempts: int = 3,
+    ) -> BackfillRequest:
+        return cls(
+            job_id=uuid.uuid4().hex,
+            dedup_key=f"{environment}:{reason.value}:{window_start.isoformat()}:{window_end.isoformat()}",
+            organisation=organisation,
+            environment=environment,
+            window_start=window_start,
+            window_end=window_end,
+            reason=reason,
+            created_at=created_at,
+            max_attempts=max_attempts,
+        )
+
+    def retry(self, now: datetime) -> BackfillRequest:
+        """The same window again after a failed backfill, one attempt later."""
+        return dataclasses.replace(
+            self,
+            job_id=uuid.uuid4().hex,
+            dedup_key=f"{self.dedup_key}:attempt{self.attempt + 1}",
+            reason=Reason.RETRY,
+            attempt=self.attempt + 1,
+            created_at=now,
+            coalesced=(),
+        )
