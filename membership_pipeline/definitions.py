@@ -15,6 +15,7 @@ from membership_pipeline.defs.membership.assets import (
     segment_membership_bitmaps,
     segment_membership_counts,
 )
+from membership_pipeline.defs.membership.dispatch import DispatchPolicyResource
 from membership_pipeline.defs.membership.io_manager import PublishingIOManager
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
@@ -23,7 +24,9 @@ from membership_pipeline.defs.membership.resources import (
 )
 from membership_pipeline.defs.membership.schedules import membership_refresh_schedule
 from membership_pipeline.defs.membership.sensors import (
+    backfill_dispatch_sensor,
     backfill_reconcile_sensor,
+    backfill_retry_sensor,
     bitmaps_job,
     environment_discovery_sensor,
 )
@@ -50,13 +53,40 @@ def build_resources(
         ),
         "membership_store": store,
         "membership_io_manager": PublishingIOManager(membership_store=store),
+        "dispatch_policy": DispatchPolicyResource(
+            launches_per_organisation_per_minute=int(
+                os.environ.get("MEMBERSHIP_ORG_LAUNCHES_PER_MINUTE", 10)
+            ),
+            organisation_caps=_organisation_caps(os.environ.get("MEMBERSHIP_ORG_CAPS", "")),
+            coalesce_seconds=float(os.environ.get("MEMBERSHIP_COALESCE_SECONDS", 300)),
+            dedup_ttl_seconds=float(os.environ.get("MEMBERSHIP_DEDUP_TTL_SECONDS", 600)),
+            max_request_age_seconds=float(
+                os.environ.get("MEMBERSHIP_MAX_REQUEST_AGE_SECONDS", 86400)
+            ),
+        ),
     }
+
+
+def _organisation_caps(text: str) -> dict[str, int]:
+    """``MEMBERSHIP_ORG_CAPS="12:0,7:50"``: organisation id → launches per minute (0 denies)."""
+    caps = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        organisation, _, cap = item.partition(":")
+        if not cap.strip().isdigit():
+            raise ValueError(f"MEMBERSHIP_ORG_CAPS: {item!r} is not organisation:cap")
+        caps[organisation.strip()] = int(cap)
+    return caps
 
 
 defs = dg.Definitions(
     assets=[segment_membership_bitmaps, segment_membership_counts],
     jobs=[bitmaps_job],
-    sensors=[environment_discovery_sensor, backfill_reconcile_sensor],
+    sensors=[
+        environment_discovery_sensor,
+        backfill_dispatch_sensor,
+        backfill_retry_sensor,
+        backfill_reconcile_sensor,
+    ],
     schedules=[membership_refresh_schedule],
     resources=build_resources(),
 )

@@ -132,7 +132,7 @@ def decide(
             )
         elif request.environment in launched_envs:
             outcome, detail = Outcome.DEFERRED_RUNNING, "launched this tick"
-        elif guarded is not None:
+        elif guarded is not None and not (request.force and guarded[0] == "cooldown"):
             kind, detail = guarded
             outcome = Outcome.DEFERRED_RUNNING if kind == "running" else Outcome.DEFERRED_COOLDOWN
         elif launched_orgs[request.organisation] >= settings.cap(request.organisation):
@@ -187,6 +187,7 @@ def _coalesce(
                 window_end=max(r.window_end for r in run),
                 reason=min((r.reason for r in run), key=lambda reason: reason.urgency),
                 attempt=max(r.attempt for r in run),
+                force=any(r.force for r in run),
                 coalesced=tuple(
                     sorted(
                         {

@@ -35,6 +35,7 @@ class BackfillRequest:
     created_at: datetime
     attempt: int = 1
     max_attempts: int = 3
+    force: bool = False  # skip the cooldown (never the guard against a running backfill)
     coalesced: tuple[str, ...] = ()  # job ids of the requests merged into this one
 
     def __post_init__(self) -> None:
@@ -59,6 +60,7 @@ class BackfillRequest:
         reason: Reason,
         created_at: datetime,
         max_attempts: int = 3,
+        force: bool = False,
     ) -> BackfillRequest:
         return cls(
             job_id=uuid.uuid4().hex,
@@ -70,6 +72,7 @@ class BackfillRequest:
             reason=reason,
             created_at=created_at,
             max_attempts=max_attempts,
+            force=force,
         )
 
     def retry(self, now: datetime) -> BackfillRequest:

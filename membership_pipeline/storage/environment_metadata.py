@@ -61,3 +61,19 @@ def read_metadata(
 def read_all_metadata(conn: sa.Connection) -> list[EnvironmentMembershipMetadata]:
     rows = conn.execute(sa.select(environment).order_by(environment.c.environment_key))
     return [EnvironmentMembershipMetadata.from_row(row) for row in rows]
+
+
+def read_metadata_many(
+    conn: sa.Connection, environment_keys: list[str]
+) -> dict[str, EnvironmentMembershipMetadata]:
+    found = {}
+    for start in range(0, len(environment_keys), 1000):
+        rows = conn.execute(
+            sa.select(environment).where(
+                environment.c.environment_key.in_(environment_keys[start : start + 1000])
+            )
+        )
+        found.update(
+            (row.environment_key, EnvironmentMembershipMetadata.from_row(row)) for row in rows
+        )
+    return found

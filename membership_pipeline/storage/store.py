@@ -22,6 +22,7 @@ from membership_pipeline.storage.environment_metadata import (
     EnvironmentMembershipMetadata,
     read_all_metadata,
     read_metadata,
+    read_metadata_many,
 )
 from membership_pipeline.storage.garbage import GarbageReport
 from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, MembershipReader
@@ -99,6 +100,17 @@ class MembershipStore:
         return claims.refusal(
             self.metadata(environment_key), now=self.clock(), cooldown=self.cooldown
         )
+
+    def refusals(self, environment_keys: list[str]) -> dict[str, ClaimRefused]:
+        """``refusal`` for many environments in one query; only those that would refuse."""
+        now = self.clock()
+        with self.database.reader.connect() as conn:
+            found = read_metadata_many(conn, environment_keys)
+        refused = {
+            key: claims.refusal(found.get(key), now=now, cooldown=self.cooldown)
+            for key in environment_keys
+        }
+        return {key: why for key, why in refused.items() if why is not None}
 
     def renew_lease(self, held: Claim) -> Claim:
         return claims.renew_lease(self.database, held, now=self.clock(), lease=self.lease)

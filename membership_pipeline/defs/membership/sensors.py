@@ -1,21 +1,32 @@
-"""Sensors: environment discovery (dynamic partitions, first backfills) and the reconciler that
-fails the claims of runs that died without failing them (a SIGKILL, a lost worker)."""
+"""Sensors: environment discovery, change detection, retries of failed backfills (all through
+the dispatcher), and the reconciler that fails the claims of runs that died without failing
+them (a SIGKILL, a lost worker)."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from membership_pipeline.defs.membership.assets import BITMAPS
-from membership_pipeline.defs.membership.guard import guarded_launches
+from membership_pipeline.defs.membership.dispatch import (
+    TAG_PREFIX,
+    DispatchPolicyResource,
+    enqueue_and_dispatch,
+    skip_reason,
+)
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("backfill")
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FINISHED = {
     dg.DagsterRunStatus.SUCCESS,
     dg.DagsterRunStatus.FAILURE,
@@ -28,33 +39,137 @@ bitmaps_job = dg.define_asset_job("segment_membership_backfill", selection=[BITM
     job=bitmaps_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds Flagsmith environments as partitions (and removes deleted ones); launches "
-    "each new environment's first backfill through the guard.",
+    description="Adds Flagsmith environments as partitions (and removes deleted ones), and "
+    "requests each new environment's first backfill through the dispatcher.",
 )
 def environment_discovery_sensor(
     context: dg.SensorEvaluationContext,
     flagsmith: FlagsmithSourceResource,
     membership_store: MembershipStoreResource,
+    dispatch_policy: DispatchPolicyResource,
 ) -> dg.SensorResult:
     source = flagsmith.open()
     try:
-        live = {info.api_key for info in source.environments()}
+        live = {info.api_key: info for info in source.environments()}
     finally:
         source.close()
     known = set(context.instance.get_dynamic_partitions(environments_partitions.name))
-    added, removed = sorted(live - known), sorted(known - live)
-    launches = guarded_launches(membership_store.get(), added, reason="new_environment")
-    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    added, removed = sorted(set(live) - known), sorted(known - set(live))
+    now = membership_store.get().clock()
+    requests = [
+        BackfillRequest.new(
+            organisation=str(live[key].organisation_id),
+            environment=key,
+            window_start=EPOCH,
+            window_end=now,
+            reason=Reason.NEW_ENVIRONMENT,
+            created_at=now,
+            max_attempts=dispatch_policy.max_attempts,
+        )
+        for key in added
+    ]
+    run_requests, result = enqueue_and_dispatch(membership_store, dispatch_policy, requests, now)
+    partition_requests: list[
+        dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest
+    ] = []
     if added:
-        requests.append(environments_partitions.build_add_request(added))
+        partition_requests.append(environments_partitions.build_add_request(added))
     if removed:
-        requests.append(environments_partitions.build_delete_request(removed))
+        partition_requests.append(environments_partitions.build_delete_request(removed))
     if added or removed:
         log.info("segment_membership.backfill.partitions_changed", added=added, removed=removed)
     return dg.SensorResult(
-        run_requests=launches.run_requests,
-        dynamic_partitions_requests=requests,
-        skip_reason=None if (launches.run_requests or requests) else launches.skip_reason(),
+        run_requests=run_requests,
+        dynamic_partitions_requests=partition_requests,
+        skip_reason=None if (run_requests or partition_requests) else skip_reason(result),
+    )
+
+
+@dg.sensor(
+    job=bitmaps_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Change detection: requests a backfill of every environment whose identities, "
+    "traits or segments changed since its published version was read; then runs a dispatch "
+    "tick over the queue (manual requests, deferred and rate-limited ones included).",
+)
+def backfill_dispatch_sensor(
+    context: dg.SensorEvaluationContext,
+    flagsmith: FlagsmithSourceResource,
+    membership_store: MembershipStoreResource,
+    dispatch_policy: DispatchPolicyResource,
+) -> dg.SensorResult:
+    store = membership_store.get()
+    now = store.clock()
+    source = flagsmith.open()
+    try:
+        organisations = {i.api_key: str(i.organisation_id) for i in source.environments()}
+        changes = source.change_times()
+    finally:
+        source.close()
+    published = {m.environment_key: m for m in store.all_metadata()}
+    requests = []
+    for key, times in changes.items():
+        found = published.get(key)
+        if key not in organisations or found is None or found.published_as_of is None:
+            continue  # not live, or never backfilled: discovery requests its first backfill
+        latest = times.latest
+        changed = latest is not None and latest > found.published_as_of
+        recounted = times.identity_count != found.published_identity_count  # deletions
+        if changed or recounted:
+            requests.append(
+                BackfillRequest.new(
+                    organisation=organisations[key],
+                    environment=key,
+                    window_start=found.published_as_of,
+                    window_end=max(latest or found.published_as_of, found.published_as_of),
+                    reason=Reason.CHANGE,
+                    created_at=now,
+                    max_attempts=dispatch_policy.max_attempts,
+                )
+            )
+    run_requests, result = enqueue_and_dispatch(membership_store, dispatch_policy, requests, now)
+    return dg.SensorResult(
+        run_requests=run_requests, skip_reason=None if run_requests else skip_reason(result)
+    )
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[bitmaps_job],
+    monitor_all_code_locations=False,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Re-queues a failed dispatched backfill as a retry (attempt + 1); the dispatch "
+    "sensor launches it when the guard allows, and drops it past its max attempts.",
+)
+def backfill_retry_sensor(
+    context: dg.RunFailureSensorContext,
+    membership_store: MembershipStoreResource,
+    dispatch_policy: DispatchPolicyResource,
+) -> None:
+    tags = context.dagster_run.tags
+    if f"{TAG_PREFIX}job_id" not in tags:
+        return  # not a dispatched run (the UI, the CLI): nothing to retry
+    failed = BackfillRequest(
+        job_id=tags[f"{TAG_PREFIX}job_id"],
+        dedup_key=tags[f"{TAG_PREFIX}dedup_key"],
+        organisation=tags[f"{TAG_PREFIX}organisation"],
+        environment=tags["dagster/partition"],
+        window_start=datetime.fromisoformat(tags[f"{TAG_PREFIX}window_start"]),
+        window_end=datetime.fromisoformat(tags[f"{TAG_PREFIX}window_end"]),
+        reason=Reason(tags[f"{TAG_PREFIX}reason"]),
+        created_at=membership_store.get().clock(),
+        attempt=int(tags[f"{TAG_PREFIX}attempt"]),
+        max_attempts=int(tags[f"{TAG_PREFIX}max_attempts"]),
+    )
+    retry = failed.retry(membership_store.get().clock())
+    DatabaseQueue(membership_store.get().database).enqueue([retry])
+    log.warning(
+        "segment_membership.dispatch.retry_enqueued",
+        environment=retry.environment,
+        job_id=retry.job_id,
+        failed_job_id=failed.job_id,
+        attempt=retry.attempt,
+        max_attempts=retry.max_attempts,
     )
 
 

@@ -1,5 +1,5 @@
-"""Partition discovery, the guarded refresh schedule and the reconciler, evaluated against real
-Dagster instances and the real store."""
+"""Partition discovery, change detection, the refresh schedule and retries (all through the
+dispatcher), and the reconciler — evaluated against real Dagster instances and the real store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from membership_pipeline.defs.membership.guard import REASON_TAG
+from membership_pipeline.defs.membership.dispatch import JOB_TAG, REASON_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.defs.membership.schedules import membership_refresh_schedule
@@ -41,6 +41,7 @@ def test_discovery_adds_and_removes_partitions_and_launches_first_backfills(
     assert sorted(added.partition_keys) == live
     assert sorted(r.partition_key for r in result.run_requests) == live
     assert len({r.run_key for r in result.run_requests}) == len(live)
+    assert all(r.run_key == r.tags[JOB_TAG] for r in result.run_requests)
     assert {r.tags[REASON_TAG] for r in result.run_requests} == {"new_environment"}
 
     instance.add_dynamic_partitions(environments_partitions.name, [*live, "env_deleted"])
@@ -64,13 +65,16 @@ def test_the_schedule_refreshes_only_environments_the_guard_allows(
     assert {r.tags[REASON_TAG] for r in requests} == {"schedule"}
     assert all(r.tags["dagster/max_runtime"] for r in requests)
 
-    instance.delete_dynamic_partition(environments_partitions.name, keys[2])
-    for key in keys[3:]:
+    # The next tick: the two deferred requests are still queued and merge with the new ones.
+    for key in keys[2:]:
         instance.delete_dynamic_partition(environments_partitions.name, key)
     skipped = tick(instance, resources)
     assert isinstance(skipped, dg.SkipReason)
-    assert f"{running}: running (claimed by run-a)" in skipped.skip_message
-    assert f"{cooling}: cooldown (" in skipped.skip_message
+    assert "2 coalesced, 1 deferred-cooldown, 1 deferred-running" in skipped.skip_message
+    assert f"{running}: deferred-running (a backfill is running, claimed by run-a)" in (
+        skipped.skip_message
+    )
+    assert f"{cooling}: deferred-cooldown (in cooldown for another" in skipped.skip_message
 
 
 def test_the_reconciler_fails_claims_of_dead_runs(

@@ -1,0 +1,91 @@
+"""Every launch goes through the dispatcher: discovery, the schedule, change detection and
+manual requests enqueue backfill requests in the durable queue; a tick of the policy decides
+which to launch, and the published ones become run requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import dagster as dg
+from pydantic import Field
+
+from membership_pipeline.defs.membership.resources import MembershipStoreResource
+from membership_pipeline.dispatch.dispatcher import dispatch_tick
+from membership_pipeline.dispatch.policy import Outcome, PolicySettings, TickResult
+from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.dispatch.requests import BackfillRequest
+
+MAX_RUNTIME_SECONDS = 4 * 3600  # dagster/max_runtime: a hung run is stopped, then reconciled
+TAG_PREFIX = "membership/"
+REASON_TAG = f"{TAG_PREFIX}reason"
+JOB_TAG = f"{TAG_PREFIX}job_id"
+
+
+class DispatchPolicyResource(dg.ConfigurableResource):
+    """The dispatcher's policy settings."""
+
+    coalesce_seconds: float = 300
+    dedup_ttl_seconds: float = 600
+    launches_per_organisation_per_minute: int = 10
+    # An organisation's own cap (by organisation id); 0 deny-lists it.
+    organisation_caps: dict[str, int] = Field(default_factory=dict)
+    max_request_age_seconds: float = 24 * 3600
+    max_attempts: int = 3
+
+    def settings(self) -> PolicySettings:
+        return PolicySettings(
+            coalesce_window=timedelta(seconds=self.coalesce_seconds),
+            dedup_ttl=timedelta(seconds=self.dedup_ttl_seconds),
+            launches_per_organisation_per_minute=self.launches_per_organisation_per_minute,
+            organisation_caps=dict(self.organisation_caps),
+            max_age=timedelta(seconds=self.max_request_age_seconds),
+        )
+
+
+def enqueue_and_dispatch(
+    store_resource: MembershipStoreResource,
+    policy: DispatchPolicyResource,
+    requests: Iterable[BackfillRequest],
+    now: datetime | None = None,
+) -> tuple[list[dg.RunRequest], TickResult]:
+    store = store_resource.get()
+    queue = DatabaseQueue(store.database)
+    queue.enqueue(requests)
+    result = dispatch_tick(queue, store, policy.settings(), now or store.clock())
+    return [run_request(r) for r in result.launches], result
+
+
+def run_request(request: BackfillRequest) -> dg.RunRequest:
+    """Run key = the request's job id (unique per request, never the environment); the request's
+    fields as tags, so the run shows why it ran."""
+    tags = {
+        JOB_TAG: request.job_id,
+        REASON_TAG: request.reason.value,
+        f"{TAG_PREFIX}organisation": request.organisation,
+        f"{TAG_PREFIX}window_start": request.window_start.isoformat(),
+        f"{TAG_PREFIX}window_end": request.window_end.isoformat(),
+        f"{TAG_PREFIX}attempt": str(request.attempt),
+        f"{TAG_PREFIX}max_attempts": str(request.max_attempts),
+        f"{TAG_PREFIX}dedup_key": request.dedup_key[:255],
+        "dagster/max_runtime": str(MAX_RUNTIME_SECONDS),
+    }
+    if request.coalesced:
+        tags[f"{TAG_PREFIX}coalesced"] = str(len(request.coalesced))
+    run_config = {"ops": {"segment_membership_bitmaps": {"config": {"force": request.force}}}}
+    return dg.RunRequest(
+        run_key=request.job_id,
+        partition_key=request.environment,
+        tags=tags,
+        run_config=run_config,
+    )
+
+
+def skip_reason(result: TickResult) -> dg.SkipReason:
+    waiting = [
+        f"{d.environment}: {d.outcome.value} ({d.detail})"
+        for d in result.decisions
+        if d.outcome is not Outcome.COALESCED
+    ]
+    shown = "; ".join(waiting[:10]) + (f" (+{len(waiting) - 10} more)" if len(waiting) > 10 else "")
+    return dg.SkipReason(f"no backfill launched: {result.summary()}. {shown}".strip())

@@ -1,0 +1,106 @@
+"""Change detection and retries through the dispatcher, over several sensor ticks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+import structlog
+from pyroaring import BitMap
+
+from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
+from membership_pipeline.defs.membership.dispatch import JOB_TAG, REASON_TAG
+from membership_pipeline.defs.membership.partitions import environments_partitions
+from membership_pipeline.defs.membership.resources import (
+    FlagsmithSourceResource,
+    MembershipStoreResource,
+)
+from membership_pipeline.defs.membership.sensors import (
+    backfill_dispatch_sensor,
+    backfill_retry_sensor,
+)
+from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.storage import Claim
+
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def no_cooldown(resources, store_url):
+    store = MembershipStoreResource(url=store_url, cooldown_seconds=0)
+    return {**resources, "membership_store": store}
+
+
+def sense(instance, resources):
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return backfill_dispatch_sensor(context)
+
+
+def publish_stale(store, env_key):
+    """A published version read long ago: every change in the source is newer."""
+    held = store.claim(env_key, "old-run", force=True)
+    assert isinstance(held, Claim)
+    shadow = store.stage(held, as_of=LONG_AGO)
+    shadow.add_universe(BitMap([1]))
+    store.publish(held, shadow)
+
+
+def test_changed_environments_are_dispatched_once(instance, no_cooldown, store, demo_source):
+    resources = no_cooldown
+    stale = demo_source.environments[2]["api_key"]
+    publish_stale(store, stale)
+    first = sense(instance, resources)
+    # The others were never backfilled: discovery, not change detection, requests those.
+    assert len(first.run_requests) == 1, first.skip_reason
+    [request] = first.run_requests
+    assert request.partition_key == stale
+    assert request.tags[REASON_TAG] == "change"
+    assert request.run_key == request.tags[JOB_TAG]
+    assert request.tags["membership/window_start"] == LONG_AGO.isoformat()
+    assert request.tags["membership/attempt"] == "1"
+
+    with structlog.testing.capture_logs() as events:
+        second = sense(instance, resources)  # the same window again: its dedup key is locked
+    assert second.run_requests == []
+    assert "1 dedup-suppressed" in second.skip_reason.skip_message
+    [event] = [e for e in events if e["event"].startswith("segment_membership.dispatch.")]
+    assert event["event"] == "segment_membership.dispatch.dedup_suppressed"
+    assert event["environment"] == stale
+    assert DatabaseQueue(store.database).pending() == []  # decided, nothing left behind
+
+
+def test_a_failed_dispatched_run_is_retried_until_its_attempts_run_out(
+    instance, no_cooldown, store, demo_source
+):
+    resources = no_cooldown
+    env_key = demo_source.environments[3]["api_key"]
+    publish_stale(store, env_key)
+    [request] = sense(instance, resources).run_requests
+    broken = {**resources, "flagsmith": FlagsmithSourceResource(url="sqlite:////nonexistent/x.db")}
+    instance.add_dynamic_partitions(environments_partitions.name, [env_key])
+    for attempt in (1, 2, 3):
+        failed = dg.materialize(
+            [segment_membership_bitmaps], partition_key=env_key, instance=instance,
+            resources=broken, tags=dict(request.tags), raise_on_error=False,
+            run_config=request.run_config,
+        )  # fmt: skip
+        assert not failed.success
+        with dg.build_run_status_sensor_context(
+            sensor_name="backfill_retry_sensor",
+            dagster_event=failed.get_run_failure_event(),
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(failed.run_id),
+            resources=resources,
+        ) as context:
+            backfill_retry_sensor(context.for_run_failure())
+        result = sense(instance, resources)  # the dispatch sensor's next tick
+        if attempt == 3:
+            assert result.run_requests == []
+            assert "1 dropped-max-attempts" in result.skip_reason.skip_message
+            break
+        [request] = result.run_requests
+        assert request.tags[REASON_TAG] == "retry"
+        assert request.tags["membership/attempt"] == str(attempt + 1)
+        assert request.tags["membership/window_start"] == LONG_AGO.isoformat()
+    assert DatabaseQueue(store.database).pending() == []
