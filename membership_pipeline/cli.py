@@ -11,10 +11,15 @@
     membership rollback ENV [--to-version V]    flip back to a kept earlier version
     membership gc [--keep N] [--grace SECONDS]  collect retired and abandoned versions
     membership reconcile                        fail running claims whose lease lapsed
+    membership enqueue ENV [--reason R] [--force]   queue a backfill request, print the decision
+                                                the next dispatch tick would take for it
+    membership queue                            pending backfill requests
 
 The store is ``--store-url`` or ``$MEMBERSHIP_STORE_URL`` (default: the embedded SQLite file
-under ``.membership/``). ``--json`` prints one JSON document instead of text. Exit status: 0 on
-success, 1 when the store refuses or cannot answer (the message says why), 2 on usage errors.
+under ``.membership/``); ``enqueue`` looks the environment's organisation up in Flagsmith's
+database, ``--source-url`` or ``$MEMBERSHIP_SOURCE_URL``. ``--json`` prints one JSON document
+instead of text. Exit status: 0 on success, 1 when the store refuses or cannot answer (the
+message says why) or an enqueued request would not launch at the next tick, 2 on usage errors.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from membership_pipeline.dispatch.environment_settings import policy_settings_from_environment
+from membership_pipeline.dispatch.policy import Outcome, WorldView, decide, policy_settings
+from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 from membership_pipeline.storage import (
     DEFAULT_STORE_URL,
     EnvironmentMembershipMetadata,
@@ -41,13 +50,16 @@ Command = Callable[[argparse.Namespace], tuple[Any, str]]  # (JSON document, tex
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    status = 0
     try:
         document, text = args.command(args)
+    except NoOp as no_op:
+        document, text, status = no_op.document, no_op.text, 1
     except (StoreError, ValueError, TypeError) as error:
         print(f"membership {args.name}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(document, indent=2, default=str) if args.json else text)
-    return 0
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         "--store-url",
         default=os.environ.get("MEMBERSHIP_STORE_URL", DEFAULT_STORE_URL),
         help="the store's database (default $MEMBERSHIP_STORE_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--source-url",
+        default=os.environ.get("MEMBERSHIP_SOURCE_URL"),
+        help="Flagsmith's database, for enqueue (default $MEMBERSHIP_SOURCE_URL or the demo's)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -99,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--keep", type=int, default=2, help="retired versions kept for rollback")
     gc.add_argument("--grace", type=float, default=300, help="seconds a retired version is kept")
     command("reconcile", _reconcile, "fail running claims whose lease lapsed")
+    enqueue = command("enqueue", _enqueue, "queue a backfill request for the dispatcher")
+    enqueue.add_argument("environment")
+    enqueue.add_argument("--reason", choices=[r.value for r in Reason], default="manual")
+    enqueue.add_argument("--force", action="store_true", help="skip the cooldown")
+    enqueue.add_argument("--organisation", help="default: looked up in Flagsmith's database")
+    command("queue", _queue, "pending backfill requests")
     return parser
 
 
@@ -247,6 +270,105 @@ def _reconcile(args: argparse.Namespace) -> tuple[Any, str]:
         reconciled = store.reconcile_stale_claims()
     lines = [f"{r.environment_key}: claim of {r.owner} failed ({r.reason})" for r in reconciled]
     return [r.__dict__ for r in reconciled], "\n".join(lines) or "no stale claims"
+
+
+def _enqueue(args: argparse.Namespace) -> tuple[Any, str]:
+    organisation = args.organisation or _organisation_of(args.source_url, args.environment)
+    with _store(args) as store:
+        now = store.clock()
+        request = BackfillRequest.new(
+            organisation=organisation,
+            environment=args.environment,
+            window_start=now,
+            window_end=now,
+            reason=Reason(args.reason),
+            created_at=now,
+            force=args.force,
+        )
+        queue = DatabaseQueue(store.database)
+        queue.enqueue([request])
+        # What the next dispatch tick would decide for it (a preview: nothing is recorded).
+        pending = queue.pending()
+        refusals = store.refusals(sorted({r.environment for r in pending}))
+        world = WorldView(
+            {env: (r.reason, r.describe()) for env, r in refusals.items()},
+            queue.dedup_locks(now),
+            queue.recent_launches(now),
+        )
+        settings = policy_settings(policy_settings_from_environment())
+        decisions = decide(pending, world, settings, now).decisions
+    by_job = {d.job_id: d for d in decisions}
+    decision = by_job[request.job_id]
+    if decision.outcome is Outcome.COALESCED:  # what happens to it is its keeper's decision
+        assert decision.into is not None
+        decision = by_job[decision.into]
+    document = {
+        "job_id": request.job_id,
+        "environment": args.environment,
+        "organisation": organisation,
+        "decision": decision.outcome.value,
+        "detail": decision.detail,
+        "coalesced_into": None if decision.job_id == request.job_id else decision.job_id,
+    }
+    text = (
+        f"queued {request.job_id} ({args.reason}{', forced' if args.force else ''}) for "
+        f"{args.environment}; next dispatch: {decision.outcome.value} ({decision.detail})"
+    )
+    if document["coalesced_into"]:
+        text += f", merged into {decision.job_id}"
+    if decision.outcome is not Outcome.PUBLISHED:
+        raise NoOp(document, text)
+    return document, text
+
+
+def _organisation_of(source_url: str | None, environment_key: str) -> str:
+    from membership_pipeline.sources.demo_dataset import DEFAULT_URL  # pandas: only when needed
+    from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+
+    source_url = source_url or DEFAULT_URL
+    source = FlagsmithSource(source_url)
+    try:
+        found = {i.api_key: i.organisation_id for i in source.environments()}
+    finally:
+        source.close()
+    if environment_key not in found:
+        raise StoreError(
+            f"environment {environment_key!r} is not a live environment in {source_url}"
+        )
+    return str(found[environment_key])
+
+
+def _queue(args: argparse.Namespace) -> tuple[Any, str]:
+    with _store(args) as store:
+        pending = sorted(DatabaseQueue(store.database).pending(), key=lambda r: r.created_at)
+    rows = [
+        {
+            "job_id": r.job_id,
+            "environment": r.environment,
+            "organisation": r.organisation,
+            "reason": r.reason.value,
+            "attempt": r.attempt,
+            "window_start": r.window_start.isoformat(),
+            "window_end": r.window_end.isoformat(),
+            "created_at": r.created_at.isoformat(),
+            "coalesced": len(r.coalesced),
+        }
+        for r in pending
+    ]
+    lines = [
+        f"{r['job_id'][:12]}  {r['environment']:<24}{r['reason']:<16}attempt {r['attempt']}  "
+        f"created {r['created_at'][:19]}"
+        for r in rows
+    ]
+    return rows, "\n".join(lines) or "no pending backfill requests"
+
+
+class NoOp(Exception):
+    """A command that did nothing the operator asked for: printed, exit status 1."""
+
+    def __init__(self, document: Any, text: str) -> None:
+        super().__init__(text)
+        self.document, self.text = document, text
 
 
 def run() -> None:

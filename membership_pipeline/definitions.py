@@ -30,6 +30,7 @@ from membership_pipeline.defs.membership.sensors import (
     bitmaps_job,
     environment_discovery_sensor,
 )
+from membership_pipeline.dispatch.environment_settings import policy_settings_from_environment
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
 from membership_pipeline.storage import DEFAULT_STORE_URL
 
@@ -53,29 +54,8 @@ def build_resources(
         ),
         "membership_store": store,
         "membership_io_manager": PublishingIOManager(membership_store=store),
-        "dispatch_policy": DispatchPolicyResource(
-            launches_per_organisation_per_minute=int(
-                os.environ.get("MEMBERSHIP_ORG_LAUNCHES_PER_MINUTE", 10)
-            ),
-            organisation_caps=_organisation_caps(os.environ.get("MEMBERSHIP_ORG_CAPS", "")),
-            coalesce_seconds=float(os.environ.get("MEMBERSHIP_COALESCE_SECONDS", 300)),
-            dedup_ttl_seconds=float(os.environ.get("MEMBERSHIP_DEDUP_TTL_SECONDS", 600)),
-            max_request_age_seconds=float(
-                os.environ.get("MEMBERSHIP_MAX_REQUEST_AGE_SECONDS", 86400)
-            ),
-        ),
+        "dispatch_policy": DispatchPolicyResource(**policy_settings_from_environment()),
     }
-
-
-def _organisation_caps(text: str) -> dict[str, int]:
-    """``MEMBERSHIP_ORG_CAPS="12:0,7:50"``: organisation id → launches per minute (0 denies)."""
-    caps = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        organisation, _, cap = item.partition(":")
-        if not cap.strip().isdigit():
-            raise ValueError(f"MEMBERSHIP_ORG_CAPS: {item!r} is not organisation:cap")
-        caps[organisation.strip()] = int(cap)
-    return caps
 
 
 defs = dg.Definitions(

@@ -75,3 +75,36 @@ def test_an_unmigrated_store_says_what_to_run(database_url):
     assert "Run `membership migrate` first" in result.stderr
     migrate(database_url)
     assert "no environment has been backfilled yet" in membership(database_url, "status").stdout
+
+
+def test_enqueue_prints_the_next_decision_and_queue_lists_requests(database_url, tmp_path):
+    from membership_pipeline.sources.demo_dataset import write_demo_dataset
+
+    source = f"sqlite:///{tmp_path / 'flagsmith.sqlite'}"
+    env_key = write_demo_dataset(source, identities=300, segments_per_project=5).environments[0][
+        "api_key"
+    ]
+    migrate(database_url)
+
+    def enqueue(*args: str) -> subprocess.CompletedProcess[str]:
+        return membership(database_url, "--source-url", source, "--json", "enqueue", env_key, *args)
+
+    first = enqueue()
+    assert first.returncode == 0, first.stderr
+    decision = json.loads(first.stdout)
+    assert (decision["decision"], decision["organisation"]) == ("published", "1")
+    queued = json.loads(membership(database_url, "--json", "queue").stdout)
+    assert [q["job_id"] for q in queued] == [decision["job_id"]]  # a preview: still queued
+
+    with MembershipStore(database_url) as store:
+        backfill(store, env_key, {"s": BitMap([1])})
+    cooling = enqueue("--reason", "change")
+    assert cooling.returncode == 1
+    assert json.loads(cooling.stdout)["decision"] == "deferred-cooldown"
+    forced = enqueue("--force")
+    assert forced.returncode == 0 and json.loads(forced.stdout)["decision"] == "published"
+    assert len(json.loads(membership(database_url, "--json", "queue").stdout)) == 3
+
+    unknown = membership(database_url, "--source-url", source, "enqueue", "env_nope")
+    assert unknown.returncode == 1
+    assert "'env_nope' is not a live environment" in unknown.stderr

@@ -5,14 +5,14 @@ which to launch, and the published ones become run requests."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import dagster as dg
 from pydantic import Field
 
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.dispatch.dispatcher import dispatch_tick
-from membership_pipeline.dispatch.policy import Outcome, PolicySettings, TickResult
+from membership_pipeline.dispatch.policy import Outcome, PolicySettings, TickResult, policy_settings
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest
 
@@ -34,13 +34,7 @@ class DispatchPolicyResource(dg.ConfigurableResource):
     max_attempts: int = 3
 
     def settings(self) -> PolicySettings:
-        return PolicySettings(
-            coalesce_window=timedelta(seconds=self.coalesce_seconds),
-            dedup_ttl=timedelta(seconds=self.dedup_ttl_seconds),
-            launches_per_organisation_per_minute=self.launches_per_organisation_per_minute,
-            organisation_caps=dict(self.organisation_caps),
-            max_age=timedelta(seconds=self.max_request_age_seconds),
-        )
+        return policy_settings(self.model_dump())
 
 
 def enqueue_and_dispatch(
