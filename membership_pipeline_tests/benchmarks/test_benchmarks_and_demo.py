@@ -90,3 +90,13 @@ def test_store_benchmark_prints_its_figures() -> None:
             for mode in ("cold", "warm", "warm, 1 s pointer TTL"):
                 assert f"  {backend:<11}{query} {mode} " in out
     assert "  postgresql SQL count(*) " in out and ": equal)" in out
+
+
+def test_dispatch_benchmark_prints_its_figures() -> None:
+    out = _run(
+        "membership_pipeline.benchmarks.dispatch_benchmark",
+        "--environments", "500", "--requests", "100", "--ticks", "2",
+    )  # fmt: skip
+    for backend in ("sqlite", "postgresql"):
+        assert f"  {backend:<11}tick " in out
+    assert "500 environments compared" in out and " published" in out
