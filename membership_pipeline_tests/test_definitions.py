@@ -26,6 +26,8 @@ def test_definitions_object_loads() -> None:
     assert bitmaps.partitions_def.name == "environments"
     assert {s.name for s in repository.sensor_defs} == {
         "environment_discovery_sensor",
+        "backfill_dispatch_sensor",
+        "backfill_retry_sensor",
         "backfill_reconcile_sensor",
     }
     assert [s.name for s in repository.schedule_defs] == ["membership_refresh_schedule"]
@@ -33,6 +35,7 @@ def test_definitions_object_loads() -> None:
         "flagsmith",
         "membership_store",
         "membership_io_manager",
+        "dispatch_policy",
     }
 
 
