@@ -92,13 +92,13 @@ def test_the_reconciler_fails_claims_of_dead_runs(
         .execute_in_process(instance=instance)
     )
     assert isinstance(store.claim(keys[0], finished.run_id), Claim)  # its run ended: dead
-    short = MembershipStoreResource(url=store_url, lease_seconds=0.5)
+    short = MembershipStoreResource(url=store_url, lease_seconds=2)
     assert isinstance(short.get().claim(keys[1], "pid:999999"), Claim)  # unknown owner
     result = sense(backfill_reconcile_sensor, instance, resources)
     assert f"{keys[0]} (owner_gone, run {finished.run_id})" in result.skip_message
     assert store.metadata(keys[1]).last_backfill_status is BackfillStatus.RUNNING
 
-    time.sleep(0.6)  # the unknown owner's lease lapses
+    time.sleep(2.1)  # the unknown owner's lease lapses
     result = sense(backfill_reconcile_sensor, instance, resources)
     assert f"{keys[1]} (lease_expired, run pid:999999)" in result.skip_message
     assert store.metadata(keys[1]).last_backfill_status is BackfillStatus.FAILED
