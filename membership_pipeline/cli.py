@@ -32,8 +32,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from membership_pipeline.dispatch.dispatcher import preview_tick
 from membership_pipeline.dispatch.environment_settings import policy_settings_from_environment
-from membership_pipeline.dispatch.policy import Outcome, WorldView, decide, policy_settings
+from membership_pipeline.dispatch.policy import Outcome, policy_settings
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 from membership_pipeline.storage import (
@@ -287,16 +288,8 @@ def _enqueue(args: argparse.Namespace) -> tuple[Any, str]:
         )
         queue = DatabaseQueue(store.database)
         queue.enqueue([request])
-        # What the next dispatch tick would decide for it (a preview: nothing is recorded).
-        pending = queue.pending()
-        refusals = store.refusals(sorted({r.environment for r in pending}))
-        world = WorldView(
-            {env: (r.reason, r.describe()) for env, r in refusals.items()},
-            queue.dedup_locks(now),
-            queue.recent_launches(now),
-        )
         settings = policy_settings(policy_settings_from_environment())
-        decisions = decide(pending, world, settings, now).decisions
+        decisions = preview_tick(queue, store, settings, now)[1].decisions
     by_job = {d.job_id: d for d in decisions}
     decision = by_job[request.job_id]
     if decision.outcome is Outcome.COALESCED:  # what happens to it is its keeper's decision

@@ -26,7 +26,7 @@ from membership_pipeline.dispatch.policy import PolicySettings
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 from membership_pipeline.storage import MembershipStore, migrate
-from membership_pipeline.storage.tables import environment
+from membership_pipeline.storage.tables import backfill_request, dedup_lock, environment, launch
 
 TARGET_SECONDS = 2.0
 
@@ -123,8 +123,6 @@ def _queue(store: MembershipStore, environments: int, count: int) -> None:
 
 
 def _drain(store: MembershipStore) -> None:
-    from membership_pipeline.storage.tables import backfill_request, dedup_lock, launch
-
     with store.database.writer.begin() as conn:
         for table in (backfill_request, dedup_lock, launch):
             conn.execute(sa.delete(table))

@@ -6,15 +6,17 @@ from datetime import datetime
 
 from membership_pipeline.dispatch.policy import PolicySettings, TickResult, WorldView, decide
 from membership_pipeline.dispatch.queue import RequestQueue
+from membership_pipeline.dispatch.requests import BackfillRequest
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("dispatch")
 
 
-def dispatch_tick(
+def preview_tick(
     queue: RequestQueue, store: MembershipStore, settings: PolicySettings, now: datetime
-) -> TickResult:
+) -> tuple[list[BackfillRequest], TickResult]:
+    """What a tick would decide now; nothing is recorded."""
     pending = queue.pending()
     refusals = store.refusals(sorted({r.environment for r in pending}))
     world = WorldView(
@@ -22,7 +24,13 @@ def dispatch_tick(
         dedup_locks=queue.dedup_locks(now),
         recent_launches=queue.recent_launches(now),
     )
-    result = decide(pending, world, settings, now)
+    return pending, decide(pending, world, settings, now)
+
+
+def dispatch_tick(
+    queue: RequestQueue, store: MembershipStore, settings: PolicySettings, now: datetime
+) -> TickResult:
+    pending, result = preview_tick(queue, store, settings, now)
     queue.record(pending, result, now, settings.dedup_ttl)
     for decision in result.decisions:
         request = decision.request

@@ -12,6 +12,7 @@ the newest publication it has seen per environment and never answers from an old
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
 import threading
@@ -63,8 +64,12 @@ class BitmapEntry:
     error_message: str | None
     chunks: tuple[ChunkRef, ...]
 
+    @functools.cached_property
+    def _chunk_starts(self) -> list[int]:
+        return [c.min_id for c in self.chunks]
+
     def chunk_holding(self, identity_id: int) -> ChunkRef | None:
-        position = bisect.bisect_right([c.min_id for c in self.chunks], identity_id) - 1
+        position = bisect.bisect_right(self._chunk_starts, identity_id) - 1
         if position < 0 or self.chunks[position].max_id < identity_id:
             return None
         return self.chunks[position]

@@ -19,6 +19,14 @@ class FlagsmithSourceResource(dg.ConfigurableResource):
     def open(self) -> FlagsmithSource:
         return FlagsmithSource(self.url)
 
+    def organisations(self) -> dict[str, str]:
+        """Live environments (api key) → their organisation id."""
+        source = self.open()
+        try:
+            return {info.api_key: str(info.organisation_id) for info in source.environments()}
+        finally:
+            source.close()
+
 
 class MembershipStoreResource(dg.ConfigurableResource):
     """The bitmap store and the backfill guard's settings."""

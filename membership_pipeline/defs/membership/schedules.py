@@ -34,11 +34,7 @@ def membership_refresh_schedule(
     membership_store: MembershipStoreResource,
     dispatch_policy: DispatchPolicyResource,
 ) -> list[dg.RunRequest] | dg.SkipReason:
-    source = flagsmith.open()
-    try:
-        organisations = {i.api_key: str(i.organisation_id) for i in source.environments()}
-    finally:
-        source.close()
+    organisations = flagsmith.organisations()
     now = membership_store.get().clock()
     partitions = context.instance.get_dynamic_partitions("environments")
     requests = [

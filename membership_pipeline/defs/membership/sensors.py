@@ -48,17 +48,13 @@ def environment_discovery_sensor(
     membership_store: MembershipStoreResource,
     dispatch_policy: DispatchPolicyResource,
 ) -> dg.SensorResult:
-    source = flagsmith.open()
-    try:
-        live = {info.api_key: info for info in source.environments()}
-    finally:
-        source.close()
+    live = flagsmith.organisations()
     known = set(context.instance.get_dynamic_partitions(environments_partitions.name))
     added, removed = sorted(set(live) - known), sorted(known - set(live))
     now = membership_store.get().clock()
     requests = [
         BackfillRequest.new(
-            organisation=str(live[key].organisation_id),
+            organisation=live[key],
             environment=key,
             window_start=EPOCH,
             window_end=now,
