@@ -14,9 +14,14 @@ from pyroaring import BitMap
 from membership_pipeline.evaluation.atoms import Atom, AtomEvaluator
 from membership_pipeline.evaluation.bitmaps import bitmap_of
 from membership_pipeline.evaluation.environment_data import EnvironmentData, EnvironmentRef
-from membership_pipeline.evaluation.errors import DuplicateSegmentKey, SegmentDefinitionError
+from membership_pipeline.evaluation.errors import (
+    DuplicateSegmentKey,
+    SegmentDefinitionError,
+    UnsupportedProperty,
+)
+from membership_pipeline.evaluation.properties import PropertyNotSupported, context_path
 from membership_pipeline.evaluation.rule_composition import SegmentComposer
-from membership_pipeline.evaluation.segment_model import Segment, parse_segment
+from membership_pipeline.evaluation.segment_model import Condition, Segment, parse_segment
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
 from membership_pipeline.structured_logging import get_logger
 
@@ -81,11 +86,15 @@ def evaluate_environment(
                 seconds=round(time.perf_counter() - prepared, 2),
             )
         try:
+            _check_properties(segment)
             bitmaps[segment.key] = SegmentComposer(segment, atoms, universe).bitmap()
         except SegmentDefinitionError as exc:
             failures[segment.key] = exc
             continue
-        usage.update(set(_atoms_of(segment)))
+        usage.update({atom for _, atom in _atoms_of(segment)})
+    for atom, uses in usage.items():
+        if uses > 1:  # stored as a bitmap of its own: whole, even where a scope skipped it
+            atoms.bitmap(atom)
     evaluated = time.perf_counter()
 
     for key, error in failures.items():
@@ -143,9 +152,20 @@ def _parse_all(
     return [s for s in parsed if s.key not in duplicated], failures
 
 
-def _atoms_of(segment: Segment) -> Iterable[Atom]:
+def _atoms_of(segment: Segment) -> Iterable[tuple[Condition, Atom]]:
     stack = list(segment.rules)
     while stack:
         rule = stack.pop()
         stack.extend(rule.rules)
-        yield from (Atom.of(condition, segment.key) for condition in rule.conditions)
+        yield from ((condition, Atom.of(condition, segment.key)) for condition in rule.conditions)
+
+
+def _check_properties(segment: Segment) -> None:
+    """A property that cannot be evaluated fails its segment whether or not any identity reaches
+    the condition: the verdict depends on the definition alone, never on the data."""
+    for condition, _ in _atoms_of(segment):
+        if condition.property:
+            try:
+                context_path(condition.property)
+            except PropertyNotSupported as exc:
+                raise UnsupportedProperty(segment.key, condition.location, str(exc)) from None

@@ -25,12 +25,25 @@ class PropertyNotSupported(ValueError):
 
 
 def resolve_property(prop: str, environment: EnvironmentData) -> ValueColumn:
-    if not prop.startswith("$."):
+    names = context_path(prop)
+    if names is None:
         return environment.trait_column(prop)
+    column = _context_column(names, environment)
+    if prop in environment.trait_columns:
+        return _coalesce(environment.trait_columns[prop], column)
+    return column
+
+
+def context_path(prop: str) -> list[str | None] | None:
+    """The names a JSONPath property selects (None: the property is a trait key). Raises
+    ``PropertyNotSupported`` from the property alone, whatever the data, so a segment fails the
+    same way on any subset of identities (a shard of a backfill, or all of them)."""
+    if not prop.startswith("$."):
+        return None
     try:
         query = jsonpath_rfc9535.compile(prop)
     except jsonpath_rfc9535.JSONPathSyntaxError:
-        return environment.trait_column(prop)
+        return None
     except jsonpath_rfc9535.JSONPathError as exc:
         raise PropertyNotSupported(f"JSONPath {prop!r} cannot be used: {exc}") from None
     if not query.singular_query():
@@ -42,20 +55,15 @@ def resolve_property(prop: str, environment: EnvironmentData) -> ValueColumn:
         for segment in query.segments
         for selector in segment.selectors
     ]
-    column = _context_column(names, environment, prop)
-    if prop in environment.trait_columns:
-        return _coalesce(environment.trait_columns[prop], column)
-    return column
-
-
-def _context_column(
-    names: list[str | None], environment: EnvironmentData, prop: str
-) -> ValueColumn:
     if names and names[0] in _UNSUPPORTED_ROOTS:
         raise PropertyNotSupported(
             f"JSONPath {prop!r} reads ${names[0]}, which depends on flag evaluation, "
             "not on the identity alone"
         )
+    return names
+
+
+def _context_column(names: list[str | None], environment: EnvironmentData) -> ValueColumn:
     match names:
         case ["environment", ("key" | "name") as field]:
             return environment.environment_constant(field)

@@ -27,10 +27,15 @@ class AuditReport:
     identities: int  # sampled
     pairs: int  # (identity, segment) decisions compared
     mismatches: list[tuple[str, int, bool]] = field(default_factory=list)  # segment, id, reference
+    unlisted_mismatches: int = 0  # counted but not listed (combined reports keep a few each)
+
+    @property
+    def mismatch_count(self) -> int:
+        return len(self.mismatches) + self.unlisted_mismatches
 
     @property
     def passed(self) -> bool:
-        return not self.mismatches
+        return self.mismatch_count == 0
 
     def describe(self) -> str:
         if self.passed:
@@ -41,7 +46,7 @@ class AuditReport:
             f"segment {segment} identity {identity} (flag-engine: {'in' if expected else 'out'})"
             for segment, identity, expected in self.mismatches[:5]
         )
-        disagree = f"{len(self.mismatches):,} of {self.pairs:,} decisions disagree with flag-engine"
+        disagree = f"{self.mismatch_count:,} of {self.pairs:,} decisions disagree with flag-engine"
         return f"{disagree}: {shown}"
 
 

@@ -23,6 +23,7 @@ Rules that decide correctness, following Flagsmith's models:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,6 +85,30 @@ class ChangeTimes:
             if s is not None
         ]
         return max(stamps) if stamps else None
+
+
+@dataclass(frozen=True)
+class IdentityPlan:
+    """What planning shards needs: the environment and its segments as of one snapshot, how many
+    identities it has, its largest id, and the ids at every ``every``-th rank."""
+
+    info: EnvironmentInfo
+    segments: list[dict[str, Any]]
+    identity_count: int
+    max_id: int | None
+    boundaries: list[int]
+    every: int
+    as_of: datetime
+
+
+@dataclass
+class IdentityRange:
+    """The identities of one environment with ``first_id <= id <= last_id``, and their traits."""
+
+    identities: pd.DataFrame
+    traits: pd.DataFrame
+    unreadable_traits: int = 0
+    overridden_by_system_traits: int = 0
 
 
 @dataclass
@@ -206,36 +231,95 @@ class FlagsmithSource:
         """Identities, traits and segments of one environment, in one read transaction."""
         info = self.environment(api_key)
         as_of = datetime.now(UTC)
+        with self._snapshot() as conn:
+            identities = self._read_range(conn, info, None)
+            segments = self._segments(conn, info)
+        return EnvironmentSnapshot(
+            info=info,
+            environment={"key": info.api_key, "name": info.name},
+            identities=identities.identities,
+            traits=identities.traits,
+            segments=segments,
+            as_of=as_of,
+            unreadable_traits=identities.unreadable_traits,
+            overridden_by_system_traits=identities.overridden_by_system_traits,
+        )
+
+    def plan_identities(self, api_key: str, every: int) -> IdentityPlan:
+        """The environment, its segments, its identity count and largest id, and the ids at ranks
+        0, ``every``, 2 × ``every``, ... in one snapshot: one ordered scan of the environment's
+        ids on the server, whatever its size; only the boundaries travel."""
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        info = self.environment(api_key)
+        as_of = datetime.now(UTC)
+        with self._snapshot() as conn:
+            totals = conn.execute(
+                sa.text(
+                    "SELECT count(*) AS n, max(id) AS max_id FROM environments_identity "
+                    "WHERE environment_id = :environment_id"
+                ),
+                {"environment_id": info.id},
+            ).one()
+            boundaries = conn.execute(
+                sa.text(
+                    """
+                    SELECT id FROM (
+                        SELECT id, row_number() OVER (ORDER BY id) - 1 AS rank
+                        FROM environments_identity WHERE environment_id = :environment_id
+                    ) ranked
+                    WHERE rank % :every = 0 ORDER BY id
+                    """
+                ),
+                {"environment_id": info.id, "every": every},
+            ).scalars()
+            boundaries = [int(b) for b in boundaries]
+            segments = self._segments(conn, info)
+        return IdentityPlan(
+            info=info,
+            segments=segments,
+            identity_count=int(totals.n),
+            max_id=None if totals.max_id is None else int(totals.max_id),
+            boundaries=boundaries,
+            every=every,
+            as_of=as_of,
+        )
+
+    def read_identity_range(
+        self, info: EnvironmentInfo, first_id: int, last_id: int
+    ) -> IdentityRange:
+        """One shard's identities (``first_id <= id <= last_id``) and their traits, in one
+        snapshot; index range scans on the identity and trait tables."""
+        with self._snapshot() as conn:
+            return self._read_range(conn, info, (first_id, last_id))
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":
-                # One snapshot for the three reads: a concurrent write lands in all or none.
+                # One snapshot for every read: a concurrent write lands in all or none.
                 conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            identity_columns = {
-                c["name"] for c in sa.inspect(conn).get_columns("environments_identity")
-            }
-            identities, system_traits = self._identities(
-                conn, info, "system_traits" in identity_columns
-            )
-            traits, unreadable = self._traits(conn, info)
-            segments = self._segments(conn, info)
+            yield conn
+
+    def _read_range(
+        self, conn: sa.Connection, info: EnvironmentInfo, id_range: tuple[int, int] | None
+    ) -> IdentityRange:
+        identity_columns = {
+            c["name"] for c in sa.inspect(conn).get_columns("environments_identity")
+        }
+        identities, system_traits = self._identities(
+            conn, info, "system_traits" in identity_columns, id_range
+        )
+        traits, unreadable = self._traits(conn, info, id_range)
         traits, overridden = _apply_system_traits(traits, system_traits)
         if unreadable:
             log.warning(
                 "segment_membership.source.unreadable_traits",
-                environment=api_key,
+                environment=info.api_key,
                 rows=unreadable,
                 rule="a trait whose value_type is unknown or whose value column is null is missing",
             )
-        return EnvironmentSnapshot(
-            info=info,
-            environment={"key": info.api_key, "name": info.name},
-            identities=identities,
-            traits=traits,
-            segments=segments,
-            as_of=as_of,
-            unreadable_traits=unreadable,
-            overridden_by_system_traits=overridden,
-        )
+        return IdentityRange(identities, traits, unreadable, overridden)
 
     def _chunks(
         self, conn: sa.Connection, query: sa.TextClause, **params: Any
@@ -244,17 +328,22 @@ class FlagsmithSource:
         yield from pd.read_sql_query(query, streaming, params=params, chunksize=self.chunk_rows)
 
     def _identities(
-        self, conn: sa.Connection, info: EnvironmentInfo, with_system_traits: bool
+        self,
+        conn: sa.Connection,
+        info: EnvironmentInfo,
+        with_system_traits: bool,
+        id_range: tuple[int, int] | None,
     ) -> tuple[pd.DataFrame, list[tuple[int, Any]]]:
         extra = ", system_traits" if with_system_traits else ""
+        in_range, bounds = _id_range_filter("id", id_range)
         query = sa.text(
             f"SELECT id, identifier{extra} FROM environments_identity "
-            "WHERE environment_id = :environment_id ORDER BY id"
+            f"WHERE environment_id = :environment_id{in_range} ORDER BY id"
         )
         ids: list[np.ndarray] = []
         identifiers: list[np.ndarray] = []
         system_traits: list[tuple[int, Any]] = []
-        for chunk in self._chunks(conn, query, environment_id=info.id):
+        for chunk in self._chunks(conn, query, environment_id=info.id, **bounds):
             ids.append(chunk["id"].to_numpy(dtype=np.int64))
             identifiers.append(chunk["identifier"].to_numpy(dtype=object))
             if with_system_traits:
@@ -274,18 +363,21 @@ class FlagsmithSource:
             frame["key"] = frame["id"].astype(str).astype(object)
         return frame, system_traits
 
-    def _traits(self, conn: sa.Connection, info: EnvironmentInfo) -> tuple[pd.DataFrame, int]:
+    def _traits(
+        self, conn: sa.Connection, info: EnvironmentInfo, id_range: tuple[int, int] | None
+    ) -> tuple[pd.DataFrame, int]:
+        in_range, bounds = _id_range_filter("t.identity_id", id_range)
         query = sa.text(
-            """
+            f"""
             SELECT t.identity_id, t.trait_key, t.value_type, t.string_value, t.integer_value,
                    t.float_value, t.boolean_value
             FROM environments_trait t JOIN environments_identity i ON i.id = t.identity_id
-            WHERE i.environment_id = :environment_id
+            WHERE i.environment_id = :environment_id{in_range}
             """
         )
         parts: list[pd.DataFrame] = []
         unreadable = 0
-        for chunk in self._chunks(conn, query, environment_id=info.id):
+        for chunk in self._chunks(conn, query, environment_id=info.id, **bounds):
             readable, dropped = _compact_traits(chunk)
             parts.append(readable)
             unreadable += dropped
@@ -342,6 +434,14 @@ class FlagsmithSource:
                 conditions=built.unreachable_conditions,
             )
         return built.segments
+
+
+def _id_range_filter(column: str, id_range: tuple[int, int] | None) -> tuple[str, dict[str, int]]:
+    """A bound ``AND column BETWEEN`` clause for an identity-id range (none for the whole)."""
+    if id_range is None:
+        return "", {}
+    first, last = id_range
+    return f" AND {column} BETWEEN :first_id AND :last_id", {"first_id": first, "last_id": last}
 
 
 def _stamps_of(source: str, project: str, alias: str) -> str:

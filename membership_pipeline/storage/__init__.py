@@ -28,6 +28,7 @@ from membership_pipeline.storage.reader import (
     PublishedMembership,
 )
 from membership_pipeline.storage.schema import migrate
+from membership_pipeline.storage.shards import SealedTotals, ShardReport, ShardWriter, StagedPlan
 from membership_pipeline.storage.store import DEFAULT_STORE_URL, MembershipStore
 from membership_pipeline.storage.versions import Publication, ShadowVersion
 
@@ -50,8 +51,12 @@ __all__ = [
     "ReconciledClaim",
     "RollbackUnavailable",
     "SchemaNotReady",
+    "SealedTotals",
     "SegmentUnavailable",
     "ShadowVersion",
+    "ShardReport",
+    "ShardWriter",
+    "StagedPlan",
     "StoreError",
     "UnknownEnvironment",
     "UnknownIdentity",

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from membership_pipeline.evaluation import MembershipResult
-from membership_pipeline.storage.versions import ShadowVersion
+from membership_pipeline.storage.bitmap_writer import BitmapWriter
 
 
-def stage_membership_result(shadow: ShadowVersion, result: MembershipResult) -> None:
+def stage_membership_result(shadow: BitmapWriter, result: MembershipResult) -> None:
     """Universe, every segment (bitmap or failure) and the atoms shared by several segments."""
     shadow.add_universe(result.universe)
     for key, members in result.segments.items():

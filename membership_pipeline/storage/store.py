@@ -11,10 +11,13 @@ settings (cooldown, lease, chunk size, retention) in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
+from membership_pipeline.sharding.shard_plan import ShardSpec
 from membership_pipeline.storage import claims, garbage, versions
+from membership_pipeline.storage import shards as shards_module
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
 from membership_pipeline.storage.claims import Claim, ClaimRefused, ReconciledClaim
 from membership_pipeline.storage.database import StoreDatabase, open_database
@@ -27,6 +30,7 @@ from membership_pipeline.storage.environment_metadata import (
 from membership_pipeline.storage.garbage import GarbageReport
 from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, MembershipReader
 from membership_pipeline.storage.schema import require_current_schema
+from membership_pipeline.storage.shards import SealedTotals, ShardReport, ShardWriter, StagedPlan
 from membership_pipeline.storage.timestamps import Clock, utc_now
 from membership_pipeline.storage.versions import Publication, ShadowVersion
 
@@ -120,10 +124,50 @@ class MembershipStore:
             self.database, held, as_of=as_of, now=self.clock(), chunk_bytes=self.chunk_bytes
         )
 
-    def publish(self, held: Claim, shadow: ShadowVersion) -> Publication:
-        if not shadow.sealed:
+    def publish(self, held: Claim, shadow: ShadowVersion | int) -> Publication:
+        """Flip to a shadow (sealed first if need be) or to a sealed version by id."""
+        if isinstance(shadow, ShadowVersion) and not shadow.sealed:
             shadow.seal(now=self.clock())
-        return versions.publish(self.database, held, shadow, now=self.clock())
+        version_id = shadow if isinstance(shadow, int) else shadow.version_id
+        return versions.publish(self.database, held, version_id, now=self.clock())
+
+    # Sharded versions: one plan, a writer per shard attempt, one seal, then ``publish``
+    def stage_plan(
+        self,
+        held: Claim,
+        *,
+        as_of: datetime,
+        environment_info: Mapping[str, Any],
+        segments: Sequence[Mapping[str, Any]],
+        identity_count: int,
+        shard_identities: int,
+        shards: Sequence[ShardSpec],
+    ) -> StagedPlan:
+        return shards_module.stage_plan(
+            self.database,
+            held,
+            as_of=as_of,
+            now=self.clock(),
+            environment_info=environment_info,
+            segments=segments,
+            identity_count=identity_count,
+            shard_identities=shard_identities,
+            shards=shards,
+        )
+
+    def load_plan(self, environment_key: str, owner: str) -> StagedPlan:
+        return shards_module.load_plan(self.database, environment_key, owner)
+
+    def shard_writer(self, plan: StagedPlan, spec: ShardSpec) -> ShardWriter:
+        return ShardWriter(
+            self.database, plan, spec, now=self.clock(), chunk_bytes=self.chunk_bytes
+        )
+
+    def seal_shards(self, plan: StagedPlan) -> SealedTotals:
+        return shards_module.seal_shards(self.database, plan, now=self.clock())
+
+    def shard_reports(self, version_id: int) -> list[ShardReport]:
+        return shards_module.shard_reports(self.database, version_id)
 
     def fail(self, held: Claim, error: str) -> bool:
         return claims.fail(self.database, held, error, now=self.clock())

@@ -9,6 +9,12 @@ compares them), so a change here needs a new migration.
 - ``membership_bitmap``: a version's directory — one row per bitmap (the identity universe, each
   segment, each shared atom) with its cardinality, or the error of a segment that failed.
 - ``membership_bitmap_chunk``: serialized Roaring bitmaps, split into id ranges of bounded size.
+  A chunk belongs to its version (not to a directory row), so the shards of a sharded backfill
+  can write their chunks before the directory that lists them exists.
+- ``membership_version_plan``, ``membership_shard``, ``membership_shard_bitmap``: a sharded
+  backfill's plan (the segment definitions every shard evaluates, the id ranges), each shard's
+  staging state, and each shard's part of every bitmap; sealing merges the parts into
+  ``membership_bitmap``.
 """
 
 from __future__ import annotations
@@ -93,8 +99,67 @@ bitmap_chunk = sa.Table(
     sa.Column("cardinality", sa.BigInteger(), nullable=False),
     sa.Column("payload", sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(
-        ["version_id", "kind", "key"],
-        ["membership_bitmap.version_id", "membership_bitmap.kind", "membership_bitmap.key"],
+        ["version_id"],
+        ["membership_version.version_id"],
+        name="fk_membership_bitmap_chunk_version",
+        ondelete="CASCADE",
+    ),
+)
+
+# Sharded backfills (migration 0003).
+version_plan = sa.Table(
+    "membership_version_plan",
+    metadata,
+    sa.Column(
+        "version_id",
+        VersionId,
+        sa.ForeignKey("membership_version.version_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("environment", sa.Text(), nullable=False),  # JSON: flag-engine's EnvironmentContext
+    sa.Column("segments", sa.Text(), nullable=False),  # JSON: the SegmentContexts, read once
+    sa.Column("identity_count", sa.BigInteger(), nullable=False),  # when planned
+    sa.Column("shard_identities", sa.BigInteger(), nullable=False),
+    sa.Column("shard_count", sa.Integer(), nullable=False),
+)
+
+shard = sa.Table(
+    "membership_shard",
+    metadata,
+    sa.Column(
+        "version_id",
+        VersionId,
+        sa.ForeignKey("membership_version.version_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("shard_index", sa.Integer(), primary_key=True),
+    sa.Column("first_id", sa.BigInteger(), nullable=False),
+    sa.Column("last_id", sa.BigInteger(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # planned, staging, staged
+    sa.Column("attempt_token", sa.String(32)),  # the attempt allowed to write its chunks
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("started_at", UtcDateTime()),
+    sa.Column("staged_at", UtcDateTime()),
+    sa.Column("identity_count", sa.BigInteger()),
+    sa.Column("report", sa.Text()),  # JSON: seconds per phase, audit, trait rows
+)
+
+shard_bitmap = sa.Table(
+    "membership_shard_bitmap",
+    metadata,
+    sa.Column("version_id", VersionId, primary_key=True),
+    sa.Column("shard_index", sa.Integer(), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("name", sa.Text()),
+    sa.Column("cardinality", sa.BigInteger(), nullable=False),
+    sa.Column("byte_size", sa.BigInteger(), nullable=False),
+    sa.Column("chunk_count", sa.Integer(), nullable=False),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text()),
+    sa.ForeignKeyConstraint(
+        ["version_id", "shard_index"],
+        ["membership_shard.version_id", "membership_shard.shard_index"],
         ondelete="CASCADE",
     ),
 )

@@ -47,3 +47,23 @@ def test_no_segments_and_no_traits() -> None:
     identities = pd.DataFrame({"id": [3], "identifier": ["c"]})
     result = evaluate_environment(ENVIRONMENT, identities, traits_frame({}), [])
     assert result.segments == {} and result.failures == {} and list(result.universe) == [3]
+
+
+def test_failures_and_shared_atoms_depend_on_definitions_not_on_data():
+    """What makes shards exact: a segment with an unusable property fails even where no identity
+    reaches that condition, and an atom shared by segments is stored whole even where every
+    segment's scope was empty before it."""
+    identities = pd.DataFrame({"id": [1, 2], "identifier": ["a", "b"]})
+    traits = traits_frame({1: {"plan": "free"}, 2: {"plan": "free"}})
+    nobody = {"property": "plan", "operator": "EQUAL", "value": "pro"}
+    country = {"property": "country", "operator": "EQUAL", "value": "US"}
+    flags = {"property": "$.flags.beta", "operator": "EQUAL", "value": "true"}
+    segments = [
+        {"key": key, "name": key, "rules": [{"type": "ALL", "conditions": [nobody, country]}]}
+        for key in ("1", "2")
+    ] + [{"key": "3", "name": "3", "rules": [{"type": "ALL", "conditions": [nobody, flags]}]}]
+    result = evaluate_environment({"key": "e", "name": "e"}, identities, traits, segments)
+    assert set(result.failures) == {"3"}
+    assert result.failures["3"].reason_code == "unsupported_property"
+    shared = {atom.label: members for atom, members in result.shared_atoms.items()}
+    assert shared == {"plan EQUAL 'pro'": BitMap(), "country EQUAL 'US'": BitMap()}
