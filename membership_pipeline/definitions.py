@@ -2,7 +2,9 @@
 
 Configuration comes from the environment, so the same code runs on the embedded default and in
 production: ``MEMBERSHIP_SOURCE_URL`` (Flagsmith's database), ``MEMBERSHIP_STORE_URL`` (the
-bitmap store), ``MEMBERSHIP_COOLDOWN_SECONDS`` and ``MEMBERSHIP_LEASE_SECONDS``.
+bitmap store), ``MEMBERSHIP_COOLDOWN_SECONDS``, ``MEMBERSHIP_LEASE_SECONDS``,
+``MEMBERSHIP_SHARD_IDENTITIES`` (identities per shard step) and ``MEMBERSHIP_EXECUTOR`` (which
+Dagster executor runs the steps).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from membership_pipeline.defs.membership.assets import (
     segment_membership_counts,
 )
 from membership_pipeline.defs.membership.dispatch import DispatchPolicyResource
+from membership_pipeline.defs.membership.executors import executor_from_environment
 from membership_pipeline.defs.membership.io_manager import PublishingIOManager
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
@@ -30,6 +33,7 @@ from membership_pipeline.defs.membership.sensors import (
     bitmaps_job,
     environment_discovery_sensor,
 )
+from membership_pipeline.defs.membership.shadow_io_manager import ShadowStagingIOManager
 from membership_pipeline.dispatch.environment_settings import policy_settings_from_environment
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
 from membership_pipeline.storage import DEFAULT_STORE_URL
@@ -54,6 +58,9 @@ def build_resources(
         ),
         "membership_store": store,
         "membership_io_manager": PublishingIOManager(membership_store=store),
+        # The default IO manager: a backfill's steps hand each other values through the store
+        # (shards are staged into the shadow version), never through a local disk.
+        "io_manager": ShadowStagingIOManager(membership_store=store),
         "dispatch_policy": DispatchPolicyResource(**policy_settings_from_environment()),
     }
 
@@ -69,6 +76,7 @@ defs = dg.Definitions(
     ],
     schedules=[membership_refresh_schedule],
     resources=build_resources(),
+    executor=executor_from_environment(),
 )
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from membership_pipeline.definitions import defs
+from membership_pipeline.definitions import build_resources, defs
+from membership_pipeline.defs.membership.shadow_io_manager import ShadowStagingIOManager
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +36,16 @@ def test_definitions_object_loads() -> None:
         "flagsmith",
         "membership_store",
         "membership_io_manager",
+        "io_manager",  # the store-backed staging IO manager of the backfill's inner steps
         "dispatch_policy",
+    }
+    assert isinstance(build_resources()["io_manager"], ShadowStagingIOManager)
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.executor_def.name == "multiprocess"  # shards run in parallel by default
+    assert set(job.graph.node_dict["segment_membership_bitmaps"].definition.node_dict) == {
+        "plan_shards",
+        "backfill_shard",
+        "publish_version",
     }
 
 

@@ -169,6 +169,27 @@ def refusal(
     )
 
 
+def running_claim(conn: sa.Connection, environment_key: str, owner: str) -> Claim | None:
+    """The running claim of ``owner`` on the environment, as its holder would have it (another
+    step or host of the same backfill picks it up); None when it does not hold one."""
+    row = conn.execute(
+        sa.select(environment).where(
+            environment.c.environment_key == environment_key,
+            environment.c.claim_owner == owner,
+            environment.c.last_backfill_status == RUNNING,
+        )
+    ).one_or_none()
+    if row is None or row.claim_token is None:
+        return None
+    return Claim(
+        environment_key,
+        owner,
+        row.claim_token,
+        row.last_backfill_started_at,
+        row.claim_lease_expires_at,
+    )
+
+
 def renew_lease(database: StoreDatabase, held: Claim, *, now: datetime, lease: timedelta) -> Claim:
     """Heartbeat: extend the lease of a claim that still holds, or raise ``ClaimLost``."""
     expires = now + lease

@@ -26,13 +26,12 @@ import sqlalchemy as sa
 
 from membership_pipeline.sharding.shard_plan import CHUNK_INDEX_STRIDE, ShardSpec
 from membership_pipeline.storage.bitmap_writer import BitmapWriter
-from membership_pipeline.storage.claims import RUNNING, Claim
+from membership_pipeline.storage.claims import Claim, running_claim
 from membership_pipeline.storage.database import StoreDatabase
 from membership_pipeline.storage.errors import ClaimLost, InvalidVersion
 from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
-    environment,
     shard,
     shard_bitmap,
     version,
@@ -169,21 +168,15 @@ def load_plan(database: StoreDatabase, environment_key: str, owner: str) -> Stag
     """The plan of the running backfill of ``environment_key`` claimed by ``owner`` (a run id);
     ``ClaimLost`` when that claim no longer holds or its shadow version is gone."""
     with database.reader.connect() as conn:
-        held = conn.execute(
-            sa.select(environment).where(
-                environment.c.environment_key == environment_key,
-                environment.c.claim_owner == owner,
-                environment.c.last_backfill_status == RUNNING,
-            )
-        ).one_or_none()
+        claim = running_claim(conn, environment_key, owner)
         found = None
-        if held is not None:
+        if claim is not None:
             found = conn.execute(
                 sa.select(version.c.version_id, version.c.as_of, version_plan)
                 .join(version_plan, version_plan.c.version_id == version.c.version_id)
-                .where(version.c.claim_token == held.claim_token, version.c.state == "shadow")
+                .where(version.c.claim_token == claim.token, version.c.state == "shadow")
             ).one_or_none()
-        if held is None or found is None:
+        if claim is None or found is None:
             raise ClaimLost(
                 f"the backfill of {environment_key!r} by {owner} no longer holds its claim "
                 "(failed, reconciled or finished)"
@@ -193,13 +186,6 @@ def load_plan(database: StoreDatabase, environment_key: str, owner: str) -> Stag
             .where(shard.c.version_id == found.version_id)
             .order_by(shard.c.shard_index)
         ).all()
-    claim = Claim(
-        environment_key,
-        owner,
-        held.claim_token,
-        held.last_backfill_started_at,
-        held.claim_lease_expires_at,
-    )
     specs = tuple(
         ShardSpec(r.shard_index, r.first_id, r.last_id, r.identity_count or 0) for r in shard_rows
     )

@@ -116,6 +116,10 @@ class MembershipStore:
         }
         return {key: why for key, why in refused.items() if why is not None}
 
+    def running_claim(self, environment_key: str, owner: str) -> Claim | None:
+        with self.database.reader.connect() as conn:
+            return claims.running_claim(conn, environment_key, owner)
+
     def renew_lease(self, held: Claim) -> Claim:
         return claims.renew_lease(self.database, held, now=self.clock(), lease=self.lease)
 

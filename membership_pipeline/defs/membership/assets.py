@@ -1,26 +1,59 @@
 """``segment_membership_bitmaps``: one partition per environment; materializing a partition is
-that environment's backfill — claim (the guard), read (source), compute (engine), audit against
-flag-engine, then the IO manager writes the shadow version and flips the pointer."""
+that environment's backfill, sharded by identity-id range into Dagster steps:
 
-import time
+    plan_shards ──► backfill_shard[shard_0] ─┐
+                ├─► backfill_shard[shard_1] ─┼─► publish_version ──► (IO manager: seal, flip)
+                └─► backfill_shard[...]     ─┘
+
+- ``plan_shards`` claims the environment (the guard), reads its segments and id boundaries in
+  one snapshot, and records the plan with a new shadow version;
+- each ``backfill_shard`` reads its id range, evaluates the planned segments, audits its share
+  of the sample against flag-engine; its output is staged into the shadow version by
+  ``ShadowStagingIOManager`` (retried attempts replace earlier ones);
+- ``publish_version`` reports the combined audit as the asset check and hands the staged version
+  to ``PublishingIOManager``, which seals it and flips the pointer: one version, one flip.
+
+A graph-backed asset with a dynamic fan-out is Dagster's own construct for this: one
+materialization of one partition, one step per shard that any executor (multiprocess, Celery,
+Kubernetes) schedules, retries and shows in the UI.
+"""
+
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
-from membership_pipeline.defs.membership.backfill_events import fail_backfill, log, skip_by_guard
-from membership_pipeline.defs.membership.io_manager import ComputedMembership
+from membership_pipeline.defs.membership.backfill_events import (
+    fail_backfill_on_step_failure,
+    log,
+    skip_by_guard,
+)
+from membership_pipeline.defs.membership.io_manager import StagedVersion
 from membership_pipeline.defs.membership.lease import LeaseHeartbeat
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
-from membership_pipeline.evaluation import evaluate_environment
-from membership_pipeline.evaluation.reference_audit import audit_against_flag_engine
-from membership_pipeline.storage import Claim, PublishedMembership
+from membership_pipeline.sharding.shard_backfill import (
+    ShardOutcome,
+    combined_audit,
+    compute_shard,
+    plan_backfill,
+)
+from membership_pipeline.sharding.shard_plan import ShardSpec, shard_identities_from_environment
+from membership_pipeline.storage import Claim, PublishedMembership, ShardReport, StagedPlan
 
 BITMAPS = dg.AssetKey("segment_membership_bitmaps")
 AUDIT_CHECK = "agrees_with_flag_engine"
+# The steps' values go through the default IO manager, which is the store-backed
+# ShadowStagingIOManager (see definitions.py): nothing is pickled to a local disk, so any host runs
+# any step.
+STAGING_IO_MANAGER = "io_manager"
+# A shard step that fails is retried this many times (a new attempt replaces what the failed one
+# staged) before the backfill fails.
+SHARD_RETRIES = int(os.environ.get("MEMBERSHIP_SHARD_RETRIES", "2"))
 
 
 class AuditFailed(RuntimeError):
@@ -31,39 +64,36 @@ class BackfillConfig(dg.Config):
     force: bool = False  # skip the cooldown (never the guard against a running backfill)
     audit_sample_size: int = 200  # identities re-evaluated by flag-engine before the flip
     audit_seed: int = 0
+    # Identities per shard step (default: MEMBERSHIP_SHARD_IDENTITIES, else 500,000).
+    shard_identities: int = shard_identities_from_environment()
 
 
-@dg.multi_asset(
-    name="segment_membership_bitmaps",
-    outs={
-        "segment_membership_bitmaps": dg.AssetOut(
-            key=BITMAPS,
-            io_manager_key="membership_io_manager",
-            is_required=False,  # a run that loses the claim publishes nothing
-            group_name="membership",
-            kinds={"python", "sql"},
-            description="Roaring bitmaps of identity ids, one per segment, for one Flagsmith "
-            "environment.",
-        )
+class ShardConfig(dg.Config):
+    audit_sample_size: int = 200
+    audit_seed: int = 0
+
+
+def _inner_config(outer: dict[str, Any]) -> dict[str, Any]:
+    """The asset's one config block (``ops: {segment_membership_bitmaps: {config: ...}}``),
+    handed to the steps that use it."""
+    audit = {k: outer[k] for k in ("audit_sample_size", "audit_seed")}
+    return {"plan_shards": {"config": outer}, "backfill_shard": {"config": audit}}
+
+
+@dg.op(
+    out={
+        "plan": dg.Out(StagedPlan, io_manager_key=STAGING_IO_MANAGER, is_required=False),
+        "shards": dg.DynamicOut(ShardSpec, io_manager_key=STAGING_IO_MANAGER, is_required=False),
     },
-    partitions_def=environments_partitions,
-    # Lets the run that loses the claim end without the asset or its check (not subsetting).
-    can_subset=True,
-    check_specs=[
-        dg.AssetCheckSpec(
-            AUDIT_CHECK,
-            asset=BITMAPS,
-            description="A sample of identities re-evaluated by flag-engine agrees with the "
-            "bitmaps; checked before the flip, and a disagreement fails the backfill.",
-        )
-    ],
+    description="Claims the environment, plans its shards and records the plan with a new "
+    "shadow version; a run that loses the claim yields nothing and ends as skipped.",
 )
-def segment_membership_bitmaps(
-    context: dg.AssetExecutionContext,
+def plan_shards(
+    context: dg.OpExecutionContext,
     config: BackfillConfig,
     flagsmith: FlagsmithSourceResource,
     membership_store: MembershipStoreResource,
-) -> Iterator[dg.Output[ComputedMembership] | dg.AssetCheckResult]:
+) -> Iterator[dg.Output[StagedPlan] | dg.DynamicOutput[ShardSpec]]:
     environment_key = context.partition_key
     store = membership_store.get()
     claim = store.claim(environment_key, owner=context.run.run_id, force=config.force)
@@ -76,53 +106,153 @@ def segment_membership_bitmaps(
         run_id=context.run.run_id,
         forced=config.force,
     )
-    with LeaseHeartbeat(store, claim) as heartbeat:
+    with LeaseHeartbeat(store, claim):
+        source = flagsmith.open()
         try:
-            seconds: dict[str, float] = {}
-            started = time.perf_counter()
-            source = flagsmith.open()
-            try:
-                snapshot = source.read_environment(environment_key)
-            finally:
-                source.close()
-            seconds["read"] = time.perf_counter() - started
-            started = time.perf_counter()
-            result = evaluate_environment(
-                snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
+            plan = plan_backfill(source, store, claim, config.shard_identities)
+        finally:
+            source.close()
+    log.info(
+        "segment_membership.backfill.planned",
+        environment=environment_key,
+        run_id=context.run.run_id,
+        version=plan.version_id,
+        identities=plan.identity_count,
+        shards=len(plan.shards),
+        shard_identities=plan.shard_identities,
+    )
+    yield dg.Output(
+        plan,
+        "plan",
+        metadata={
+            "version": plan.version_id,
+            "identities": plan.identity_count,
+            "segments": len(plan.segments),
+            "shards": len(plan.shards),
+            "shard_identities": plan.shard_identities,
+        },
+    )
+    for spec in plan.shards:
+        yield dg.DynamicOutput(spec, mapping_key=spec.mapping_key, output_name="shards")
+
+
+@dg.op(
+    out=dg.Out(ShardOutcome, io_manager_key=STAGING_IO_MANAGER),
+    retry_policy=dg.RetryPolicy(max_retries=SHARD_RETRIES, delay=1),
+    description="One shard: reads its identity-id range, evaluates the planned segments, audits "
+    "its share of the sample against flag-engine; its bitmaps are staged into the shadow "
+    "version.",
+)
+def backfill_shard(
+    context: dg.OpExecutionContext,
+    config: ShardConfig,
+    shard: ShardSpec,
+    flagsmith: FlagsmithSourceResource,
+    membership_store: MembershipStoreResource,
+) -> ShardOutcome:
+    store = membership_store.get()
+    plan = store.load_plan(context.partition_key, context.run.run_id)
+    log.info(
+        "segment_membership.backfill.shard_started",
+        environment=plan.environment_key,
+        run_id=context.run.run_id,
+        shard=shard.index,
+        first_id=shard.first_id,
+        last_id=shard.last_id,
+        identities=shard.identities,
+        attempt=context.retry_number + 1,
+    )
+    with LeaseHeartbeat(store, plan.claim):
+        source = flagsmith.open()
+        try:
+            return compute_shard(
+                source,
+                plan,
+                shard,
+                audit_sample_size=config.audit_sample_size,
+                audit_seed=config.audit_seed,
             )
-            seconds["evaluate"] = time.perf_counter() - started
-            started = time.perf_counter()
-            audit = audit_against_flag_engine(
-                snapshot.environment,
-                snapshot.identities,
-                snapshot.traits,
-                snapshot.segments,
-                result.segments,
-                sample_size=config.audit_sample_size,
-                seed=config.audit_seed,
-            )
-            seconds["audit"] = time.perf_counter() - started
-            yield dg.AssetCheckResult(
-                check_name=AUDIT_CHECK,
-                passed=audit.passed,
-                metadata={
-                    "identities": audit.identities,
-                    "decisions": audit.pairs,
-                    "mismatches": len(audit.mismatches),
-                    "summary": audit.describe(),
-                },
-            )
-            if not audit.passed:
-                raise AuditFailed(audit.describe())
-            yield dg.Output(
-                ComputedMembership(store, heartbeat.claim, result, snapshot.as_of, seconds),
-                output_name="segment_membership_bitmaps",
-            )
-        except GeneratorExit:
-            raise
-        except BaseException as error:
-            fail_backfill(store, heartbeat.claim, context.run.run_id, error)
-            raise
+        finally:
+            source.close()
+
+
+@dg.op(
+    out={
+        # Not required: a launch that does not select the check (the UI's button) still audits,
+        # but Dagster then yields no output for it.
+        "audit": dg.Out(io_manager_key=STAGING_IO_MANAGER, is_required=False),
+        "bitmaps": dg.Out(StagedVersion, io_manager_key="membership_io_manager"),
+    },
+    description="Combines the shards' audits into the asset check (a disagreement fails the "
+    "backfill before the flip) and hands the staged version to the publishing IO manager.",
+)
+def publish_version(
+    context: dg.OpExecutionContext,
+    plan: StagedPlan,
+    staged: list[ShardReport],
+    membership_store: MembershipStoreResource,
+) -> Iterator[dg.Output[StagedVersion] | dg.AssetCheckResult]:
+    store = membership_store.get()
+    reports = store.shard_reports(plan.version_id)
+    assert len(staged) == len(reports) == len(plan.shards), "a planned shard was not staged"
+    audit = combined_audit(reports)
+    yield dg.AssetCheckResult(
+        asset_key=BITMAPS,
+        check_name=AUDIT_CHECK,
+        passed=audit.passed,
+        metadata={
+            "identities": audit.identities,
+            "decisions": audit.pairs,
+            "mismatches": audit.mismatch_count,
+            "shards": len(reports),
+            "summary": audit.describe(),
+        },
+    )
+    if not audit.passed:
+        raise AuditFailed(audit.describe())
+    with LeaseHeartbeat(store, plan.claim):
+        yield dg.Output(StagedVersion(plan, reports), "bitmaps")
+
+
+@dg.graph_multi_asset(
+    name="segment_membership_bitmaps",
+    outs={
+        "segment_membership_bitmaps": dg.AssetOut(
+            key=BITMAPS,
+            io_manager_key="membership_io_manager",
+            is_required=False,  # a run that loses the claim publishes nothing
+            group_name="membership",
+            kinds={"python", "sql"},
+            description="Roaring bitmaps of identity ids, one per segment, for one Flagsmith "
+            "environment; computed in shards of consecutive identity ids, published as one "
+            "version with one flip.",
+        )
+    },
+    partitions_def=environments_partitions,
+    # Lets the run that loses the claim end without the asset or its check (not subsetting).
+    can_subset=True,
+    check_specs=[
+        dg.AssetCheckSpec(
+            AUDIT_CHECK,
+            asset=BITMAPS,
+            description="A sample of identities (spread over the shards) re-evaluated by "
+            "flag-engine agrees with the bitmaps; checked before the flip, and a disagreement "
+            "fails the backfill.",
+        )
+    ],
+    config=dg.ConfigMapping(
+        config_schema=BackfillConfig.to_config_schema(), config_fn=_inner_config
+    ),
+    hooks={fail_backfill_on_step_failure},
+)
+def segment_membership_bitmaps() -> dict[str, Any]:
+    plan, shards = plan_shards()
+    staged = shards.map(backfill_shard).collect()
+    published = publish_version(plan, staged)
+    return {
+        "segment_membership_bitmaps": published.bitmaps,
+        f"segment_membership_bitmaps_{AUDIT_CHECK}": published.audit,
+    }
 
 
 @dg.asset(

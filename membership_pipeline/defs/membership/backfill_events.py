@@ -1,5 +1,6 @@
-"""The backfill's lifecycle events (``segment_membership.backfill.*``) and its failure path,
-shared by the asset body and the publishing IO manager."""
+"""The backfill's lifecycle events (``segment_membership.backfill.*``) and its failure path: a
+failure hook on every step of the backfill, so a step that fails for good (after its retries),
+in whatever process or host, marks the environment failed and names itself."""
 
 from __future__ import annotations
 
@@ -12,22 +13,53 @@ log = get_logger("backfill")
 
 GUARD_TAG = "membership/guard"
 GUARD_REASON_TAG = "membership/guard_reason"
+PARTITION_TAG = "dagster/partition"
 
 
-def fail_backfill(store: MembershipStore, claim: Claim, run_id: str, error: BaseException) -> None:
-    """Mark the environment failed (its published version stays) and say so."""
+def fail_backfill(
+    store: MembershipStore, claim: Claim, run_id: str, error: BaseException, step: str | None
+) -> None:
+    """Mark the environment failed (its published version stays, the shadow is discarded) and
+    say so; a step failing after the claim already ended (a sibling shard failed first) says
+    that instead."""
     summary = f"{type(error).__name__}: {error}"
-    store.fail(claim, summary)
-    log.error(
-        "segment_membership.backfill.failed",
-        environment=claim.environment_key,
-        run_id=run_id,
-        error=summary,
-        error_type=type(error).__name__,
-    )
+    where = f"step {step}: " if step else ""
+    if store.fail(claim, f"{where}{summary}"):
+        log.error(
+            "segment_membership.backfill.failed",
+            environment=claim.environment_key,
+            run_id=run_id,
+            step=step,
+            error=summary,
+            error_type=type(error).__name__,
+        )
+    else:
+        log.warning(
+            "segment_membership.backfill.step_failed_after_claim_ended",
+            environment=claim.environment_key,
+            run_id=run_id,
+            step=step,
+            error=summary,
+        )
 
 
-def skip_by_guard(context: dg.AssetExecutionContext, refused: ClaimRefused) -> None:
+@dg.failure_hook(required_resource_keys={"membership_store"})
+def fail_backfill_on_step_failure(context: dg.HookContext) -> None:
+    run = context.instance.get_run_by_id(context.run_id)
+    environment_key = run.tags.get(PARTITION_TAG) if run else None
+    if environment_key is None:
+        return
+    store = context.resources.membership_store.get()
+    claim = store.running_claim(environment_key, context.run_id)
+    if claim is None:
+        return  # skipped by the guard, or the claim already ended (a sibling step failed it)
+    error = context.op_exception or RuntimeError("the step failed")
+    # IO manager and framework errors wrap the user's; report the user's.
+    error = getattr(error, "user_exception", None) or error
+    fail_backfill(store, claim, context.run_id, error, context.step_key)
+
+
+def skip_by_guard(context: dg.OpExecutionContext, refused: ClaimRefused) -> None:
     """A run that lost the claim writes nothing and ends visibly as skipped (a run tag)."""
     log.warning(
         "segment_membership.backfill.skipped",

@@ -1,80 +1,69 @@
-"""The publishing IO manager: the asset's output is written as a shadow version of the store,
-then published with one atomic flip (which also marks the backfill ``succeeded``). Until that
-flip, readers keep the previous version. Its load side hands downstream assets the published
-version."""
+"""The publishing IO manager: the final step's output is the shadow version every shard staged;
+it is sealed (the shards' parts merged into one directory) and published with one atomic flip,
+which also marks the backfill ``succeeded``. Until that flip, readers keep the previous version.
+Its load side hands downstream assets the published version."""
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import dagster as dg
 
-from membership_pipeline.defs.membership.backfill_events import fail_backfill, log
+from membership_pipeline.defs.membership.backfill_events import log
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
-from membership_pipeline.evaluation import MembershipResult
-from membership_pipeline.storage import (
-    Claim,
-    MembershipStore,
-    PublishedMembership,
-    stage_membership_result,
-)
+from membership_pipeline.storage import PublishedMembership, ShardReport, StagedPlan
 
 MAX_TABLE_ROWS = 500
+PHASES = ("read", "evaluate", "audit", "write")
 
 
 @dataclass
-class ComputedMembership:
-    """What the asset hands its IO manager: the claim it holds and the bitmaps to publish."""
+class StagedVersion:
+    """What the final step hands its IO manager: the plan and every shard's report."""
 
-    store: MembershipStore
-    claim: Claim
-    result: MembershipResult
-    as_of: datetime
+    plan: StagedPlan
+    shards: list[ShardReport]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 class PublishingIOManager(dg.ConfigurableIOManager):
     membership_store: dg.ResourceDependency[MembershipStoreResource]
 
-    def handle_output(self, context: dg.OutputContext, obj: ComputedMembership) -> None:
-        store, claim, result = obj.store, obj.claim, obj.result
-        try:
-            started = time.perf_counter()
-            shadow = store.stage(claim, as_of=obj.as_of)
-            stage_membership_result(shadow, result)
-            shadow.seal(now=store.clock())
-            obj.seconds["write"] = time.perf_counter() - started
-            started = time.perf_counter()
-            publication = store.publish(claim, shadow)
-            obj.seconds["flip"] = time.perf_counter() - started
-        except BaseException as error:
-            fail_backfill(store, claim, context.run_id, error)
-            raise
+    def handle_output(self, context: dg.OutputContext, obj: StagedVersion) -> None:
+        store, plan = self.membership_store.get(), obj.plan
+        started = time.perf_counter()
+        totals = store.seal_shards(plan)
+        obj.seconds["seal"] = time.perf_counter() - started
+        started = time.perf_counter()
+        publication = store.publish(plan.claim, plan.version_id)
+        obj.seconds["flip"] = time.perf_counter() - started
         log.info(
             "segment_membership.backfill.published",
-            environment=claim.environment_key,
+            environment=plan.environment_key,
             run_id=context.run_id,
             version=publication.version_id,
             previous_version=publication.previous_version_id,
-            identities=len(result.universe),
-            segments=len(result.segments),
-            failed_segments=len(result.failures),
+            identities=totals.identity_count,
+            segments=totals.segments,
+            failed_segments=totals.failed_segments,
+            shards=len(plan.shards),
         )
-        context.add_output_metadata(_metadata(obj, publication.version_id, shadow.byte_size))
+        published = store.reader().published(plan.environment_key)
+        context.add_output_metadata(_metadata(obj, published, totals.bytes))
 
     def load_input(self, context: dg.InputContext) -> PublishedMembership:
         return self.membership_store.get().reader().published(context.asset_partition_key)
 
 
-def _metadata(obj: ComputedMembership, version_id: int, byte_size: int) -> dict[str, object]:
-    result = obj.result
-    rows = sorted(result.segments.items(), key=lambda item: len(item[1]), reverse=True)
-    table = dg.TableMetadataValue(
+def _metadata(
+    obj: StagedVersion, published: PublishedMembership, byte_size: int
+) -> dict[str, object]:
+    counts = sorted(published.segment_counts().items(), key=lambda item: item[1], reverse=True)
+    segment_table = dg.TableMetadataValue(
         records=[
             dg.TableRecord(
-                {"segment": key, "name": result.segment_names.get(key, ""), "members": len(bitmap)}
+                {"segment": key, "name": published.segment_name(key) or "", "members": members}
             )
-            for key, bitmap in rows[:MAX_TABLE_ROWS]
+            for key, members in counts[:MAX_TABLE_ROWS]
         ],
         schema=dg.TableSchema(
             columns=[
@@ -84,15 +73,49 @@ def _metadata(obj: ComputedMembership, version_id: int, byte_size: int) -> dict[
             ]
         ),
     )
-    return {
-        "version": version_id,
-        "as_of": dg.MetadataValue.timestamp(obj.as_of),
-        "identities": len(result.universe),
-        "segments": len(result.segments),
-        "failed_segments": dg.MetadataValue.json(
-            {key: str(error) for key, error in result.failures.items()}
+    shard_table = dg.TableMetadataValue(
+        records=[
+            dg.TableRecord(
+                {
+                    "shard": s.index,
+                    "first_id": s.first_id,
+                    "last_id": s.last_id,
+                    "identities": s.identity_count or 0,
+                    "attempts": s.attempts,
+                    **{
+                        f"seconds_{phase}": float(s.report.get("seconds", {}).get(phase, 0.0))
+                        for phase in PHASES
+                    },
+                }
+            )
+            for s in obj.shards[:MAX_TABLE_ROWS]
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("shard", "int"),
+                dg.TableColumn("first_id", "int"),
+                dg.TableColumn("last_id", "int"),
+                dg.TableColumn("identities", "int"),
+                dg.TableColumn("attempts", "int"),
+                *(dg.TableColumn(f"seconds_{phase}", "float") for phase in PHASES),
+            ]
         ),
+    )
+    # Work summed over shards (they run in parallel: the run's wall time is less).
+    summed = {
+        phase: sum(float(s.report.get("seconds", {}).get(phase, 0.0)) for s in obj.shards)
+        for phase in PHASES
+    }
+    return {
+        "version": published.version_id,
+        "as_of": dg.MetadataValue.timestamp(obj.plan.as_of),
+        "identities": published.identity_count,
+        "segments": len(counts),
+        "failed_segments": dg.MetadataValue.json(published.failed_segments),
         "bytes": byte_size,
-        "segment_counts": table,
-        **{f"seconds_{step}": round(value, 3) for step, value in obj.seconds.items()},
+        "segment_counts": segment_table,
+        "shards": len(obj.shards),
+        "shard_identities": obj.plan.shard_identities,
+        "shard_table": shard_table,
+        **{f"seconds_{step}": round(value, 3) for step, value in (summed | obj.seconds).items()},
     }

@@ -11,8 +11,6 @@ import dagster as dg
 import structlog
 from pyroaring import BitMap
 
-from membership_pipeline.defs.membership import assets as assets_module
-from membership_pipeline.defs.membership import io_manager as io_manager_module
 from membership_pipeline.defs.membership.assets import (
     AUDIT_CHECK,
     BITMAPS,
@@ -22,6 +20,7 @@ from membership_pipeline.defs.membership.assets import (
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import FlagsmithSourceResource
+from membership_pipeline.sharding import shard_backfill
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import BackfillStatus, Claim, MembershipStore
 
@@ -33,13 +32,13 @@ class GatedSource(FlagsmithSourceResource):
 
     def open(self) -> FlagsmithSource:
         source = super().open()
-        read = source.read_environment
+        plan = source.plan_identities
 
-        def gated_read(api_key: str) -> Any:
+        def gated_plan(api_key: str, every: int) -> Any:
             assert GATE.wait(60), "the test never opened the gate"
-            return read(api_key)
+            return plan(api_key, every)
 
-        source.read_environment = gated_read  # type: ignore[method-assign]
+        source.plan_identities = gated_plan  # type: ignore[method-assign]
         return source
 
 
@@ -144,7 +143,7 @@ def test_a_failed_backfill_keeps_the_published_version(instance, resources, stor
 def test_an_audit_disagreement_fails_without_publishing(
     instance, resources, store, env_key, monkeypatch
 ):
-    evaluate = assets_module.evaluate_environment
+    evaluate = shard_backfill.evaluate_environment
 
     def buggy_engine(*args: Any, **kwargs: Any) -> Any:
         result = evaluate(*args, **kwargs)
@@ -152,7 +151,7 @@ def test_an_audit_disagreement_fails_without_publishing(
             members.clear()  # an engine bug: every segment empty
         return result
 
-    monkeypatch.setattr(assets_module, "evaluate_environment", buggy_engine)
+    monkeypatch.setattr(shard_backfill, "evaluate_environment", buggy_engine)
     result = run(instance, resources, env_key)
     assert not result.success
     [check] = result.get_asset_check_evaluations()
@@ -217,15 +216,24 @@ def test_a_failure_in_the_io_manager_publishes_nothing(
         shadow.add_universe(result.universe)  # part of the shadow is written, then it breaks
         raise OSError("disk full")
 
-    monkeypatch.setattr(io_manager_module, "stage_membership_result", store_breaks)
+    monkeypatch.setattr(shard_backfill, "stage_membership_result", store_breaks)
     with structlog.testing.capture_logs() as events:
         result = run(instance, resources, env_key, force=True)
     assert not result.success
     after = store.metadata(env_key)
     assert after.last_backfill_status is BackfillStatus.FAILED
-    assert after.last_error == "OSError: disk full"
+    # Retried twice (each attempt replaces the last one's chunks), then the shard fails for good
+    # and the error names it.
+    shard = "segment_membership_bitmaps.backfill_shard[shard_0]"
+    assert after.last_error == f"step {shard}: OSError: disk full"
+    retries = [e for e in instance.all_logs(result.run_id) if e.dagster_event
+               and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"]  # fmt: skip
+    assert len(retries) == 2
     assert after.published_version_id == before.published_version_id
     assert store.collect_garbage().abandoned_versions == []  # the failure discarded its shadow
-    assert [e["run_id"] for e in events if e["event"] == "segment_membership.backfill.failed"] == [
-        result.run_id
-    ]
+    [failed] = [e for e in events if e["event"] == "segment_membership.backfill.failed"]
+    assert (failed["run_id"], failed["step"], failed["error"]) == (
+        result.run_id,
+        shard,
+        "OSError: disk full",
+    )

@@ -1,0 +1,51 @@
+"""Which Dagster executor runs a backfill's steps (``MEMBERSHIP_EXECUTOR``): configuration, not
+code, like the resources. Every one of them is Dagster's own; the store is the only state the
+steps share, so any of them can run any step.
+
+- ``multiprocess`` (default): the shards of a run in parallel on this machine, each step in a
+  process forked from a server that has already imported the project (``forkserver`` with
+  ``preload_modules``), so a step starts in well under a second instead of re-importing pandas,
+  SQLAlchemy and Dagster;
+- ``in_process``: every step in the run's own process (debugging, tiny environments);
+- ``celery``: steps go to Celery workers through a broker (``MEMBERSHIP_CELERY_BROKER``, default
+  RabbitMQ on localhost; results over ``MEMBERSHIP_CELERY_BACKEND``, default ``rpc://``); start
+  workers with ``dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml``;
+- ``k8s``: one Kubernetes Job per step (dagster-k8s ``k8s_job_executor``), see ``deploy/k8s/``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+EXECUTOR_VARIABLE = "MEMBERSHIP_EXECUTOR"
+PRELOADED = ["membership_pipeline.definitions"]
+DEFAULT_BROKER = "pyamqp://guest@127.0.0.1:5672//"
+
+
+def executor_from_environment() -> dg.ExecutorDefinition:
+    name = os.environ.get(EXECUTOR_VARIABLE, "multiprocess")
+    if name == "multiprocess":
+        return dg.multiprocess_executor.configured(
+            {"start_method": {"forkserver": {"preload_modules": PRELOADED}}}
+        )
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "celery":
+        # Imported only when chosen: the default path never pays for Celery's import.
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {
+                "broker": os.environ.get("MEMBERSHIP_CELERY_BROKER", DEFAULT_BROKER),
+                "backend": os.environ.get("MEMBERSHIP_CELERY_BACKEND", "rpc://"),
+            }
+        )
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(
+        f"{EXECUTOR_VARIABLE} must be multiprocess, in_process, celery or k8s, got {name!r}"
+    )
