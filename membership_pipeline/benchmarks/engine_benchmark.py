@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 from pyroaring import BitMap
 
-from membership_pipeline.benchmarks.memory import peak_rss_mb, reset_peak_rss
 from membership_pipeline.evaluation.reference_audit import audit_against_flag_engine
+from membership_pipeline.process_memory import peak_rss_mb, reset_peak_rss
 from membership_pipeline.sources.synthetic import SyntheticEnvironment, synthetic_environment
 
 TARGET_SECONDS = 10.0

@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
-from membership_pipeline.benchmarks.memory import peak_rss_mb, reset_peak_rss
 from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
+from membership_pipeline.process_memory import peak_rss_mb, reset_peak_rss
 from membership_pipeline.sources.demo_dataset import write_demo_dataset
 
 TARGET_PEAK_RSS_MB = 1536

@@ -12,6 +12,7 @@ from typing import Any
 
 from membership_pipeline.evaluation import MembershipResult, evaluate_environment
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
+from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.sharding.shard_plan import ShardSpec, plan_shards
 from membership_pipeline.sources.flagsmith_source import EnvironmentInfo, FlagsmithSource
 from membership_pipeline.storage import (
@@ -123,6 +124,7 @@ def stage_shard(store: MembershipStore, outcome: ShardOutcome) -> dict[str, Any]
             "mismatches": [list(m) for m in audit.mismatches[:MISMATCHES_KEPT]],
         },
         "attempt": writer.attempt,
+        "peak_rss_mb": round(peak_rss_mb()),  # of the step's process (one per step, multiprocess)
     }
     writer.finish(now=store.clock(), report=report)
     return report

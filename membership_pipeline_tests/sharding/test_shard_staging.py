@@ -10,7 +10,8 @@ from membership_pipeline.sharding.shard_backfill import compute_shard, plan_back
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import Claim, ClaimLost, InvalidVersion, MembershipStore, migrate
 from membership_pipeline.storage.tables import bitmap_chunk, shard
-from membership_pipeline_tests.sharding.conftest import assert_same_answers, plain_backfill
+from membership_pipeline_tests.membership_answers import assert_same_answers
+from membership_pipeline_tests.sharding.conftest import plain_backfill
 
 
 @pytest.fixture

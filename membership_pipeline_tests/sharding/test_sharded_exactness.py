@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore, migrate
+from membership_pipeline_tests.membership_answers import assert_same_answers
 from membership_pipeline_tests.sharding.conftest import (
-    assert_same_answers,
     delete_identities,
     plain_backfill,
     sharded_backfill,

@@ -10,7 +10,9 @@ steps share, so any of them can run any step.
 - ``celery``: steps go to Celery workers through a broker (``MEMBERSHIP_CELERY_BROKER``, default
   RabbitMQ on localhost; results over ``MEMBERSHIP_CELERY_BACKEND``, default ``rpc://``); start
   workers with ``dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml``;
-- ``k8s``: one Kubernetes Job per step (dagster-k8s ``k8s_job_executor``), see ``deploy/k8s/``.
+- ``k8s``: one Kubernetes Job per step (dagster-k8s ``k8s_job_executor``), each step's pod with
+  ``MEMBERSHIP_K8S_STEP_MEMORY`` (default 2Gi) and at most ``MEMBERSHIP_K8S_MAX_CONCURRENT``
+  (default 16) pods per run; see ``deploy/k8s/``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dagster as dg
 EXECUTOR_VARIABLE = "MEMBERSHIP_EXECUTOR"
 PRELOADED = ["membership_pipeline.definitions"]
 DEFAULT_BROKER = "pyamqp://guest@127.0.0.1:5672//"
+DEFAULT_STEP_MEMORY = "2Gi"
 
 
 def executor_from_environment() -> dg.ExecutorDefinition:
@@ -45,7 +48,22 @@ def executor_from_environment() -> dg.ExecutorDefinition:
     if name == "k8s":
         from dagster_k8s import k8s_job_executor
 
-        return k8s_job_executor
+        memory = os.environ.get("MEMBERSHIP_K8S_STEP_MEMORY", DEFAULT_STEP_MEMORY)
+        return k8s_job_executor.configured(
+            {
+                "max_concurrent": int(os.environ.get("MEMBERSHIP_K8S_MAX_CONCURRENT", "16")),
+                # A shard step's pod gets the memory its shard needs, guaranteed (requests =
+                # limits), so the scheduler packs shards on nodes without overcommitting.
+                "step_k8s_config": {
+                    "container_config": {
+                        "resources": {
+                            "requests": {"cpu": "1", "memory": memory},
+                            "limits": {"memory": memory},
+                        }
+                    }
+                },
+            }
+        )
     raise ValueError(
         f"{EXECUTOR_VARIABLE} must be multiprocess, in_process, celery or k8s, got {name!r}"
     )

@@ -82,6 +82,7 @@ def _metadata(
                     "last_id": s.last_id,
                     "identities": s.identity_count or 0,
                     "attempts": s.attempts,
+                    "peak_rss_mb": int(s.report.get("peak_rss_mb", 0)),
                     **{
                         f"seconds_{phase}": float(s.report.get("seconds", {}).get(phase, 0.0))
                         for phase in PHASES
@@ -97,6 +98,7 @@ def _metadata(
                 dg.TableColumn("last_id", "int"),
                 dg.TableColumn("identities", "int"),
                 dg.TableColumn("attempts", "int"),
+                dg.TableColumn("peak_rss_mb", "int"),
                 *(dg.TableColumn(f"seconds_{phase}", "float") for phase in PHASES),
             ]
         ),

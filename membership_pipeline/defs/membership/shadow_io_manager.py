@@ -33,6 +33,7 @@ class ShadowStagingIOManager(dg.ConfigurableIOManager):
                     "identities": report["identities"],
                     "trait_rows": report["trait_rows"],
                     "attempt": report["attempt"],
+                    "peak_rss_mb": report["peak_rss_mb"],
                     **{f"seconds_{k}": v for k, v in report["seconds"].items()},
                 }
             )

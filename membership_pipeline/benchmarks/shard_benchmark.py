@@ -1,0 +1,254 @@
+"""Benchmark: sharded backfills through ``dagster asset materialize`` (multiprocess executor),
+PostgreSQL source and store.
+
+    membership-benchmark-shards [--identities 10000000] [--shard-identities 1000000]
+                                [--compare-identities 1000000] [--skip-large] [--skip-compare]
+
+1. compare: one environment of ``--compare-identities`` (default 1M, 300 segments) backfilled
+   unsharded (one shard) and in two shards, back to back: wall time of each, and their ratio
+   (target: two shards ≤ 0.6 × one on two cores);
+2. large: one environment of ``--identities`` (default 10M) in shards of ``--shard-identities``:
+   wall time, and per shard its identities, seconds read / evaluate / audit / write and the peak
+   RSS of its step process; plus the peak RSS of every process of the run, sampled from /proc
+   (target: every step ≤ 1.5 GB).
+
+The large environment is the 1M one's identities and traits copied ``N / 1M`` times inside
+PostgreSQL (new ids and identifiers), so seeding takes minutes, not an hour. Everything lives in
+scratch schemas dropped afterwards (server: ``MEMBERSHIP_BENCH_POSTGRES_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
+from membership_pipeline.process_memory import peak_rss_mb
+from membership_pipeline.sources.demo_dataset import write_demo_dataset
+from membership_pipeline.storage import MembershipStore, migrate
+
+TARGET_RATIO = 0.6
+TARGET_STEP_RSS_MB = 1536
+BASE_IDENTITIES = 1_000_000
+PHASES = ("read", "evaluate", "audit", "write")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--identities", type=int, default=10_000_000)
+    parser.add_argument("--shard-identities", type=int, default=1_000_000)
+    parser.add_argument("--compare-identities", type=int, default=1_000_000)
+    parser.add_argument("--segments", type=int, default=300)
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-compare", action="store_true")
+    args = parser.parse_args(argv)
+    with ScratchDatabase("postgresql") as source_url, ScratchDatabase("postgresql") as store_url:
+        migrate(store_url)
+        base = min(BASE_IDENTITIES, args.compare_identities, args.identities)
+        progress(f"seeding one environment of {base:,} identities, {args.segments} segments")
+        written = write_demo_dataset(
+            source_url,
+            identities=base,
+            organisations=1,
+            projects_per_organisation=1,
+            environments_per_project=1,
+            segments_per_project=args.segments,
+        )
+        env_key = written.environments[0]["api_key"]
+        size = base
+        with tempfile.TemporaryDirectory(prefix="membership-shards-") as home:
+            Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            if not args.skip_compare:
+                size = _grow(source_url, env_key, args.compare_identities, size)
+                one = _backfill(home, source_url, store_url, env_key, size + 1)
+                two = _backfill(home, source_url, store_url, env_key, -(-size // 2))
+                _report_compare(size, one, two)
+            if not args.skip_large:
+                size = _grow(source_url, env_key, args.identities, size)
+                large = _backfill(home, source_url, store_url, env_key, args.shard_identities)
+                _report_large(size, args.shard_identities, large)
+
+
+def _grow(url: str, env_key: str, wanted: int, current: int) -> int:
+    """Copy the environment's first ``BASE_IDENTITIES`` identities (with their traits) until it
+    holds ``wanted`` identities, as whole copies."""
+    copies = wanted // BASE_IDENTITIES
+    have = max(current // BASE_IDENTITIES, 1)
+    if copies <= have:
+        return current
+    progress(f"growing the environment to {copies * BASE_IDENTITIES:,} identities in PostgreSQL")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        env_id, base_max, trait_max = conn.execute(
+            sa.text(
+                "SELECT e.id, (SELECT max(id) FROM environments_identity), "
+                "(SELECT max(id) FROM environments_trait) FROM environments_environment e "
+                "WHERE e.api_key = :key"
+            ),
+            {"key": env_key},
+        ).one()
+        span, trait_span = base_max + 1, trait_max + 1
+        # The original identities are those below the first copy's ids.
+        first_copy_id = conn.execute(
+            sa.text("SELECT min(id) FROM environments_identity WHERE environment_id = :e"),
+            {"e": env_id},
+        ).scalar_one()
+        for copy in range(have, copies):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO environments_identity (id, identifier, environment_id, "
+                    "created_date) SELECT id + :shift, identifier || '~' || :copy, environment_id, "
+                    "created_date FROM environments_identity WHERE environment_id = :e "
+                    "AND id < :first + :span"
+                ),
+                {"shift": copy * span, "copy": copy, "e": env_id, "first": first_copy_id,
+                 "span": span},
+            )  # fmt: skip
+            conn.execute(
+                sa.text(
+                    "INSERT INTO environments_trait (id, identity_id, trait_key, value_type, "
+                    "boolean_value, integer_value, string_value, float_value, created_date) "
+                    "SELECT t.id + :tshift, t.identity_id + :shift, t.trait_key, t.value_type, "
+                    "t.boolean_value, t.integer_value, t.string_value, t.float_value, "
+                    "t.created_date FROM environments_trait t JOIN environments_identity i "
+                    "ON i.id = t.identity_id WHERE i.environment_id = :e AND i.id < :first + :span"
+                ),
+                {"tshift": copy * trait_span, "shift": copy * span, "e": env_id,
+                 "first": first_copy_id, "span": span},
+            )  # fmt: skip
+            progress(f"  copy {copy + 1} of {copies}")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE environments_identity"))
+        conn.execute(sa.text("ANALYZE environments_trait"))
+    engine.dispose()
+    return copies * BASE_IDENTITIES
+
+
+def _backfill(
+    home: str, source_url: str, store_url: str, env_key: str, shard_identities: int
+) -> dict:
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": home,
+        "MEMBERSHIP_SOURCE_URL": source_url,
+        "MEMBERSHIP_STORE_URL": store_url,
+        "MEMBERSHIP_SHARD_IDENTITIES": str(shard_identities),
+        "MEMBERSHIP_EXECUTOR": "multiprocess",
+    }
+    subprocess.run(
+        [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"
+         f".add_dynamic_partitions('environments', [{env_key!r}])"],
+        env=environment, check=True,
+    )  # fmt: skip
+    config = json.dumps({"ops": {"segment_membership_bitmaps": {"config": {"force": True}}}})
+    progress(f"backfilling in shards of {shard_identities:,} through dagster asset materialize")
+    started = time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "asset", "materialize",
+         "-m", "membership_pipeline.definitions", "--select", "segment_membership_bitmaps",
+         "--partition", env_key, "--config-json", config],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    peaks: dict[int, float] = {}
+    sampler = threading.Thread(target=_sample_tree, args=(process, peaks), daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    wall = time.time() - started
+    sampler.join(5)
+    if process.returncode != 0:
+        raise SystemExit(f"the backfill failed:\n{stderr[-4000:]}")
+    with MembershipStore(store_url) as store:
+        done = store.metadata(env_key)
+        assert done is not None and done.published_at is not None
+        shards = store.shard_reports(done.published_version_id)
+        to_flip = done.published_at.timestamp() - started
+        identities = done.published_identity_count
+    return {
+        "wall": wall,
+        "to_flip": to_flip,
+        "shards": shards,
+        "identities": identities,
+        "process_peaks": sorted(peaks.values(), reverse=True),
+    }
+
+
+def _sample_tree(process: subprocess.Popen, peaks: dict[int, float]) -> None:
+    """Peak RSS of every process under the run (steps, forkserver, MD5 workers), from /proc."""
+    while process.poll() is None:
+        for pid in _descendants(process.pid):
+            try:
+                peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        time.sleep(0.2)
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(status.parent.name))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def _report_compare(size: int, one: dict, two: dict) -> None:
+    ratio = two["wall"] / one["wall"]
+    ok = "ok" if ratio <= TARGET_RATIO else "MISSED"
+    print(f"compare: {size:,} identities, dagster asset materialize, multiprocess executor")
+    for name, run in (("1 shard ", one), ("2 shards", two)):
+        print(
+            f"  {name}: wall {run['wall']:.1f} s (start → flip {run['to_flip']:.1f} s), "
+            f"largest process peak {run['process_peaks'][0]:,.0f} MB"
+        )
+        _print_shards(run["shards"])
+    print(f"  2 shards / 1 shard wall: {ratio:.2f}   target ≤ {TARGET_RATIO}: {ok}")
+
+
+def _report_large(size: int, shard_identities: int, run: dict) -> None:
+    peak = run["process_peaks"][0]
+    ok = "ok" if peak <= TARGET_STEP_RSS_MB else "MISSED"
+    print(f"large: {size:,} identities in shards of {shard_identities:,}")
+    print(
+        f"  wall {run['wall']:.1f} s (start → flip {run['to_flip']:.1f} s), "
+        f"{len(run['shards'])} shards, published {run['identities']:,} identities"
+    )
+    _print_shards(run["shards"])
+    print(
+        f"  every process of the run: peak RSS ≤ {peak:,.0f} MB over {len(run['process_peaks'])} "
+        f"processes   target ≤ {TARGET_STEP_RSS_MB} MB per step: {ok}"
+    )
+
+
+def _print_shards(shards: list) -> None:
+    for shard in shards:
+        seconds = shard.report.get("seconds", {})
+        print(
+            f"    shard {shard.index:>3}: {shard.identity_count or 0:>10,} identities  "
+            + "  ".join(
+                f"{k} {seconds.get(k, 0):6.2f} s" for k in ("read", "evaluate", "audit", "write")
+            )
+            + f"  peak RSS {shard.report.get('peak_rss_mb', 0):,} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()

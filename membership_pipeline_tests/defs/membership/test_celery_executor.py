@@ -1,0 +1,147 @@
+"""Dagster's Celery executor on RabbitMQ: a sharded backfill whose steps run on a Celery worker
+(started here with the shipped deploy/celery.yaml, on a vhost of this test's own) publishes
+the same version as a local run of the same shards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from membership_pipeline.definitions import build_resources
+from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
+from membership_pipeline.defs.membership.partitions import environments_partitions
+from membership_pipeline.storage import BackfillStatus, MembershipStore, migrate
+from membership_pipeline_tests.defs.membership.conftest import ROOT
+from membership_pipeline_tests.membership_answers import assert_same_answers
+
+SHARD_IDENTITIES = 400  # the test environment's 1,500 identities in 4 shard steps
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def vhost():
+    """A RabbitMQ vhost of this test's own: tasks of another test's run never reach it."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl is not installed: RabbitMQ is needed (rabbitmq-server -detached)")
+    name = f"mp_test_{uuid.uuid4().hex[:10]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        check=True,
+        timeout=60,
+    )
+    yield f"pyamqp://guest:guest@127.0.0.1:5672/{name}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False, timeout=60)
+
+
+@pytest.fixture
+def celery_environment(tmp_path, vhost, demo_source, postgres_url, dagster_postgres_url):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+    migrate(postgres_url)
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # dagster-celery execs `celery`
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": dagster_postgres_url,
+        "MEMBERSHIP_SOURCE_URL": demo_source.url,
+        "MEMBERSHIP_STORE_URL": postgres_url,
+        "MEMBERSHIP_EXECUTOR": "celery",
+        "MEMBERSHIP_CELERY_BROKER": vhost,
+        "MEMBERSHIP_SHARD_IDENTITIES": str(SHARD_IDENTITIES),
+    }
+
+
+@pytest.fixture
+def celery_worker(celery_environment, tmp_path):
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [BIN / "dagster-celery", "worker", "start", "-A", "dagster_celery.app",
+         "-y", ROOT / "deploy" / "celery.yaml", "--name", "membership-test"],
+        cwd=ROOT, env=celery_environment, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own group: stopped with every process it forked
+    )  # fmt: skip
+    yield worker
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(worker.pid, signum)
+            worker.wait(20)
+            break
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+    log.close()
+
+
+def test_celery_workers_publish_the_same_version_as_a_local_run(
+    celery_environment, celery_worker, demo_source, tmp_path, monkeypatch
+):
+    env_key = demo_source.environments[0]["api_key"]
+    for name in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
+        monkeypatch.setenv(name, celery_environment[name])
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions(environments_partitions.name, [env_key])
+    run = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize",
+         "-m", "membership_pipeline.definitions",
+         "--select", "segment_membership_bitmaps", "--partition", env_key],
+        cwd=ROOT, env=celery_environment, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert run.returncode == 0, run.stderr[-3000:] + worker_log[-3000:]
+
+    celery_store = MembershipStore(celery_environment["MEMBERSHIP_STORE_URL"])
+    done = celery_store.metadata(env_key)
+    assert done.last_backfill_status is BackfillStatus.SUCCEEDED
+    shards = celery_store.shard_reports(done.published_version_id)
+    assert len(shards) == 4
+    record = instance.get_run_by_id(done.claim_owner)
+    on_worker = {
+        event.step_key
+        for event in instance.all_logs(record.run_id)
+        if event.dagster_event is not None
+        and "in celery worker" in (event.dagster_event.message or "")
+    }
+    shard_steps = {
+        f"segment_membership_bitmaps.backfill_shard[shard_{i}]" for i in range(len(shards))
+    }
+    assert (
+        shard_steps
+        | {
+            "segment_membership_bitmaps.plan_shards",
+            "segment_membership_bitmaps.publish_version",
+        }
+        <= on_worker
+    )
+
+    local_url = f"sqlite:///{tmp_path / 'local.sqlite'}"
+    migrate(local_url)
+    with dg.instance_for_test() as local_instance:
+        local_instance.add_dynamic_partitions(environments_partitions.name, [env_key])
+        local = dg.materialize(
+            [segment_membership_bitmaps],
+            partition_key=env_key,
+            instance=local_instance,
+            resources=build_resources(demo_source.url, local_url),
+            run_config={
+                "ops": {
+                    "segment_membership_bitmaps": {"config": {"shard_identities": SHARD_IDENTITIES}}
+                }
+            },
+        )
+        assert local.success
+    with MembershipStore(local_url) as local_store:
+        assert (
+            len(local_store.shard_reports(local_store.metadata(env_key).published_version_id)) == 4
+        )
+        assert_same_answers(celery_store, local_store, env_key)
+    celery_store.close()
+    instance.dispose()
