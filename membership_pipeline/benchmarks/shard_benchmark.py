@@ -191,7 +191,7 @@ def _sample_tree(process: subprocess.Popen, peaks: dict[int, float]) -> None:
                 peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
             except (FileNotFoundError, ProcessLookupError):
                 continue
-        time.sleep(0.2)
+        time.sleep(1.0)  # VmHWM keeps the peak: sampling often only costs the run CPU
 
 
 def _descendants(root: int) -> list[int]:

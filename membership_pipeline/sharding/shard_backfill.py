@@ -12,6 +12,7 @@ from typing import Any
 
 from membership_pipeline.evaluation import MembershipResult, evaluate_environment
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
+from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
 from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.sharding.shard_plan import ShardSpec, plan_shards
 from membership_pipeline.sources.flagsmith_source import EnvironmentInfo, FlagsmithSource
@@ -76,7 +77,9 @@ def compute_shard(
     read = source.read_identity_range(info, spec.first_id, spec.last_id)
     seconds["read"] = time.perf_counter() - started
     started = time.perf_counter()
-    result = evaluate_environment(context, read.identities, read.traits, plan.segments)
+    result = evaluate_environment(
+        context, read.identities, read.traits, plan.segments, tuning_for(plan)
+    )
     seconds["evaluate"] = time.perf_counter() - started
     started = time.perf_counter()
     audit = audit_against_flag_engine(
@@ -92,6 +95,15 @@ def compute_shard(
     return ShardOutcome(
         plan, spec, result, audit, seconds, len(read.traits), read.unreadable_traits
     )
+
+
+def tuning_for(plan: StagedPlan) -> EvaluationTuning:
+    """A lone shard may hash MD5 on a second core (a worker process); shards of a larger plan
+    do not: their sibling steps already keep the other cores busy, and an extra process per
+    shard would only contend with them (or exceed a pod's one-CPU request)."""
+    if len(plan.shards) == 1:
+        return DEFAULT_TUNING
+    return dataclasses.replace(DEFAULT_TUNING, md5_worker_from=None)
 
 
 def audit_share(sample_size: int, shard_identities: int, total_identities: int) -> int:

@@ -161,6 +161,7 @@ def backfill_shard(
         last_id=shard.last_id,
         identities=shard.identities,
         attempt=context.retry_number + 1,
+        pid=os.getpid(),  # the step's process: what an operator (or a test) would kill
     )
     with LeaseHeartbeat(store, plan.claim):
         source = flagsmith.open()

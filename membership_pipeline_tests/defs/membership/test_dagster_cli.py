@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +16,13 @@ import dagster as dg
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.sensors import backfill_reconcile_sensor
-from membership_pipeline.storage import BackfillStatus
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.storage import BackfillStatus, MembershipStore, migrate
 from membership_pipeline_tests.defs.membership.conftest import ROOT
+from membership_pipeline_tests.membership_answers import assert_same_answers
+from membership_pipeline_tests.sharding.conftest import plain_backfill
+
+SHARD_STARTED = re.compile(r'"pid": (\d+).*"event": "segment_membership.backfill.shard_started"')
 
 
 def materialize_command(env_key: str, *config: str) -> list[str]:
@@ -113,4 +119,103 @@ def test_a_killed_cli_run_is_reconciled_when_its_lease_lapses(
         message = backfill_reconcile_sensor(context).skip_message
     assert f"{env_key} (lease_expired, run {run.run_id})" in message
     assert store.metadata(env_key).last_backfill_status is BackfillStatus.FAILED
+    instance.dispose()
+
+
+def start_and_kill_a_shard_step(environment: dict[str, str], env_key: str) -> subprocess.Popen:
+    """A backfill whose first shard step is SIGKILLed (as the OOM killer would) once it starts."""
+    slow_audit = json.dumps(
+        {"ops": {"segment_membership_bitmaps": {"config": {"audit_sample_size": 100_000}}}}
+    )
+    process = subprocess.Popen(
+        materialize_command(env_key, "--config-json", slow_audit),
+        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    for line in process.stderr:  # the run's log: each shard step says which process it is
+        found = SHARD_STARTED.search(line)
+        if found:
+            os.kill(int(found.group(1)), signal.SIGKILL)
+            return process
+    raise AssertionError("no shard step started")
+
+
+def two_shard_environment(dagster_home, demo_source, store_url, **extra: str) -> dict[str, str]:
+    return process_environment(
+        dagster_home, demo_source, store_url,
+        MEMBERSHIP_SHARD_IDENTITIES="750", MEMBERSHIP_COOLDOWN_SECONDS="0", **extra,
+    )  # fmt: skip
+
+
+def test_a_killed_shard_step_is_retried_and_the_version_is_exact(
+    dagster_home, demo_source, store_url, store, monkeypatch, tmp_path
+):
+    for name in dagster_home:
+        monkeypatch.delenv(name, raising=False)
+    env_key = demo_source.environments[0]["api_key"]  # 1,500 identities: two shards of 750
+    instance = add_partition(dagster_home, env_key)
+    environment = two_shard_environment(dagster_home, demo_source, store_url)
+    process = start_and_kill_a_shard_step(environment, env_key)
+    process.stderr.read()
+    assert process.wait(300) == 0
+    done = store.metadata(env_key)
+    assert done.last_backfill_status is BackfillStatus.SUCCEEDED
+    retried = [
+        e.step_key
+        for e in instance.all_logs(done.claim_owner)
+        if e.dagster_event and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"
+    ]
+    assert len(retried) == 1 and "backfill_shard" in retried[0]
+    lifecycle = [
+        e.dagster_event.event_type_value
+        for e in instance.all_logs(done.claim_owner)
+        if e.dagster_event and e.step_key == retried[0]
+    ]
+    assert {"STEP_START", "STEP_UP_FOR_RETRY", "STEP_RESTARTED", "STEP_SUCCESS"} <= set(lifecycle)
+    plain_url = f"sqlite:///{tmp_path / 'plain.sqlite'}"
+    migrate(plain_url)
+    source = FlagsmithSource(demo_source.url)
+    with MembershipStore(plain_url) as plain:
+        plain_backfill(source, plain, env_key)
+        assert_same_answers(store, plain, env_key)  # the killed attempt left nothing behind
+    source.close()
+    instance.dispose()
+
+
+def test_a_killed_shard_step_without_retries_fails_after_reconcile_and_the_prior_version_stays(
+    dagster_home, demo_source, store_url, store, monkeypatch, resources
+):
+    for name in dagster_home:
+        monkeypatch.delenv(name, raising=False)
+    env_key = demo_source.environments[0]["api_key"]
+    instance = add_partition(dagster_home, env_key)
+    environment = two_shard_environment(
+        dagster_home, demo_source, store_url, MEMBERSHIP_SHARD_RETRIES="0"
+    )
+    first = subprocess.run(
+        materialize_command(env_key), cwd=ROOT, env=environment, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = store.metadata(env_key)
+    counts = store.reader().published(env_key).segment_counts()
+
+    process = start_and_kill_a_shard_step(environment, env_key)
+    assert store.reader().published(env_key).version_id == before.published_version_id
+    process.stderr.read()
+    assert process.wait(300) != 0
+    stuck = store.metadata(env_key)
+    assert stuck.last_backfill_status is BackfillStatus.RUNNING  # the killed step failed nothing
+    run = instance.get_run_by_id(stuck.claim_owner)
+    assert run.status is dg.DagsterRunStatus.FAILURE
+
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        message = backfill_reconcile_sensor(context).skip_message
+    assert f"{env_key} (owner_gone, run {run.run_id})" in message
+    after = store.metadata(env_key)
+    assert after.last_backfill_status is BackfillStatus.FAILED
+    assert after.published_version_id == before.published_version_id
+    assert store.reader().published(env_key).segment_counts() == counts
+    assert store.collect_garbage().abandoned_versions  # the killed backfill's shadow, collected
     instance.dispose()

@@ -30,7 +30,7 @@ mutation Launch($params: ExecutionParams!) {
 }"""
 RUN = """
 query Run($id: ID!) {
-  runOrError(runId: $id) { ... on Run { status tags { key value } } }
+  runOrError(runId: $id) { ... on Run { status tags { key value } stepStats { stepKey status } } }
 }"""
 LOCATIONS = """
 { repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"""
@@ -68,6 +68,7 @@ def webserver(tmp_path, demo_source):
         "DAGSTER_HOME": str(home),
         "MEMBERSHIP_SOURCE_URL": demo_source.url,
         "MEMBERSHIP_STORE_URL": store_url,
+        "MEMBERSHIP_SHARD_IDENTITIES": "100",  # the environment's 375 identities in 4 shards
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
@@ -131,6 +132,12 @@ def test_the_materialize_button_backfills_then_guards(webserver, demo_source):
 
     first = launch_and_wait(port, location, env_key)
     assert first["status"] == "SUCCESS"
+    steps = {step["stepKey"]: step["status"] for step in first["stepStats"]}
+    assert steps == {  # what the UI's run page shows: one step per shard
+        "segment_membership_bitmaps.plan_shards": "SUCCESS",
+        **{f"segment_membership_bitmaps.backfill_shard[shard_{i}]": "SUCCESS" for i in range(4)},
+        "segment_membership_bitmaps.publish_version": "SUCCESS",
+    }
     with MembershipStore(store_url) as store:
         done = store.metadata(env_key)
         assert done.last_backfill_status is BackfillStatus.SUCCEEDED
