@@ -29,6 +29,14 @@ log = get_logger("backfill")
 MISMATCHES_KEPT = 20  # per shard, in its report
 
 
+@dataclass(frozen=True)
+class ShardTask:
+    """What a shard step works on: the backfill's plan and its own range."""
+
+    plan: StagedPlan
+    spec: ShardSpec
+
+
 @dataclass
 class ShardOutcome:
     """What one shard computed, before it is staged."""

@@ -38,12 +38,13 @@ from membership_pipeline.defs.membership.resources import (
 )
 from membership_pipeline.sharding.shard_backfill import (
     ShardOutcome,
+    ShardTask,
     combined_audit,
     compute_shard,
     plan_backfill,
 )
-from membership_pipeline.sharding.shard_plan import ShardSpec, shard_identities_from_environment
-from membership_pipeline.storage import Claim, PublishedMembership, ShardReport, StagedPlan
+from membership_pipeline.sharding.shard_plan import shard_identities_from_environment
+from membership_pipeline.storage import Claim, PublishedMembership, StagedPlan
 
 BITMAPS = dg.AssetKey("segment_membership_bitmaps")
 AUDIT_CHECK = "agrees_with_flag_engine"
@@ -83,7 +84,7 @@ def _inner_config(outer: dict[str, Any]) -> dict[str, Any]:
 @dg.op(
     out={
         "plan": dg.Out(StagedPlan, io_manager_key=STAGING_IO_MANAGER, is_required=False),
-        "shards": dg.DynamicOut(ShardSpec, io_manager_key=STAGING_IO_MANAGER, is_required=False),
+        "shards": dg.DynamicOut(ShardTask, io_manager_key=STAGING_IO_MANAGER, is_required=False),
     },
     description="Claims the environment, plans its shards and records the plan with a new "
     "shadow version; a run that loses the claim yields nothing and ends as skipped.",
@@ -93,7 +94,7 @@ def plan_shards(
     config: BackfillConfig,
     flagsmith: FlagsmithSourceResource,
     membership_store: MembershipStoreResource,
-) -> Iterator[dg.Output[StagedPlan] | dg.DynamicOutput[ShardSpec]]:
+) -> Iterator[dg.Output[StagedPlan] | dg.DynamicOutput[ShardTask]]:
     environment_key = context.partition_key
     store = membership_store.get()
     claim = store.claim(environment_key, owner=context.run.run_id, force=config.force)
@@ -133,7 +134,9 @@ def plan_shards(
         },
     )
     for spec in plan.shards:
-        yield dg.DynamicOutput(spec, mapping_key=spec.mapping_key, output_name="shards")
+        yield dg.DynamicOutput(
+            ShardTask(plan, spec), mapping_key=spec.mapping_key, output_name="shards"
+        )
 
 
 @dg.op(
@@ -146,12 +149,11 @@ def plan_shards(
 def backfill_shard(
     context: dg.OpExecutionContext,
     config: ShardConfig,
-    shard: ShardSpec,
+    task: ShardTask,
     flagsmith: FlagsmithSourceResource,
     membership_store: MembershipStoreResource,
 ) -> ShardOutcome:
-    store = membership_store.get()
-    plan = store.load_plan(context.partition_key, context.run.run_id)
+    store, plan, shard = membership_store.get(), task.plan, task.spec
     log.info(
         "segment_membership.backfill.shard_started",
         environment=plan.environment_key,
@@ -178,6 +180,8 @@ def backfill_shard(
 
 
 @dg.op(
+    # Every shard step must have finished; their reports are read in one query, not loaded.
+    ins={"staged": dg.In(dg.Nothing)},
     out={
         # Not required: a launch that does not select the check (the UI's button) still audits,
         # but Dagster then yields no output for it.
@@ -190,12 +194,10 @@ def backfill_shard(
 def publish_version(
     context: dg.OpExecutionContext,
     plan: StagedPlan,
-    staged: list[ShardReport],
     membership_store: MembershipStoreResource,
 ) -> Iterator[dg.Output[StagedVersion] | dg.AssetCheckResult]:
     store = membership_store.get()
-    reports = store.shard_reports(plan.version_id)
-    assert len(staged) == len(reports) == len(plan.shards), "a planned shard was not staged"
+    reports = store.shard_reports(plan.version_id)  # all of them, as sealing will check
     audit = combined_audit(reports)
     yield dg.AssetCheckResult(
         asset_key=BITMAPS,
@@ -249,7 +251,7 @@ def publish_version(
 def segment_membership_bitmaps() -> dict[str, Any]:
     plan, shards = plan_shards()
     staged = shards.map(backfill_shard).collect()
-    published = publish_version(plan, staged)
+    published = publish_version(plan=plan, staged=staged)
     return {
         "segment_membership_bitmaps": published.bitmaps,
         f"segment_membership_bitmaps_{AUDIT_CHECK}": published.audit,

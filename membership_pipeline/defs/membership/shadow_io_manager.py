@@ -2,10 +2,11 @@
 the store, so the steps can run in any process on any host (multiprocess, Celery, Kubernetes)
 with no shared filesystem.
 
-- The plan step's outputs (the plan, and one ``ShardSpec`` per shard) were recorded by
+- The plan step's outputs (the plan, and one ``ShardTask`` per shard) were recorded by
   ``store.stage_plan``; loading them reads the plan back by the run that owns the claim.
 - A shard step's output (its bitmaps) is **staged into the shadow version** here: a fresh
-  attempt replaces whatever an earlier attempt wrote. Loading it returns the shard's report.
+  attempt replaces whatever an earlier attempt wrote. Nothing loads it: the final step depends
+  on the shards' completion and reads their reports from the store in one query.
 - Only the final step's output goes to ``PublishingIOManager``, which seals and flips.
 """
 
@@ -14,9 +15,8 @@ from typing import Any
 import dagster as dg
 
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
-from membership_pipeline.sharding.shard_backfill import ShardOutcome, stage_shard
-from membership_pipeline.sharding.shard_plan import ShardSpec
-from membership_pipeline.storage import ShardReport, StagedPlan
+from membership_pipeline.sharding.shard_backfill import ShardOutcome, ShardTask, stage_shard
+from membership_pipeline.storage import StagedPlan
 
 
 class ShadowStagingIOManager(dg.ConfigurableIOManager):
@@ -37,19 +37,17 @@ class ShadowStagingIOManager(dg.ConfigurableIOManager):
                     **{f"seconds_{k}": v for k, v in report["seconds"].items()},
                 }
             )
-        elif not isinstance(obj, StagedPlan | ShardSpec | None):  # None: the audit's output
+        elif not isinstance(obj, StagedPlan | ShardTask | None):  # None: the audit's output
             raise TypeError(f"{type(obj).__name__} is not a value of a sharded backfill's steps")
 
-    def load_input(self, context: dg.InputContext) -> StagedPlan | ShardSpec | ShardReport:
+    def load_input(self, context: dg.InputContext) -> StagedPlan | ShardTask:
         upstream = context.upstream_output
         assert upstream is not None
-        store = self.membership_store.get()
-        plan = store.load_plan(context.partition_key, upstream.run_id)
+        plan = self.membership_store.get().load_plan(context.partition_key, upstream.run_id)
         if upstream.name == "plan":
             return plan
         if upstream.name == "shards":
-            return plan.shard(str(upstream.mapping_key))
-        # A collected shard output: its mapping key is the upstream step's ("...[shard_3]").
-        spec = plan.shard(upstream.step_key.rsplit("[", 1)[-1].rstrip("]"))
-        [report] = [r for r in store.shard_reports(plan.version_id) if r.index == spec.index]
-        return report
+            return ShardTask(plan, plan.shard(str(upstream.mapping_key)))
+        raise TypeError(
+            f"output {upstream.name!r} of {upstream.step_key} is not loaded as an input"
+        )

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -74,6 +76,7 @@ def webserver(tmp_path, demo_source):
         [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
          "-w", "workspace.yaml"],
         cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its group holds the code server it starts: stopped together
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while True:
@@ -84,8 +87,12 @@ def webserver(tmp_path, demo_source):
             assert time.monotonic() < deadline and server.poll() is None, "webserver did not start"
             time.sleep(0.5)
     yield port, store_url, environment
-    server.terminate()
-    server.wait(30)
+    os.killpg(server.pid, signal.SIGINT)  # the webserver shuts down on SIGINT, then the rest
+    try:
+        server.wait(30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
     shutil.rmtree(home, ignore_errors=True)
 
 
