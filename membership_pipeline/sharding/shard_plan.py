@@ -20,9 +20,9 @@ import numpy as np
 # across shards without any renumbering; this bounds the shards of one version.
 CHUNK_INDEX_STRIDE = 1 << 16
 MAX_SHARDS = (2**31 - 1) // CHUNK_INDEX_STRIDE
-# One shard step of 1M identities (3M traits, 300 segments) peaks at about 1.1 GB (see the
-# README's "Scaling out"): 500k keeps a step well under the 1.5 GB budget with room for wide
-# identities (more traits each).
+# Measured (membership-benchmark-shards, 3 traits per identity, 300 segments): a shard step of
+# 1M identities peaks at 1.0-1.1 GB, one of 500k at about 0.7 GB. 500k keeps a step well under
+# the 1.5 GB budget, with room for identities that carry more traits.
 DEFAULT_SHARD_IDENTITIES = 500_000
 SHARD_IDENTITIES_VARIABLE = "MEMBERSHIP_SHARD_IDENTITIES"
 

@@ -46,6 +46,14 @@ def chunk_rows(store, version_id):
         ).scalar_one()
 
 
+def assert_answers_as_plain(store, source, env_key, tmp_path):
+    url = f"sqlite:///{tmp_path / 'plain.sqlite'}"
+    migrate(url)
+    with MembershipStore(url, chunk_bytes=64) as plain:
+        plain_backfill(source, plain, env_key)
+        assert_same_answers(store, plain, env_key)
+
+
 def test_a_retried_shard_replaces_what_the_failed_attempt_wrote(store, source, env_key, tmp_path):
     """Exact too: the published answers equal the plain backfill's."""
     held, plan = planned(store, source, env_key)
@@ -61,11 +69,7 @@ def test_a_retried_shard_replaces_what_the_failed_attempt_wrote(store, source, e
     totals = store.seal_shards(plan)
     assert chunk_rows(store, plan.version_id) == totals.chunks  # nothing duplicated or left over
     store.publish(held, plan.version_id)
-    url = f"sqlite:///{tmp_path / 'plain.sqlite'}"
-    migrate(url)
-    with MembershipStore(url, chunk_bytes=64) as plain:
-        plain_backfill(source, plain, env_key)
-        assert_same_answers(store, plain, env_key)
+    assert_answers_as_plain(store, source, env_key, tmp_path)
 
 
 def test_a_stale_attempt_cannot_write_after_a_newer_one_started(store, source, env_key):
@@ -127,8 +131,4 @@ def test_one_shard_version_equals_the_plain_one(store, source, env_key, tmp_path
     )
     store.seal_shards(plan)
     store.publish(held, plan.version_id)
-    url = f"sqlite:///{tmp_path / 'plain.sqlite'}"
-    migrate(url)
-    with MembershipStore(url, chunk_bytes=64) as plain:
-        plain_backfill(source, plain, env_key)
-        assert_same_answers(store, plain, env_key)
+    assert_answers_as_plain(store, source, env_key, tmp_path)

@@ -33,6 +33,13 @@ def materialize_command(env_key: str, *config: str) -> list[str]:
     ]  # fmt: skip
 
 
+def materialize(environment: dict[str, str], env_key: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        materialize_command(env_key), cwd=ROOT, env=environment, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
 def process_environment(dagster_home, demo_source, store_url, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -57,10 +64,7 @@ def test_dagster_asset_materialize_backfills_then_guards(
         monkeypatch.delenv(name, raising=False)
     instance = add_partition(dagster_home, env_key)
     environment = process_environment(dagster_home, demo_source, store_url)
-    first = subprocess.run(
-        materialize_command(env_key), cwd=ROOT, env=environment, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+    first = materialize(environment, env_key)
     assert first.returncode == 0, first.stderr[-3000:]
     done = store.metadata(env_key)
     assert done.last_backfill_status is BackfillStatus.SUCCEEDED
@@ -69,10 +73,7 @@ def test_dagster_asset_materialize_backfills_then_guards(
     assert run.tags["dagster/partition"] == env_key
     assert "segment_membership.backfill.published" in first.stderr  # in the run's logs
 
-    second = subprocess.run(
-        materialize_command(env_key), cwd=ROOT, env=environment, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+    second = materialize(environment, env_key)
     assert second.returncode == 0, second.stderr[-3000:]
     assert store.metadata(env_key) == done
     [latest] = instance.get_runs(limit=1)
@@ -193,10 +194,7 @@ def test_a_killed_shard_step_without_retries_fails_after_reconcile_and_the_prior
     environment = two_shard_environment(
         dagster_home, demo_source, store_url, MEMBERSHIP_SHARD_RETRIES="0"
     )
-    first = subprocess.run(
-        materialize_command(env_key), cwd=ROOT, env=environment, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+    first = materialize(environment, env_key)
     assert first.returncode == 0, first.stderr[-3000:]
     before = store.metadata(env_key)
     counts = store.reader().published(env_key).segment_counts()
