@@ -12,6 +12,7 @@ import sys
 import time
 
 import dagster as dg
+import pytest
 
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
@@ -149,6 +150,8 @@ def two_shard_environment(dagster_home, demo_source, store_url, **extra: str) ->
     )  # fmt: skip
 
 
+# Production's backend only: the kill paths do not depend on it, and each costs ~25 s.
+@pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_killed_shard_step_is_retried_and_the_version_is_exact(
     dagster_home, demo_source, store_url, store, monkeypatch, tmp_path
 ):
@@ -184,6 +187,8 @@ def test_a_killed_shard_step_is_retried_and_the_version_is_exact(
     instance.dispose()
 
 
+# Production's backend only: the kill paths do not depend on it, and each costs ~25 s.
+@pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_killed_shard_step_without_retries_fails_after_reconcile_and_the_prior_version_stays(
     dagster_home, demo_source, store_url, store, monkeypatch, resources
 ):

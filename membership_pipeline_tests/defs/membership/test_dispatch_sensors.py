@@ -104,3 +104,31 @@ def test_a_failed_dispatched_run_is_retried_until_its_attempts_run_out(
         assert request.tags["membership/attempt"] == str(attempt + 1)
         assert request.tags["membership/window_start"] == LONG_AGO.isoformat()
     assert DatabaseQueue(store.database).pending() == []
+
+
+def test_a_dispatched_run_backfills_in_shards(instance, no_cooldown, store, demo_source):
+    """The sensor path runs the sharded graph like every other launch path: the run request's
+    config and tags, one step per shard, one published version."""
+    env_key = demo_source.environments[2]["api_key"]
+    publish_stale(store, env_key)
+    [request] = sense(instance, no_cooldown).run_requests
+    instance.add_dynamic_partitions(environments_partitions.name, [env_key])
+    config = request.run_config["ops"]["segment_membership_bitmaps"]["config"]
+    result = dg.materialize(
+        [segment_membership_bitmaps], partition_key=env_key, instance=instance,
+        resources=no_cooldown, tags=dict(request.tags),
+        run_config={"ops": {"segment_membership_bitmaps": {"config": {
+            **config, "shard_identities": 100}}}},
+    )  # fmt: skip
+    assert result.success
+    done = store.metadata(env_key)
+    assert done.claim_owner == result.run_id
+    shards = store.shard_reports(done.published_version_id)
+    assert len(shards) == -(-done.published_identity_count // 100) > 1
+    shard_steps = {
+        e.step_key for e in result.all_events if e.step_key and "backfill_shard[" in e.step_key
+    }
+    assert len(shard_steps) == len(shards)
+    [materialization] = result.asset_materializations_for_node("segment_membership_bitmaps")
+    assert materialization.metadata["shards"].value == len(shards)
+    assert len(materialization.metadata["shard_table"].value.records) == len(shards)
