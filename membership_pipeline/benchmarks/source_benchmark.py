@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _measure(url: str, api_key: str) -> dict[str, float]:
     from membership_pipeline.evaluation import evaluate_environment
-    from membership_pipeline.evaluation.md5_workers import stop_worker
     from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 
     source = FlagsmithSource(url)
@@ -84,7 +83,6 @@ def _measure(url: str, api_key: str) -> dict[str, float]:
         snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
     )
     evaluate_seconds = time.perf_counter() - started
-    stop_worker()
     return {
         "read_seconds": read_seconds,
         "identities": len(snapshot.identities),

@@ -28,7 +28,6 @@ import sqlalchemy as sa
 
 from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
 from membership_pipeline.evaluation import MembershipResult, evaluate_environment
-from membership_pipeline.evaluation.md5_workers import stop_worker
 from membership_pipeline.sources.demo_dataset import write_demo_dataset
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.sources.synthetic import synthetic_environment
@@ -90,7 +89,6 @@ def main(argv: list[str] | None = None) -> None:
                     _publish_figures(store, backend, {"small": small, "large": large}, args.repeats)
                     _read_figures(store, backend, large, args.reads)
         _sql_count_figures(flagsmith_url, api_key, probe, large, args.sql_repeats)
-    stop_worker()
 
 
 def _evaluate_from_source(url: str, api_key: str) -> tuple[MembershipResult, Probe]:

@@ -1,6 +1,10 @@
 """Segment evaluation: Flagsmith segment rules → Roaring bitmaps, vectorised over columns."""
 
-from membership_pipeline.evaluation.engine import MembershipResult, evaluate_environment
+from membership_pipeline.evaluation.engine import (
+    MembershipResult,
+    evaluate_environment,
+    referenced_trait_keys,
+)
 from membership_pipeline.evaluation.environment_data import TRAIT_COLUMNS
 from membership_pipeline.evaluation.errors import (
     DuplicateSegmentKey,
@@ -28,5 +32,6 @@ __all__ = [
     "UnknownOperator",
     "UnsupportedProperty",
     "evaluate_environment",
+    "referenced_trait_keys",
     "traits_frame",
 ]

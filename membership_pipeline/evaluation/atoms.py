@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from pyroaring import BitMap
 
-from membership_pipeline.evaluation.bitmaps import bitmap_where
+from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where
 from membership_pipeline.evaluation.environment_data import EnvironmentData
-from membership_pipeline.evaluation.md5_batch import EncodedTexts
+from membership_pipeline.evaluation.md5_buckets import HashTexts
 from membership_pipeline.evaluation.percentage_split import hashed_percentages
 from membership_pipeline.evaluation.predicates import PreparedCondition, decide
 from membership_pipeline.evaluation.properties import PropertyNotSupported, resolve_property
@@ -55,7 +55,7 @@ class AtomEvaluator:
         self.environment = environment
         self.tuning = tuning
         self._columns: dict[str, ValueColumn | PropertyNotSupported] = {}
-        self._texts: dict[int, EncodedTexts] = {}
+        self._texts: dict[int, HashTexts] = {}
         self.bitmaps: dict[Atom, BitMap] = {}
         self.scoped_evaluations = 0
 
@@ -63,7 +63,7 @@ class AtomEvaluator:
         """The atom's members; raises ``PropertyNotSupported`` for a property it cannot read."""
         cached = self.bitmaps.get(atom)
         if cached is None:
-            cached = self.bitmaps[atom] = bitmap_where(self.environment.ids, self._mask(atom))
+            cached = self.bitmaps[atom] = self._evaluate(atom)
         return cached
 
     def bitmap_within(self, atom: Atom, scope: BitMap) -> BitMap:
@@ -83,47 +83,55 @@ class AtomEvaluator:
         if atom.operator is not Operator.PERCENTAGE_SPLIT:
             return False
         try:
-            return (
-                len(self._split_column(atom).values) > self.tuning.expensive_split_distinct_values
-            )
+            _, texts = self._split_input(atom)
         except PropertyNotSupported:
             return False
+        return len(texts) > self.tuning.expensive_split_distinct_values
 
-    def _mask(self, atom: Atom) -> np.ndarray:
-        """Per-identity booleans for every identity of the environment."""
+    def _evaluate(self, atom: Atom) -> BitMap:
+        """The atom over every identity of the environment."""
+        ids = self.environment.ids
         if atom.operator is Operator.PERCENTAGE_SPLIT:
-            return self._split_mask(atom, None)
+            return bitmap_where(ids, self._split_mask(atom, None))
         column = self._column(atom.property or "")
         prepared = PreparedCondition.of(Condition(atom.property, atom.operator, atom.value, ""))
-        return column.broadcast(decide(prepared, column), when_missing=prepared.when_missing)
+        return bitmap_of_codes(ids, column.codes, decide(prepared, column), prepared.when_missing)
 
-    @property
-    def _md5(self) -> tuple[int, int | None]:
-        return self.tuning.vectorised_md5_from, self.tuning.md5_worker_from
-
-    def _split_column(self, atom: Atom) -> ValueColumn:
+    def _split_input(self, atom: Atom) -> tuple[np.ndarray | None, HashTexts]:
+        """What a split hashes: per identity the index of its text (None: identity ``i`` hashes
+        text ``i``; ``-1``: no value), and the texts."""
         # flag-engine: no property means the identity key, read raw (not coerced).
         if atom.property is None:
-            return self.environment.identity_key_raw_column
-        return self._column(atom.property)
+            return None, self.environment.identity_key_texts
+        column = self._column(atom.property)
+        texts = self._texts.get(id(column))
+        if texts is None:
+            texts = self._texts[id(column)] = HashTexts.from_strings(
+                [str(value) for value in column.values]
+            )
+        return column.codes, texts
 
     def _split_mask(self, atom: Atom, rows: np.ndarray | None) -> np.ndarray:
-        column = self._split_column(atom)
+        codes, texts = self._split_input(atom)
         count = self.environment.size if rows is None else len(rows)
         try:
             threshold = float(atom.value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return np.zeros(count, dtype=bool)
         assert atom.split_segment_key is not None
-        texts = self._encoded(column)
-        if rows is None:
-            percentages = hashed_percentages(atom.split_segment_key, texts, None, *self._md5)
-            return column.broadcast(percentages <= threshold, when_missing=False)
-        codes = column.codes[rows]
-        present = codes >= 0
+        key, threads = atom.split_segment_key, self.tuning.hash_threads
+        per_thread = self.tuning.hash_messages_per_thread
+        if codes is None:  # the identity key: one text per identity
+            return hashed_percentages(key, texts, rows, threads, per_thread) <= threshold
+        if rows is None:  # every distinct value once, then broadcast
+            within = hashed_percentages(key, texts, None, threads, per_thread) <= threshold
+            return np.append(within, False)[codes]
+        picked = codes[rows]
+        present = picked >= 0
         mask = np.zeros(count, dtype=bool)
-        percentages = hashed_percentages(atom.split_segment_key, texts, codes[present], *self._md5)
-        mask[present] = percentages <= threshold
+        mask[present] = (
+            hashed_percentages(key, texts, picked[present], threads, per_thread) <= threshold
+        )
         return mask
 
     def _column(self, prop: str) -> ValueColumn:
@@ -136,11 +144,3 @@ class AtomEvaluator:
         if isinstance(found, PropertyNotSupported):
             raise found
         return found
-
-    def _encoded(self, column: ValueColumn) -> EncodedTexts:
-        texts = self._texts.get(id(column))
-        if texts is None:
-            texts = self._texts[id(column)] = EncodedTexts.from_strings(
-                [str(value) for value in column.values]
-            )
-        return texts

@@ -19,7 +19,11 @@ from membership_pipeline.evaluation.errors import (
     SegmentDefinitionError,
     UnsupportedProperty,
 )
-from membership_pipeline.evaluation.properties import PropertyNotSupported, context_path
+from membership_pipeline.evaluation.properties import (
+    PropertyNotSupported,
+    context_path,
+    trait_keys_read_by,
+)
 from membership_pipeline.evaluation.rule_composition import SegmentComposer
 from membership_pipeline.evaluation.segment_model import Condition, Segment, parse_segment
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
@@ -67,10 +71,10 @@ def evaluate_environment(
     """
     started = time.perf_counter()
     ref = EnvironmentRef.from_mapping(environment)
-    data = EnvironmentData(ref, identities, traits)
+    parsed, failures = _parse_all(segments)
+    data = EnvironmentData(ref, identities, traits, _trait_keys_of(parsed))
     prepared = time.perf_counter()
 
-    parsed, failures = _parse_all(segments)
     atoms = AtomEvaluator(data, tuning)
     universe = bitmap_of(data.ids)
     usage: Counter[Atom] = Counter()
@@ -126,6 +130,22 @@ def evaluate_environment(
         atoms=atoms.bitmaps,
         atom_usage=usage,
         timings=timings,
+    )
+
+
+def referenced_trait_keys(segments: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Every trait key the segments' conditions can read. Traits of other keys cannot change
+    any membership, so a source need not read them (a segment that fails to parse reads none)."""
+    return _trait_keys_of(_parse_all(segments)[0])
+
+
+def _trait_keys_of(parsed: Iterable[Segment]) -> frozenset[str]:
+    return frozenset(
+        key
+        for segment in parsed
+        for condition, _ in _atoms_of(segment)
+        if condition.property
+        for key in trait_keys_read_by(condition.property)
     )
 
 

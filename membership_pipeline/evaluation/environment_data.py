@@ -15,20 +15,23 @@ values, never one trait row at a time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from membership_pipeline.evaluation.context_values import (
     ContextValue,
     coerce_string,
-    coerce_strings,
+    coerce_string_array,
 )
 from membership_pipeline.evaluation.errors import InvalidEnvironmentInput
+from membership_pipeline.evaluation.md5_buckets import HashTexts
 from membership_pipeline.evaluation.value_column import ValueColumn
 
 TRAIT_COLUMNS = (
@@ -68,14 +71,23 @@ class EnvironmentData:
     """Identities sorted by id, with lazily built property columns."""
 
     def __init__(
-        self, environment: EnvironmentRef, identities: pd.DataFrame, traits: pd.DataFrame
+        self,
+        environment: EnvironmentRef,
+        identities: pd.DataFrame,
+        traits: pd.DataFrame,
+        trait_keys: Collection[str] | None = None,
     ) -> None:
+        """``trait_keys``: the only trait keys to read (None: all); rows of other keys can
+        change no answer, so they are neither validated nor encoded."""
         self.environment = environment
         frame = _validated_identities(identities)
         self.ids: np.ndarray = frame["id"].to_numpy(dtype=np.uint32)
-        self.identifiers: np.ndarray = frame["identifier"].to_numpy(dtype=object)
-        self._explicit_keys = frame["key"].to_numpy(dtype=object) if "key" in frame else None
-        self.trait_columns: dict[str, ValueColumn] = _trait_columns(traits, self)
+        # Strings stay as given (Arrow-backed from the source) until a condition needs them.
+        self._identifiers = frame["identifier"]
+        self._explicit_keys = frame.get("key")
+        self.trait_columns: dict[str, ValueColumn] = _trait_columns(
+            _only_keys(traits, trait_keys), self
+        )
 
     @property
     def size(self) -> int:
@@ -110,30 +122,33 @@ class EnvironmentData:
         return table
 
     @cached_property
-    def identity_keys(self) -> np.ndarray:
+    def identity_key_strings(self) -> pa.Array:
         """Raw percentage-split keys, as flag-engine enriches them: the given key, or where it
         is missing or empty, ``"{environment key}_{identifier}"``."""
-        keys = np.empty(self.size, dtype=object)
-        if self._explicit_keys is not None:
-            keys[:] = pd.Series(self._explicit_keys).fillna("").astype(str).to_numpy(dtype=object)
-            missing = np.flatnonzero(keys == "")
-        else:
-            missing = np.arange(self.size)
-        prefix = f"{self.environment.key}_"
-        keys[missing] = [prefix + str(identifier) for identifier in self.identifiers[missing]]
-        return keys
+        composite = pc.binary_join_element_wise(
+            f"{self.environment.key}_", _arrow_strings(self._identifiers), ""
+        )
+        if self._explicit_keys is None:
+            return composite
+        given = pc.fill_null(_arrow_strings(self._explicit_keys), "")
+        return pc.if_else(pc.equal(given, ""), composite, given)
 
     @cached_property
-    def identity_key_raw_column(self) -> ValueColumn:
-        return _distinct_column(self.identity_keys, coerce=False)
+    def identity_key_texts(self) -> HashTexts:
+        return HashTexts.from_strings(self.identity_key_strings)
 
     @cached_property
     def identity_key_column(self) -> ValueColumn:
-        return _distinct_column(self.identity_keys, coerce=True)
+        return ValueColumn(
+            np.arange(self.size, dtype=np.int32), coerce_string_array(self.identity_key_strings)
+        )
 
     @cached_property
     def identifier_column(self) -> ValueColumn:
-        return _distinct_column(self.identifiers, coerce=True)
+        return ValueColumn(
+            np.arange(self.size, dtype=np.int32),
+            coerce_string_array(_arrow_strings(self._identifiers)),
+        )
 
     def environment_constant(self, field: str) -> ValueColumn:
         raw = self.environment.key if field == "key" else self.environment.name
@@ -142,6 +157,13 @@ class EnvironmentData:
     def trait_column(self, trait_key: str) -> ValueColumn:
         column = self.trait_columns.get(trait_key)
         return column if column is not None else ValueColumn.constant(self.size, None)
+
+
+def _only_keys(traits: pd.DataFrame, trait_keys: Collection[str] | None) -> pd.DataFrame:
+    if trait_keys is None or "trait_key" not in traits.columns:
+        return traits
+    wanted = traits["trait_key"].isin(list(trait_keys)).to_numpy()
+    return traits if wanted.all() else traits[wanted]
 
 
 def _validated_identities(identities: pd.DataFrame) -> pd.DataFrame:
@@ -172,13 +194,11 @@ def _validated_identities(identities: pd.DataFrame) -> pd.DataFrame:
     return identities.iloc[order]
 
 
-def _distinct_column(values: np.ndarray, *, coerce: bool) -> ValueColumn:
-    """A column of (mostly) unique per-identity strings: no dictionary to build, since repeated
-    values in ``ValueColumn.values`` are harmless."""
-    listed: list[str] = values.tolist()
-    return ValueColumn(
-        np.arange(len(listed), dtype=np.int32), coerce_strings(listed) if coerce else listed
-    )
+def _arrow_strings(values: pd.Series) -> pa.Array:
+    """A column as Arrow strings: zero-copy when it is Arrow-backed already; other values are
+    turned into text by Python's ``str``, as flag-engine would."""
+    array = pa.array(values.array if values.dtype == "str" else values.astype(str), pa.string())
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def _trait_columns(traits: pd.DataFrame, environment: EnvironmentData) -> dict[str, ValueColumn]:
@@ -195,11 +215,15 @@ def _trait_columns(traits: pd.DataFrame, environment: EnvironmentData) -> dict[s
             f"{len(unknown)} trait row(s) name identities that are not in the environment, "
             f"e.g. identity ids {np.unique(unknown)[:5].tolist()}"
         )
-    key_codes, key_names = pd.factorize(traits["trait_key"].astype(object))
+    # factorize works on the codes of categoricals and in Arrow for Arrow strings: no Python
+    # string per row.
+    key_codes, key_names = pd.factorize(traits["trait_key"])
     if (key_codes < 0).any():
         raise InvalidEnvironmentInput("a trait row has a null trait_key")
-    value_types = traits["value_type"].astype(object).to_numpy()
-    unknown_types = set(pd.unique(value_types)) - set(VALUE_COLUMN_BY_TYPE)
+    type_codes, type_names = pd.factorize(traits["value_type"])
+    unknown_types = set(type_names) - set(VALUE_COLUMN_BY_TYPE)
+    if (type_codes < 0).any():
+        unknown_types.add(None)
     if unknown_types:
         raise InvalidEnvironmentInput(
             f"unknown trait value_type(s) {sorted(map(str, unknown_types))}; "
@@ -219,7 +243,7 @@ def _trait_columns(traits: pd.DataFrame, environment: EnvironmentData) -> dict[s
                 "more than once"
             )
         columns[str(trait_key)] = _one_trait_column(
-            traits, rows, value_types[rows], positions, size
+            traits, rows, type_codes[rows], list(type_names), positions, size
         )
     return columns
 
@@ -227,14 +251,17 @@ def _trait_columns(traits: pd.DataFrame, environment: EnvironmentData) -> dict[s
 def _one_trait_column(
     traits: pd.DataFrame,
     rows: np.ndarray,
-    value_types: np.ndarray,
+    type_codes: np.ndarray,
+    type_names: list[str],
     positions: np.ndarray,
     size: int,
 ) -> ValueColumn:
     codes = np.full(size, -1, dtype=np.int32)
     values: list[ContextValue] = []
     for value_type, column_name in VALUE_COLUMN_BY_TYPE.items():
-        typed_rows = rows[value_types == value_type]
+        if value_type not in type_names:
+            continue
+        typed_rows = rows[type_codes == type_names.index(value_type)]
         if not len(typed_rows):
             continue
         raw = traits[column_name].iloc[typed_rows]
@@ -253,8 +280,8 @@ def _one_trait_column(
 
 def _encode_typed(value_type: str, raw: pd.Series) -> tuple[np.ndarray, list[ContextValue]]:
     if value_type == "unicode":
-        inverse, uniques = pd.factorize(raw.astype(object))
-        return inverse, coerce_strings(str(u) for u in uniques)
+        inverse, uniques = pd.factorize(raw)
+        return inverse, coerce_string_array(_arrow_strings(pd.Series(uniques)))
     if value_type == "bool":
         flags = raw.astype(bool).to_numpy()
         return flags.astype(np.int64), [False, True]

@@ -34,6 +34,21 @@ def resolve_property(prop: str, environment: EnvironmentData) -> ValueColumn:
     return column
 
 
+def trait_keys_read_by(prop: str) -> set[str]:
+    """The trait keys a property can read: the key itself, or for a JSONPath the literal key
+    (which wins where an identity has it) and ``$.identity.traits.<key>``. A property that
+    cannot be evaluated reads nothing (its segment fails from the definition alone)."""
+    try:
+        names = context_path(prop)
+    except PropertyNotSupported:
+        return set()
+    if names is None:
+        return {prop}
+    if len(names) == 3 and names[:2] == ["identity", "traits"] and isinstance(names[2], str):
+        return {prop, names[2]}
+    return {prop}
+
+
 def context_path(prop: str) -> list[str | None] | None:
     """The names a JSONPath property selects (None: the property is a trait key). Raises
     ``PropertyNotSupported`` from the property alone, whatever the data, so a segment fails the

@@ -17,10 +17,11 @@ class EvaluationTuning:
     # the environment. A split's bitmap is never reused by another segment (the segment key is
     # part of the hash), so any narrower scope is worth it.
     scoped_share: float = 1.0
-    # From this many messages MD5 runs vectorised in numpy; below it, hashlib per message.
-    vectorised_md5_from: int = 512
-    # From this many messages a worker process hashes half of them (None: never).
-    md5_worker_from: int | None = 200_000
+    # Threads hashing a percentage split (None: one per core); a shard step that shares the
+    # machine with other shards uses one.
+    hash_threads: int | None = None
+    # Fewer messages than this per thread are hashed on fewer threads.
+    hash_messages_per_thread: int = 20_000
 
 
 DEFAULT_TUNING = EvaluationTuning()

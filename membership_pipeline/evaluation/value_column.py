@@ -39,11 +39,6 @@ class ValueColumn:
             return cls(np.full(size, -1, dtype=np.int32), [])
         return cls(np.zeros(size, dtype=np.int32), [value])
 
-    def broadcast(self, decided: np.ndarray, when_missing: bool) -> np.ndarray:
-        """Per-identity booleans from one boolean per distinct value (``-1`` reads the last)."""
-        lookup = np.append(decided.astype(bool, copy=False), when_missing)
-        return lookup[self.codes]
-
     @cached_property
     def by_type(self) -> dict[str, TypedValues]:
         """``values`` split into bool / int (int64 range) / bigint / float / str partitions."""

@@ -10,7 +10,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from membership_pipeline.evaluation import MembershipResult, evaluate_environment
+from membership_pipeline.evaluation import (
+    MembershipResult,
+    evaluate_environment,
+    referenced_trait_keys,
+)
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
 from membership_pipeline.process_memory import peak_rss_mb
@@ -48,6 +52,7 @@ class ShardOutcome:
     seconds: dict[str, float]
     trait_rows: int
     unreadable_traits: int
+    trait_keys: tuple[str, ...]  # the only keys read: those the segments reference
 
 
 def plan_backfill(
@@ -82,7 +87,8 @@ def compute_shard(
     context = {"key": info.api_key, "name": info.name}
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    read = source.read_identity_range(info, spec.first_id, spec.last_id)
+    trait_keys = referenced_trait_keys(plan.segments)  # no other trait changes an answer
+    read = source.read_identity_range(info, spec.first_id, spec.last_id, trait_keys)
     seconds["read"] = time.perf_counter() - started
     started = time.perf_counter()
     result = evaluate_environment(
@@ -101,17 +107,24 @@ def compute_shard(
     )
     seconds["audit"] = time.perf_counter() - started
     return ShardOutcome(
-        plan, spec, result, audit, seconds, len(read.traits), read.unreadable_traits
+        plan,
+        spec,
+        result,
+        audit,
+        seconds,
+        len(read.traits),
+        read.unreadable_traits,
+        tuple(sorted(trait_keys)),
     )
 
 
 def tuning_for(plan: StagedPlan) -> EvaluationTuning:
-    """A lone shard may hash MD5 on a second core (a worker process); shards of a larger plan
-    do not: their sibling steps already keep the other cores busy, and an extra process per
-    shard would only contend with them (or exceed a pod's one-CPU request)."""
+    """A lone shard hashes MD5 on every core; shards of a larger plan use one thread: their
+    sibling steps already keep the other cores busy, and more threads per shard would only
+    contend with them (or exceed a pod's one-CPU request)."""
     if len(plan.shards) == 1:
         return DEFAULT_TUNING
-    return dataclasses.replace(DEFAULT_TUNING, md5_worker_from=None)
+    return dataclasses.replace(DEFAULT_TUNING, hash_threads=1)
 
 
 def audit_share(sample_size: int, shard_identities: int, total_identities: int) -> int:
@@ -134,6 +147,7 @@ def stage_shard(store: MembershipStore, outcome: ShardOutcome) -> dict[str, Any]
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "identities": len(outcome.result.universe),
         "trait_rows": outcome.trait_rows,
+        "trait_keys_read": list(outcome.trait_keys),
         "unreadable_traits": outcome.unreadable_traits,
         "segments": len(outcome.result.segments),
         "failed_segments": len(outcome.result.failures),

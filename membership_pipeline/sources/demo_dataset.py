@@ -55,10 +55,12 @@ def write_demo_dataset(
     environments_per_project: int = 2,
     segments_per_project: int = 40,
     seed: int = 0,
+    unreferenced_traits: int = 0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> DemoDataset:
     """(Re)create Flagsmith's tables at ``url`` and fill them. The first project's production
-    environment gets ``identities`` identities; later projects and environments get fewer."""
+    environment gets ``identities`` identities; later projects and environments get fewer.
+    ``unreferenced_traits``: that many more traits per identity, of keys no segment reads."""
     _ensure_sqlite_directory(url)
     engine = sa.create_engine(url, future=True)
     tables.metadata.drop_all(engine)
@@ -101,12 +103,23 @@ def write_demo_dataset(
                         ordinal = org * projects_per_organisation + project
                         size = max(identities // ((1 + ordinal) * (1 + 3 * environment)), 10)
                         env = _write_environment(
-                            conn, project_id, environment, size, ids, rng, seed, written
+                            conn,
+                            project_id,
+                            environment,
+                            size,
+                            ids,
+                            rng,
+                            seed,
+                            written,
+                            unreferenced_traits,
                         )
                         progress(f"environment {env['api_key']}: {size:,} identities")
     finally:
         engine.dispose()
     return written
+
+
+_INSERT_SLICE_ROWS = 1_000_000
 
 
 class _IdCounters:
@@ -129,6 +142,7 @@ def _write_environment(
     rng: np.random.Generator,
     seed: int,
     written: DemoDataset,
+    unreferenced_traits: int,
 ) -> dict[str, Any]:
     env_id = ids.next("environment")
     api_key = f"env_{project_id}_{index + 1}_{rng.integers(16**6):06x}"
@@ -144,7 +158,13 @@ def _write_environment(
         "deleted_at": None,
     }
     _insert(conn, tables.environments, [row])
-    synthetic = synthetic_environment(size, 1, seed=seed * 7919 + env_id, environment_key=api_key)
+    synthetic = synthetic_environment(
+        size,
+        1,
+        seed=seed * 7919 + env_id,
+        environment_key=api_key,
+        unreferenced_traits=unreferenced_traits,
+    )
     first_identity = ids.next("identity", size)
     id_map = pd.Series(
         np.arange(first_identity, first_identity + size), index=synthetic.identities["id"]
@@ -170,7 +190,8 @@ def _write_environment(
     first_trait = ids.next("trait", len(trait_frame))
     trait_frame.insert(0, "id", np.arange(first_trait, first_trait + len(trait_frame)))
     trait_frame["created_date"] = _EPOCH + timedelta(days=300)
-    _bulk_insert(conn, tables.traits, trait_frame)
+    for start in range(0, len(trait_frame), _INSERT_SLICE_ROWS):  # bounded COPY buffers
+        _bulk_insert(conn, tables.traits, trait_frame.iloc[start : start + _INSERT_SLICE_ROWS])
     written.identities += size
     written.traits += len(trait_frame)
     environment = {**row, "identity_count": size}
@@ -394,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--environments", type=int, default=2, help="per project")
     parser.add_argument("--segments", type=int, default=40, help="per project")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--unreferenced-traits", type=int, default=0, help="more traits per identity, unread"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     written = write_demo_dataset(
@@ -404,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         environments_per_project=args.environments,
         segments_per_project=args.segments,
         seed=args.seed,
+        unreferenced_traits=args.unreferenced_traits,
         progress=lambda line: print(f"[demo-dataset] {line}", file=sys.stderr, flush=True),
     )
     print(

@@ -1,9 +1,11 @@
 """Read one Flagsmith deployment's core database: environments, identities, traits, segments.
 
 The same code reads PostgreSQL (production) and SQLite (the embedded default) through
-SQLAlchemy; connections are read-only. An environment's identities and traits stream in bounded
-chunks, each turned into compact columns at once (categorical keys and types), so memory follows
-the environment being read, never the database.
+SQLAlchemy; connections are read-only. On PostgreSQL an environment's identities and traits
+arrive as Arrow columns through ADBC's binary COPY, in the snapshot of the SQLAlchemy read
+(:mod:`.arrow_reader`); on SQLite pandas reads them in bounded chunks. Only the traits of keys
+the environment's segments reference are read. Both paths end in the same column-wise rules
+(:mod:`.identity_columns`), and nothing makes a Python object per row.
 
 Rules that decide correctness, following Flagsmith's models:
 
@@ -24,18 +26,25 @@ Rules that decide correctness, following Flagsmith's models:
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Iterator
+import os
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 
-from membership_pipeline.evaluation.environment_data import TRAIT_COLUMNS, VALUE_COLUMN_BY_TYPE
-from membership_pipeline.evaluation.trait_frames import traits_frame_from_rows
+from membership_pipeline.evaluation import referenced_trait_keys
+from membership_pipeline.sources.arrow_reader import (
+    IDENTITY_SCHEMA,
+    TRAIT_SCHEMA,
+    ArrowSnapshotReader,
+    IdRange,
+    split_id_span,
+)
+from membership_pipeline.sources.identity_columns import IdentityRange, identity_range
 from membership_pipeline.sources.segment_tree import (
     MAX_RULE_DEPTH,
     ConditionRow,
@@ -48,6 +57,11 @@ from membership_pipeline.structured_logging import get_logger
 log = get_logger("source")
 
 DEFAULT_CHUNK_ROWS = 200_000
+# An id span smaller than this is read on one connection.
+_MIN_IDS_PER_READ = 100_000
+# An environment whose id span holds at most this many identities per own identity reads its
+# traits without a join: a few foreign rows cost the server less than the join.
+OWN_SPAN_SHARE = 1.25
 
 
 class EnvironmentNotFound(LookupError):
@@ -102,16 +116,6 @@ class IdentityPlan:
 
 
 @dataclass
-class IdentityRange:
-    """The identities of one environment with ``first_id <= id <= last_id``, and their traits."""
-
-    identities: pd.DataFrame
-    traits: pd.DataFrame
-    unreadable_traits: int = 0
-    overridden_by_system_traits: int = 0
-
-
-@dataclass
 class EnvironmentSnapshot:
     """What the engine needs for one environment, read at ``as_of``."""
 
@@ -123,14 +127,31 @@ class EnvironmentSnapshot:
     as_of: datetime
     unreadable_traits: int = 0
     overridden_by_system_traits: int = 0
+    # The trait keys read: those the segments reference (None: every key).
+    trait_keys: frozenset[str] | None = None
 
 
 class FlagsmithSource:
     """Read-only access to a Flagsmith core database by SQLAlchemy URL."""
 
-    def __init__(self, url: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    def __init__(
+        self,
+        url: str,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        *,
+        parallel_reads: int | None = None,
+        own_span_share: float = OWN_SPAN_SHARE,
+        columnar: bool = True,
+    ) -> None:
+        """On PostgreSQL: ``parallel_reads`` connections read one environment at once (default:
+        one per core, at most 4); an environment whose id span holds at most
+        ``own_span_share`` identities per own identity reads its traits without a join;
+        ``columnar=False`` reads through pandas as on SQLite (for comparisons)."""
         self.url = url
         self.chunk_rows = chunk_rows
+        self.parallel_reads = parallel_reads or min(os.cpu_count() or 1, 4)
+        self.own_span_share = own_span_share
+        self.columnar = columnar
         self.engine = sa.create_engine(url, future=True)
         sa.event.listen(self.engine, "connect", _read_only)
 
@@ -227,13 +248,16 @@ class FlagsmithSource:
                 for row in conn.execute(query)
             }
 
-    def read_environment(self, api_key: str) -> EnvironmentSnapshot:
-        """Identities, traits and segments of one environment, in one read transaction."""
+    def read_environment(self, api_key: str, *, all_traits: bool = False) -> EnvironmentSnapshot:
+        """Identities, traits and segments of one environment, in one read transaction. Only
+        the traits of keys its segments reference are read (all of them with ``all_traits``):
+        no other trait can change a membership."""
         info = self.environment(api_key)
         as_of = datetime.now(UTC)
         with self._snapshot() as conn:
-            identities = self._read_range(conn, info, None)
             segments = self._segments(conn, info)
+            trait_keys = None if all_traits else referenced_trait_keys(segments)
+            identities = self._read_range(conn, info, None, trait_keys)
         return EnvironmentSnapshot(
             info=info,
             environment={"key": info.api_key, "name": info.name},
@@ -243,6 +267,7 @@ class FlagsmithSource:
             as_of=as_of,
             unreadable_traits=identities.unreadable_traits,
             overridden_by_system_traits=identities.overridden_by_system_traits,
+            trait_keys=trait_keys,
         )
 
     def plan_identities(self, api_key: str, every: int) -> IdentityPlan:
@@ -286,12 +311,16 @@ class FlagsmithSource:
         )
 
     def read_identity_range(
-        self, info: EnvironmentInfo, first_id: int, last_id: int
+        self,
+        info: EnvironmentInfo,
+        first_id: int,
+        last_id: int,
+        trait_keys: Collection[str] | None = None,
     ) -> IdentityRange:
-        """One shard's identities (``first_id <= id <= last_id``) and their traits, in one
-        snapshot; index range scans on the identity and trait tables."""
+        """One shard's identities (``first_id <= id <= last_id``) and their traits (only of
+        ``trait_keys``, when given), in one snapshot."""
         with self._snapshot() as conn:
-            return self._read_range(conn, info, (first_id, last_id))
+            return self._read_range(conn, info, (first_id, last_id), trait_keys)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sa.Connection]:
@@ -302,91 +331,129 @@ class FlagsmithSource:
             yield conn
 
     def _read_range(
-        self, conn: sa.Connection, info: EnvironmentInfo, id_range: tuple[int, int] | None
+        self,
+        conn: sa.Connection,
+        info: EnvironmentInfo,
+        id_range: IdRange,
+        trait_keys: Collection[str] | None,
     ) -> IdentityRange:
         identity_columns = {
             c["name"] for c in sa.inspect(conn).get_columns("environments_identity")
         }
-        identities, system_traits = self._identities(
-            conn, info, "system_traits" in identity_columns, id_range
+        with_system_traits = "system_traits" in identity_columns
+        if conn.dialect.name == "postgresql" and self.columnar:
+            # Columns in bulk through ADBC's binary COPY, in this connection's snapshot.
+            snapshot_id = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+            ranges, own_span = self._read_ranges(conn, info, id_range)
+            identities, traits = ArrowSnapshotReader(self.url).read_parts(
+                snapshot_id, info.id, ranges, with_system_traits, trait_keys, join=not own_span
+            )
+        else:
+            identities = self._identities(conn, info, with_system_traits, id_range)
+            traits = self._traits(conn, info, id_range, trait_keys)
+        read = identity_range(
+            identities,
+            traits,
+            composite_hash_key=info.use_composite_hash_key,
+            trait_keys=trait_keys,
         )
-        traits, unreadable = self._traits(conn, info, id_range)
-        traits, overridden = _apply_system_traits(traits, system_traits)
-        if unreadable:
+        log.info(
+            "segment_membership.source.read",
+            environment=info.api_key,
+            id_range=list(id_range) if id_range else None,
+            identities=len(read.identities),
+            trait_rows=len(read.traits),
+            trait_keys=sorted(trait_keys) if trait_keys is not None else "all",
+            path="adbc" if conn.dialect.name == "postgresql" and self.columnar else "pandas",
+        )
+        if read.unreadable_traits:
             log.warning(
                 "segment_membership.source.unreadable_traits",
                 environment=info.api_key,
-                rows=unreadable,
+                rows=read.unreadable_traits,
                 rule="a trait whose value_type is unknown or whose value column is null is missing",
             )
-        return IdentityRange(identities, traits, unreadable, overridden)
+        return read
 
-    def _chunks(
-        self, conn: sa.Connection, query: sa.TextClause, **params: Any
-    ) -> Iterator[pd.DataFrame]:
+    def _read_ranges(
+        self, conn: sa.Connection, info: EnvironmentInfo, id_range: IdRange
+    ) -> tuple[list[tuple[int, int]], bool]:
+        """The environment's id span (within ``id_range``) split into ``parallel_reads`` equal
+        spans (ids of one environment are spread about evenly; one span when small), and
+        whether the span is (almost) the environment's own: then its traits are read without
+        a join (see ``ArrowSnapshotReader.read_parts``)."""
+        in_range, bounds = _id_range_filter("id", id_range)
+        low, high, count = conn.execute(
+            sa.text(
+                "SELECT min(id), max(id), count(*) FROM environments_identity "
+                f"WHERE environment_id = :environment_id{in_range}"
+            ),
+            {"environment_id": info.id, **bounds},
+        ).one()
+        if low is None:
+            return [id_range or (0, 0)], False
+        in_span = conn.execute(
+            sa.text("SELECT count(*) FROM environments_identity WHERE id BETWEEN :low AND :high"),
+            {"low": low, "high": high},
+        ).scalar_one()
+        ranges = split_id_span(int(low), int(high), self.parallel_reads, _MIN_IDS_PER_READ)
+        return ranges, in_span <= self.own_span_share * count
+
+    def _table(
+        self, conn: sa.Connection, query: sa.TextClause, schema: pa.Schema, **params: Any
+    ) -> pa.Table:
+        """The generic path (SQLite): pandas reads in bounded chunks into Arrow-backed columns."""
         streaming = conn.execution_options(stream_results=True, max_row_buffer=self.chunk_rows)
-        yield from pd.read_sql_query(query, streaming, params=params, chunksize=self.chunk_rows)
+        chunks = [
+            pa.Table.from_pandas(chunk, preserve_index=False).select(schema.names).cast(schema)
+            for chunk in pd.read_sql_query(
+                query, streaming, params=params, chunksize=self.chunk_rows, dtype_backend="pyarrow"
+            )
+        ]
+        return pa.concat_tables(chunks) if chunks else schema.empty_table()
 
     def _identities(
         self,
         conn: sa.Connection,
         info: EnvironmentInfo,
         with_system_traits: bool,
-        id_range: tuple[int, int] | None,
-    ) -> tuple[pd.DataFrame, list[tuple[int, Any]]]:
-        extra = ", system_traits" if with_system_traits else ""
+        id_range: IdRange,
+    ) -> pa.Table:
+        # JSON as its text (a driver would make Python objects of it).
+        as_text = "CAST(system_traits AS TEXT)" if conn.dialect.name == "postgresql" else ""
+        extra = f", {as_text or 'system_traits'} AS system_traits" if with_system_traits else ""
         in_range, bounds = _id_range_filter("id", id_range)
         query = sa.text(
             f"SELECT id, identifier{extra} FROM environments_identity "
             f"WHERE environment_id = :environment_id{in_range} ORDER BY id"
         )
-        ids: list[np.ndarray] = []
-        identifiers: list[np.ndarray] = []
-        system_traits: list[tuple[int, Any]] = []
-        for chunk in self._chunks(conn, query, environment_id=info.id, **bounds):
-            ids.append(chunk["id"].to_numpy(dtype=np.int64))
-            identifiers.append(chunk["identifier"].to_numpy(dtype=object))
-            if with_system_traits:
-                present = chunk[chunk["system_traits"].notna()]
-                system_traits.extend(
-                    zip(present["id"].tolist(), present["system_traits"], strict=True)
-                )
-        frame = pd.DataFrame(
-            {
-                "id": np.concatenate(ids) if ids else np.empty(0, dtype=np.int64),
-                "identifier": np.concatenate(identifiers)
-                if identifiers
-                else np.empty(0, dtype=object),
-            }
-        )
-        if not info.use_composite_hash_key:
-            frame["key"] = frame["id"].astype(str).astype(object)
-        return frame, system_traits
+        schema = IDENTITY_SCHEMA if with_system_traits else IDENTITY_SCHEMA.remove(2)
+        return self._table(conn, query, schema, environment_id=info.id, **bounds)
 
     def _traits(
-        self, conn: sa.Connection, info: EnvironmentInfo, id_range: tuple[int, int] | None
-    ) -> tuple[pd.DataFrame, int]:
+        self,
+        conn: sa.Connection,
+        info: EnvironmentInfo,
+        id_range: IdRange,
+        trait_keys: Collection[str] | None,
+    ) -> pa.Table:
+        if trait_keys is not None and not trait_keys:
+            return TRAIT_SCHEMA.empty_table()
         in_range, bounds = _id_range_filter("t.identity_id", id_range)
+        keys = "" if trait_keys is None else " AND t.trait_key IN :trait_keys"
         query = sa.text(
             f"""
             SELECT t.identity_id, t.trait_key, t.value_type, t.string_value, t.integer_value,
                    t.float_value, t.boolean_value
             FROM environments_trait t JOIN environments_identity i ON i.id = t.identity_id
-            WHERE i.environment_id = :environment_id{in_range}
+            WHERE i.environment_id = :environment_id{in_range}{keys}
             """
         )
-        parts: list[pd.DataFrame] = []
-        unreadable = 0
-        for chunk in self._chunks(conn, query, environment_id=info.id, **bounds):
-            readable, dropped = _compact_traits(chunk)
-            parts.append(readable)
-            unreadable += dropped
-        if not parts:
-            return traits_frame_from_rows([]), unreadable
-        frame = pd.concat(parts, ignore_index=True)
-        for column in ("trait_key", "value_type"):
-            frame[column] = frame[column].astype(object).astype("category")
-        return frame, unreadable
+        params: dict[str, Any] = {"environment_id": info.id, **bounds}
+        if trait_keys is not None:
+            query = query.bindparams(sa.bindparam("trait_keys", expanding=True))
+            params["trait_keys"] = sorted(trait_keys)
+        return self._table(conn, query, TRAIT_SCHEMA, **params)
 
     def _segments(self, conn: sa.Connection, info: EnvironmentInfo) -> list[dict[str, Any]]:
         canonical = (
@@ -436,7 +503,7 @@ class FlagsmithSource:
         return built.segments
 
 
-def _id_range_filter(column: str, id_range: tuple[int, int] | None) -> tuple[str, dict[str, int]]:
+def _id_range_filter(column: str, id_range: IdRange) -> tuple[str, dict[str, int]]:
     """A bound ``AND column BETWEEN`` clause for an identity-id range (none for the whole)."""
     if id_range is None:
         return "", {}
@@ -469,50 +536,3 @@ def _read_only(dbapi_connection: Any, _record: Any) -> None:
         # SET is transactional in PostgreSQL: commit it, or the pool's reset rolls it back.
         dbapi_connection.commit()
     cursor.close()
-
-
-def _compact_traits(chunk: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One chunk of trait rows: typed columns, readable rows only (see the module rules)."""
-    value_type = chunk["value_type"].astype(object)
-    readable = np.zeros(len(chunk), dtype=bool)
-    for name, column in VALUE_COLUMN_BY_TYPE.items():
-        readable |= (value_type == name).to_numpy() & chunk[column].notna().to_numpy()
-    kept = chunk[readable]
-    frame = pd.DataFrame(
-        {
-            "identity_id": kept["identity_id"].to_numpy(dtype=np.int64),
-            "trait_key": kept["trait_key"].astype("category"),
-            "value_type": kept["value_type"].astype("category"),
-            "string_value": kept["string_value"].astype(object).to_numpy(),
-            "integer_value": pd.array(kept["integer_value"], dtype="Int64"),
-            "float_value": kept["float_value"].astype("float64").to_numpy(),
-            "boolean_value": pd.array(kept["boolean_value"].astype(object), dtype="boolean"),
-        },
-        columns=list(TRAIT_COLUMNS),
-    )
-    return frame, int(len(chunk) - len(kept))
-
-
-def _apply_system_traits(
-    traits: pd.DataFrame, system_traits: list[tuple[int, Any]]
-) -> tuple[pd.DataFrame, int]:
-    """System traits win over user traits of the same key."""
-    rows = []
-    for identity_id, raw in system_traits:
-        values = json.loads(raw) if isinstance(raw, str) else raw
-        if isinstance(values, dict):
-            rows.extend(
-                (identity_id, str(key), value) for key, value in values.items() if value is not None
-            )
-    if not rows:
-        return traits, 0
-    extra = traits_frame_from_rows(rows)
-    replaced = pd.MultiIndex.from_frame(traits[["identity_id", "trait_key"]].astype(object))
-    overriding = pd.MultiIndex.from_frame(extra[["identity_id", "trait_key"]].astype(object))
-    keep = ~replaced.isin(overriding)
-    merged = pd.concat(
-        [traits[keep].astype({"trait_key": object, "value_type": object}), extra], ignore_index=True
-    )
-    for column in ("trait_key", "value_type"):
-        merged[column] = merged[column].astype("category")
-    return merged, int((~keep).sum())

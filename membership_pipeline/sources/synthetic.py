@@ -40,6 +40,9 @@ TRAIT_PRESENCE = {
     "email": 0.2,
     "signup_day": 0.1,
 }
+# Keys of the traits no segment reads (``--unreferenced-traits``), and their string values.
+UNREFERENCED_TRAIT_PREFIX = "attribute_"
+_UNREFERENCED_STRINGS = np.array([f"value-{i}" for i in range(1000)], dtype=object)
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,15 @@ class SyntheticEnvironment:
 
 
 def synthetic_environment(
-    identities: int, segments: int, *, seed: int = 0, environment_key: str = "synthetic_env"
+    identities: int,
+    segments: int,
+    *,
+    seed: int = 0,
+    environment_key: str = "synthetic_env",
+    unreferenced_traits: int = 0,
 ) -> SyntheticEnvironment:
+    """``unreferenced_traits`` more traits on every identity, of keys no segment reads (as real
+    Flagsmith identities carry): the referenced data stay the same for any such count."""
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(identities * 2, size=identities, replace=False)).astype(np.int64)
     frame = pd.DataFrame(
@@ -65,7 +75,7 @@ def synthetic_environment(
     return SyntheticEnvironment(
         environment={"key": environment_key, "name": f"Synthetic {environment_key}"},
         identities=frame,
-        traits=_traits(rng, ids),
+        traits=_traits(rng, ids, unreferenced_traits, seed),
         segments=_segments(rng, segments),
     )
 
@@ -81,12 +91,32 @@ def _segments(rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
     return [_segment(rng, 1000 + i, shape=i) for i in range(count)]
 
 
-def _traits(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
+def _traits(
+    rng: np.random.Generator, ids: np.ndarray, unreferenced: int, seed: int
+) -> pd.DataFrame:
     parts = []
     for key, share in TRAIT_PRESENCE.items():
         owners = ids[rng.random(len(ids)) < share]
         parts.append(_trait_rows(key, owners, _trait_values(rng, key, owners)))
+    # A stream of its own, so the referenced traits do not depend on how many others there are.
+    extra = np.random.default_rng([seed, 1])
+    for index in range(unreferenced):
+        key = f"{UNREFERENCED_TRAIT_PREFIX}{index:02d}"
+        parts.append(_trait_rows(key, ids, _unreferenced_values(extra, index, len(ids))))
     return pd.concat(parts, ignore_index=True)
+
+
+def _unreferenced_values(rng: np.random.Generator, index: int, n: int) -> np.ndarray:
+    """Values of one unreferenced trait: strings, ints, floats and booleans in turn."""
+    match index % 4:
+        case 0:
+            return rng.choice(_UNREFERENCED_STRINGS, size=n)
+        case 1:
+            return rng.integers(0, 1_000_000, size=n)
+        case 2:
+            return np.round(rng.random(n) * 1000, 3)
+        case _:
+            return rng.random(n) < 0.5
 
 
 def _trait_values(rng: np.random.Generator, key: str, owners: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pyroaring import BitMap, FrozenBitMap
 
+from membership_pipeline.storage.binary_copy import copy_rows
 from membership_pipeline.storage.chunking import split_bitmap
 from membership_pipeline.storage.database import StoreDatabase
 from membership_pipeline.storage.errors import InvalidVersion
@@ -148,5 +149,8 @@ class BitmapWriter:
         if self._bitmap_rows:
             conn.execute(self.directory.insert(), self._bitmap_rows)
         if self._chunk_rows:
-            conn.execute(bitmap_chunk.insert(), self._chunk_rows)
+            if conn.dialect.name == "postgresql":  # payloads as raw bytes, not hex text
+                copy_rows(conn, bitmap_chunk, self._chunk_rows)
+            else:
+                conn.execute(bitmap_chunk.insert(), self._chunk_rows)
         self._bitmap_rows, self._chunk_rows, self._buffered_bytes = [], [], 0

@@ -27,8 +27,8 @@ TUNINGS = {
     "fast-paths-forced": EvaluationTuning(
         expensive_split_distinct_values=0,
         scoped_share=2.0,
-        vectorised_md5_from=1,
-        md5_worker_from=2,
+        hash_threads=2,
+        hash_messages_per_thread=1,
     ),
 }
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from membership_pipeline.evaluation import EvaluationTuning
-from membership_pipeline.evaluation.md5_batch import EncodedTexts
+from membership_pipeline.evaluation.md5_buckets import HashTexts
 from membership_pipeline.evaluation.percentage_split import hashed_percentages
 from membership_pipeline_tests.evaluation.membership_helpers import both_answers, condition, segment
 
@@ -21,12 +21,10 @@ from membership_pipeline_tests.evaluation.membership_helpers import both_answers
 @given(
     segment_key=st.text(min_size=1, max_size=12),
     keys=st.lists(st.text(max_size=80), min_size=1, max_size=40),
-    vectorise_from=st.sampled_from([1, 10_000]),
+    threads=st.sampled_from([1, 2]),
 )
-def test_percentages_equal_flag_engine(
-    segment_key: str, keys: list[str], vectorise_from: int
-) -> None:
-    ours = hashed_percentages(segment_key, EncodedTexts.from_strings(keys), None, vectorise_from)
+def test_percentages_equal_flag_engine(segment_key: str, keys: list[str], threads: int) -> None:
+    ours = hashed_percentages(segment_key, HashTexts.from_strings(keys), None, threads)
     theirs = [get_hashed_percentage_for_object_ids([segment_key, key]) for key in keys]
     assert ours.tolist() == theirs
 
@@ -38,7 +36,7 @@ def _bucket(text: str) -> int:
 def test_the_rare_value_100_is_rehashed_like_flag_engine() -> None:
     """Bucket 9998 would give exactly 100; flag-engine hashes the ids repeated instead."""
     key = next(f"id-{i}" for i in itertools.count() if _bucket(f"seg,id-{i}") == 9998)
-    ours = hashed_percentages("seg", EncodedTexts.from_strings([key, "other"]), None, 1)
+    ours = hashed_percentages("seg", HashTexts.from_strings([key, "other"]))
     assert ours[0] == get_hashed_percentage_for_object_ids(["seg", key])
     assert ours[0] < 100
 
@@ -100,6 +98,6 @@ def test_scoped_split_equals_whole_split() -> None:
 
 
 def test_percentages_never_reach_100() -> None:
-    texts = EncodedTexts.from_strings([str(i) for i in range(20_000)])
-    percentages = hashed_percentages("1", texts, None, 1)
+    texts = HashTexts.from_strings([str(i) for i in range(20_000)])
+    percentages = hashed_percentages("1", texts)
     assert np.all((percentages >= 0) & (percentages < 100))

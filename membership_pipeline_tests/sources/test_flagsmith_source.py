@@ -105,7 +105,8 @@ def test_membership_from_the_database_equals_flag_engine(database_url: str) -> N
 def test_system_traits_override_user_traits(database_url: str) -> None:
     written = _small_dataset(database_url)
     source = FlagsmithSource(database_url)
-    snapshot = source.read_environment(written.environments[0]["api_key"])
+    # "device" is a system trait no segment reads: all_traits keeps it in view.
+    snapshot = source.read_environment(written.environments[0]["api_key"], all_traits=True)
     assert snapshot.overridden_by_system_traits > 0
     with_device = snapshot.traits[snapshot.traits["trait_key"] == "device"]
     overriders = set(with_device["identity_id"])
@@ -224,6 +225,20 @@ def test_bad_rows_give_clear_answers(database_url: str) -> None:
                 id=900, rule_id=901, operator="SOUNDS_LIKE", property="plan", value="pro"
             )
         )
+        # A segment reading both broken keys, so the source reads them.
+        conn.execute(
+            sa.insert(tables.segments).values(
+                id=902, name="broken set", project_id=environment["project_id"], version_of_id=902
+            )
+        )
+        conn.execute(sa.insert(tables.segment_rules).values(id=902, segment_id=902, type="ANY"))
+        conn.execute(
+            sa.insert(tables.conditions),
+            [
+                {"id": 901 + i, "rule_id": 902, "operator": "IS_SET", "property": key}
+                for i, key in enumerate(("broken_int", "odd_type"))
+            ],
+        )
     writer.dispose()
     source = FlagsmithSource(database_url)
     with capture_logs() as events:
@@ -239,7 +254,8 @@ def test_bad_rows_give_clear_answers(database_url: str) -> None:
     )
     assert isinstance(result.failures["900"], MalformedRuleTree)
     assert isinstance(result.failures["901"], UnknownOperator)
-    assert len(result.segments) == len(written.segments_by_project[environment["project_id"]])
+    assert identity not in result.segments["902"]  # unreadable traits are missing
+    assert len(result.segments) == len(written.segments_by_project[environment["project_id"]]) + 1
     source.close()
 
 
@@ -250,3 +266,80 @@ def test_oracle_agrees_on_a_hand_checked_identity(sqlite_url: str) -> None:
     contexts = _contexts_from_rows(sqlite_url, environment)
     everyone = {"key": "x", "name": "all", "rules": [{"type": "ALL", "conditions": []}]}
     assert reference_members(contexts, everyone) == set(contexts)
+
+
+def _frames_equal(left: pd.DataFrame, right: pd.DataFrame, by: list[str]) -> None:
+    """Same rows and values, whatever the order and the string or category dtypes."""
+
+    def plain(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.astype({c: object for c in frame.columns if c not in ("float_value",)})
+        return frame.sort_values(by).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(plain(left), plain(right), check_dtype=False)
+
+
+def test_only_referenced_trait_keys_are_read(database_url: str) -> None:
+    """Keys no segment reads are skipped: the frames hold only referenced keys, and the
+    bitmaps equal those computed from every trait."""
+    written = write_demo_dataset(
+        database_url,
+        identities=900,
+        organisations=1,
+        projects_per_organisation=1,
+        environments_per_project=1,
+        segments_per_project=25,
+        seed=3,
+        unreferenced_traits=5,
+    )
+    source = FlagsmithSource(database_url)
+    api_key = written.environments[0]["api_key"]
+    lean = source.read_environment(api_key)
+    full = source.read_environment(api_key, all_traits=True)
+    assert lean.trait_keys is not None and "plan" in lean.trait_keys
+    assert set(lean.traits["trait_key"]) <= lean.trait_keys
+    assert {f"attribute_{i:02d}" for i in range(5)} <= set(full.traits["trait_key"])
+    assert len(lean.traits) < len(full.traits) - 5 * 800
+    bitmaps = [
+        evaluate_environment(s.environment, s.identities, s.traits, s.segments)
+        for s in (lean, full)
+    ]
+    assert bitmaps[0].segments == bitmaps[1].segments
+    source.close()
+
+
+@pytest.mark.parametrize("parallel_reads", [1, 3])
+def test_postgres_columnar_paths_read_the_same_rows(postgres_url: str, parallel_reads: int) -> None:
+    """ADBC with or without the identity join, on one or several connections, reads exactly
+    what the generic (pandas) path reads: the same identities, keys and traits."""
+    written = _small_dataset(postgres_url)
+    writer = sa.create_engine(postgres_url)
+    # Another environment's identity inside the first's id span: the join-free read must
+    # drop its traits.
+    first = written.environments[0]
+    with writer.begin() as conn:
+        low = conn.execute(
+            sa.select(sa.func.min(tables.identities.c.id)).where(
+                tables.identities.c.environment_id == first["id"]
+            )
+        ).scalar_one()
+        conn.execute(
+            sa.update(tables.identities)
+            .where(tables.identities.c.id == low + 3)
+            .values(environment_id=written.environments[1]["id"], identifier="moved-away")
+        )
+    writer.dispose()
+    generic = FlagsmithSource(postgres_url, columnar=False)
+    info = generic.environment(first["api_key"])
+    expected = generic.read_identity_range(info, 0, 10**9)
+    for own_span_share in (0.0, 10.0):  # the join, then the join-free read
+        source = FlagsmithSource(
+            postgres_url, parallel_reads=parallel_reads, own_span_share=own_span_share
+        )
+        read = source.read_identity_range(info, 0, 10**9)
+        _frames_equal(read.identities, expected.identities, ["id"])
+        _frames_equal(read.traits, expected.traits, ["identity_id", "trait_key"])
+        assert low + 3 not in set(read.identities["id"])
+        assert low + 3 not in set(read.traits["identity_id"])
+        assert (read.identities["id"].diff().dropna() > 0).all()  # ordered by id
+        source.close()
+    generic.close()

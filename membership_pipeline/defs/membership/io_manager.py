@@ -108,9 +108,13 @@ def _metadata(
         phase: sum(float(s.report.get("seconds", {}).get(phase, 0.0)) for s in obj.shards)
         for phase in PHASES
     }
+    first_report = obj.shards[0].report if obj.shards else {}
     return {
         "version": published.version_id,
         "as_of": dg.MetadataValue.timestamp(obj.plan.as_of),
+        # What the read skipped: every trait of a key outside this list (no segment reads it).
+        "trait_keys_read": dg.MetadataValue.json(first_report.get("trait_keys_read", [])),
+        "trait_rows_read": sum(int(s.report.get("trait_rows", 0)) for s in obj.shards),
         "identities": published.identity_count,
         "segments": len(counts),
         "failed_segments": dg.MetadataValue.json(published.failed_segments),

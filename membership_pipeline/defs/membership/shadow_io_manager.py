@@ -32,6 +32,7 @@ class ShadowStagingIOManager(dg.ConfigurableIOManager):
                     "last_id": obj.spec.last_id,
                     "identities": report["identities"],
                     "trait_rows": report["trait_rows"],
+                    "trait_keys_read": dg.MetadataValue.json(report["trait_keys_read"]),
                     "attempt": report["attempt"],
                     "peak_rss_mb": report["peak_rss_mb"],
                     **{f"seconds_{k}": v for k, v in report["seconds"].items()},
