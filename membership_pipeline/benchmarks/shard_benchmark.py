@@ -21,22 +21,17 @@ scratch schemas dropped afterwards (server: ``MEMBERSHIP_BENCH_POSTGRES_URL``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from membership_pipeline.benchmarks.dagster_runs import analyze as _analyze
+from membership_pipeline.benchmarks.dagster_runs import materialize as _backfill
 from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
-from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.sources.demo_dataset import write_demo_dataset
-from membership_pipeline.storage import MembershipStore, migrate
+from membership_pipeline.storage import migrate
 
 TARGET_RATIO = 0.6
 TARGET_STEP_RSS_MB = 1536
@@ -140,89 +135,6 @@ def _grow(url: str, env_key: str, wanted: int, current: int) -> int:
     engine.dispose()
     _analyze(url)
     return copies * BASE_IDENTITIES
-
-
-def _analyze(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in ("environments_identity", "environments_trait"):
-            conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
-    engine.dispose()
-
-
-def _backfill(
-    home: str, source_url: str, store_url: str, env_key: str, shard_identities: int
-) -> dict:
-    environment = {
-        **os.environ,
-        "DAGSTER_HOME": home,
-        "MEMBERSHIP_SOURCE_URL": source_url,
-        "MEMBERSHIP_STORE_URL": store_url,
-        "MEMBERSHIP_SHARD_IDENTITIES": str(shard_identities),
-        "MEMBERSHIP_EXECUTOR": "multiprocess",
-    }
-    subprocess.run(
-        [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"
-         f".add_dynamic_partitions('environments', [{env_key!r}])"],
-        env=environment, check=True,
-    )  # fmt: skip
-    config = json.dumps({"ops": {"segment_membership_bitmaps": {"config": {"force": True}}}})
-    progress(f"backfilling in shards of {shard_identities:,} through dagster asset materialize")
-    started = time.time()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "asset", "materialize",
-         "-m", "membership_pipeline.definitions", "--select", "segment_membership_bitmaps",
-         "--partition", env_key, "--config-json", config],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    peaks: dict[int, float] = {}
-    sampler = threading.Thread(target=_sample_tree, args=(process, peaks), daemon=True)
-    sampler.start()
-    _, stderr = process.communicate()
-    wall = time.time() - started
-    sampler.join(5)
-    if process.returncode != 0:
-        raise SystemExit(f"the backfill failed:\n{stderr[-4000:]}")
-    with MembershipStore(store_url) as store:
-        done = store.metadata(env_key)
-        assert done is not None and done.published_at is not None
-        shards = store.shard_reports(done.published_version_id)
-        to_flip = done.published_at.timestamp() - started
-        identities = done.published_identity_count
-    return {
-        "wall": wall,
-        "to_flip": to_flip,
-        "shards": shards,
-        "identities": identities,
-        "process_peaks": sorted(peaks.values(), reverse=True),
-    }
-
-
-def _sample_tree(process: subprocess.Popen, peaks: dict[int, float]) -> None:
-    """Peak RSS of every process under the run (steps, forkserver, MD5 workers), from /proc."""
-    while process.poll() is None:
-        for pid in _descendants(process.pid):
-            try:
-                peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-        time.sleep(1.0)  # VmHWM keeps the peak: sampling often only costs the run CPU
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(status.parent.name))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
 
 
 def _report_compare(size: int, one: list[dict], two: list[dict]) -> None:

@@ -9,7 +9,9 @@ one per value, about 240k rows/s here). The reads join the caller's snapshot
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator
+import functools
+import queue
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -60,31 +62,77 @@ class ArrowSnapshotReader:
         trait_keys: Collection[str] | None,
         join: bool = True,
     ) -> tuple[pa.Table, pa.Table]:
-        """Identities and traits of consecutive id ranges, each on a connection and thread of
-        its own (the server scans and sends, the driver decodes, without the GIL): one
-        environment's read uses every core, on both sides of the socket. Ordered by id.
+        """Identities and traits of consecutive id ranges, read by one connection and thread
+        per range (the server scans and sends, the driver decodes, without the GIL), taking
+        queries from one queue: one environment's read uses every core, on both sides of the
+        socket. Identities come ordered by id.
 
-        ``join=False`` reads every trait row of the id ranges without joining the identity
-        table, and keeps those of the environment's identities here: far cheaper for the server
-        when the ranges hold (almost) only this environment's identities."""
-
-        def read(id_range: tuple[int, int]) -> tuple[pa.Table, pa.Table]:
-            with self.joined(snapshot_id) as reads:
-                identities = reads.identities(environment_id, id_range, system_traits)
-                traits = reads.traits(environment_id, id_range, trait_keys, join)
-            if not join:
-                traits = traits.filter(_owned_by(identities["id"], traits["identity_id"]))
-            return identities, traits
-
-        if len(id_ranges) == 1:
-            parts = [read(id_ranges[0])]
+        ``join=False`` reads the trait rows of the id ranges without joining the identity
+        table, one query per trait key (an index range scan on Flagsmith's unique
+        ``(trait_key, identity_id)``, and no key column to send), and keeps those of the
+        environment's identities here: far cheaper for the server when the ranges hold
+        (almost) only this environment's identities."""
+        queries: list[Callable[[SnapshotReads], pa.Table]] = [
+            functools.partial(
+                SnapshotReads.identities,
+                environment_id=environment_id,
+                id_range=id_range,
+                system_traits=system_traits,
+            )
+            for id_range in id_ranges
+        ]
+        if not join and trait_keys:
+            queries += [
+                functools.partial(SnapshotReads.key_traits, key=key, id_range=id_range)
+                for key in sorted(trait_keys)
+                for id_range in id_ranges
+            ]
         else:
-            with ThreadPoolExecutor(len(id_ranges), thread_name_prefix="read") as pool:
-                parts = list(pool.map(read, id_ranges))
-        return (
-            pa.concat_tables([identities for identities, _ in parts]),
-            pa.concat_tables([traits for _, traits in parts]),
-        )
+            queries += [
+                functools.partial(
+                    SnapshotReads.traits,
+                    environment_id=environment_id,
+                    id_range=id_range,
+                    trait_keys=trait_keys,
+                    join=join,
+                )
+                for id_range in id_ranges
+            ]
+        tables = self._run(snapshot_id, queries, connections=len(id_ranges))
+        identities = pa.concat_tables(tables[: len(id_ranges)])
+        traits = pa.concat_tables(tables[len(id_ranges) :])
+        if not join:
+            traits = traits.filter(_owned_by(identities["id"], traits["identity_id"]))
+        return identities, traits
+
+    def _run(
+        self,
+        snapshot_id: str,
+        queries: list[Callable[[SnapshotReads], pa.Table]],
+        connections: int,
+    ) -> list[pa.Table]:
+        """Every query's table, in order; ``connections`` threads take queries from a queue."""
+        pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(queries)):
+            pending.put(index)
+        results: list[pa.Table | None] = [None] * len(queries)
+
+        def work() -> None:
+            with self.joined(snapshot_id) as reads:
+                while True:
+                    try:
+                        index = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    results[index] = queries[index](reads)
+
+        if connections <= 1:
+            work()
+        else:
+            with ThreadPoolExecutor(connections, thread_name_prefix="read") as pool:
+                for done in [pool.submit(work) for _ in range(connections)]:
+                    done.result()
+        return [table for table in results if table is not None]
 
     @contextlib.contextmanager
     def joined(self, snapshot_id: str) -> Iterator[SnapshotReads]:
@@ -141,6 +189,17 @@ class SnapshotReads:
             f"t.boolean_value FROM {source}{_between('t.identity_id', id_range)}{keys}"
         )
         return table.cast(TRAIT_SCHEMA)
+
+    def key_traits(self, key: str, id_range: tuple[int, int]) -> pa.Table:
+        """The trait rows of one key in an id range, of any environment's identities."""
+        table = self._table(
+            "SELECT t.identity_id::int8 AS identity_id, t.value_type, t.string_value, "
+            "t.integer_value::int8 AS integer_value, t.float_value, t.boolean_value "
+            f"FROM environments_trait t WHERE t.trait_key = {_quoted(key)}"
+            f"{_between('t.identity_id', id_range)}"
+        )
+        keys = pa.repeat(pa.scalar(key, pa.string()), len(table))
+        return table.add_column(1, "trait_key", keys).cast(TRAIT_SCHEMA)
 
     def _table(self, query: str) -> pa.Table:
         self.cursor.execute(query)

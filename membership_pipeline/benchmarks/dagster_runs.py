@@ -1,0 +1,113 @@
+"""Running ``dagster asset materialize`` of one environment in a fresh process, for the
+benchmarks: wall time, time to the flip, and the peak RSS of every process of the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from membership_pipeline.benchmarks.scratch_database import progress
+from membership_pipeline.process_memory import peak_rss_mb
+from membership_pipeline.storage import MembershipStore
+
+
+def analyze(url: str) -> None:
+    """Planner statistics first: no run pays for a fresh table."""
+    engine = sa.create_engine(url)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in ("environments_identity", "environments_trait"):
+            conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
+    engine.dispose()
+
+
+def materialize(
+    home: str,
+    source_url: str,
+    store_url: str,
+    env_key: str,
+    shard_identities: int,
+    executor: str = "multiprocess",
+) -> dict:
+    """One ``dagster asset materialize`` of the environment's partition (forced past the
+    cooldown) in a fresh process: wall time, process start → flip, the shards' reports and
+    the peak RSS of every process of the run."""
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": home,
+        "MEMBERSHIP_SOURCE_URL": source_url,
+        "MEMBERSHIP_STORE_URL": store_url,
+        "MEMBERSHIP_SHARD_IDENTITIES": str(shard_identities),
+        "MEMBERSHIP_EXECUTOR": executor,
+    }
+    subprocess.run(
+        [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"
+         f".add_dynamic_partitions('environments', [{env_key!r}])"],
+        env=environment, check=True,
+    )  # fmt: skip
+    config = json.dumps({"ops": {"segment_membership_bitmaps": {"config": {"force": True}}}})
+    progress(
+        f"backfilling in shards of {shard_identities:,} through dagster asset materialize "
+        f"({executor} executor)"
+    )
+    started = time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "asset", "materialize",
+         "-m", "membership_pipeline.definitions", "--select", "segment_membership_bitmaps",
+         "--partition", env_key, "--config-json", config],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    peaks: dict[int, float] = {}
+    sampler = threading.Thread(target=_sample_tree, args=(process, peaks), daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    wall = time.time() - started
+    sampler.join(5)
+    if process.returncode != 0:
+        raise SystemExit(f"the backfill failed:\n{stderr[-4000:]}")
+    with MembershipStore(store_url) as store:
+        done = store.metadata(env_key)
+        assert done is not None and done.published_at is not None
+        shards = store.shard_reports(done.published_version_id)
+        to_flip = done.published_at.timestamp() - started
+        identities = done.published_identity_count
+    return {
+        "wall": wall,
+        "to_flip": to_flip,
+        "shards": shards,
+        "identities": identities,
+        "process_peaks": sorted(peaks.values(), reverse=True),
+    }
+
+
+def _sample_tree(process: subprocess.Popen, peaks: dict[int, float]) -> None:
+    """Peak RSS of every process under the run (steps, forkserver, MD5 workers), from /proc."""
+    while process.poll() is None:
+        for pid in _descendants(process.pid):
+            try:
+                peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        time.sleep(1.0)  # VmHWM keeps the peak: sampling often only costs the run CPU
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(status.parent.name))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
