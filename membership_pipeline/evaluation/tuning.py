@@ -1,4 +1,4 @@
-"""Knobs that change how fast the engine is, never what it answers.
+"""Knobs that change how fast a backfill is, never what it answers.
 
 Tests set them to extremes so that every code path (scoped hashing, vectorised MD5) is compared
 with flag-engine on small inputs, not only on the large inputs where the defaults switch them on.
@@ -22,6 +22,8 @@ class EvaluationTuning:
     hash_threads: int | None = None
     # Fewer messages than this per thread are hashed on fewer threads.
     hash_messages_per_thread: int = 20_000
+    # PostgreSQL connections reading a shard's rows at once (None: the source's default).
+    read_connections: int | None = None
 
 
 DEFAULT_TUNING = EvaluationTuning()

@@ -88,12 +88,13 @@ def compute_shard(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     trait_keys = referenced_trait_keys(plan.segments)  # no other trait changes an answer
-    read = source.read_identity_range(info, spec.first_id, spec.last_id, trait_keys)
+    tuning = tuning_for(plan)
+    read = source.read_identity_range(
+        info, spec.first_id, spec.last_id, trait_keys, parallel_reads=tuning.read_connections
+    )
     seconds["read"] = time.perf_counter() - started
     started = time.perf_counter()
-    result = evaluate_environment(
-        context, read.identities, read.traits, plan.segments, tuning_for(plan)
-    )
+    result = evaluate_environment(context, read.identities, read.traits, plan.segments, tuning)
     seconds["evaluate"] = time.perf_counter() - started
     started = time.perf_counter()
     audit = audit_against_flag_engine(
@@ -119,12 +120,12 @@ def compute_shard(
 
 
 def tuning_for(plan: StagedPlan) -> EvaluationTuning:
-    """A lone shard hashes MD5 on every core; shards of a larger plan use one thread: their
-    sibling steps already keep the other cores busy, and more threads per shard would only
-    contend with them (or exceed a pod's one-CPU request)."""
+    """A lone shard reads and hashes on every core; shards of a larger plan use one connection
+    and one thread: their sibling steps already keep the other cores busy, and more per shard
+    would only contend with them (or exceed a pod's one-CPU request)."""
     if len(plan.shards) == 1:
         return DEFAULT_TUNING
-    return dataclasses.replace(DEFAULT_TUNING, hash_threads=1)
+    return dataclasses.replace(DEFAULT_TUNING, hash_threads=1, read_connections=1)
 
 
 def audit_share(sample_size: int, shard_identities: int, total_identities: int) -> int:

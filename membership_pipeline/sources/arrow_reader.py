@@ -31,7 +31,8 @@ IDENTITY_SCHEMA = pa.schema(
 TRAIT_SCHEMA = pa.schema(
     [
         ("identity_id", pa.int64()),
-        ("trait_key", pa.string()),
+        # Few distinct keys: dictionary-encoded (one key per query needs no string per row).
+        ("trait_key", pa.dictionary(pa.int32(), pa.string())),
         ("value_type", pa.string()),
         ("string_value", pa.string()),
         ("integer_value", pa.int64()),
@@ -198,7 +199,9 @@ class SnapshotReads:
             f"FROM environments_trait t WHERE t.trait_key = {_quoted(key)}"
             f"{_between('t.identity_id', id_range)}"
         )
-        keys = pa.repeat(pa.scalar(key, pa.string()), len(table))
+        keys = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(len(table), dtype=np.int32)), pa.array([key], pa.string())
+        )
         return table.add_column(1, "trait_key", keys).cast(TRAIT_SCHEMA)
 
     def _table(self, query: str) -> pa.Table:

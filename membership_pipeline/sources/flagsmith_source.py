@@ -316,11 +316,14 @@ class FlagsmithSource:
         first_id: int,
         last_id: int,
         trait_keys: Collection[str] | None = None,
+        *,
+        parallel_reads: int | None = None,
     ) -> IdentityRange:
         """One shard's identities (``first_id <= id <= last_id``) and their traits (only of
-        ``trait_keys``, when given), in one snapshot."""
+        ``trait_keys``, when given), in one snapshot; on ``parallel_reads`` connections
+        (default: the source's)."""
         with self._snapshot() as conn:
-            return self._read_range(conn, info, (first_id, last_id), trait_keys)
+            return self._read_range(conn, info, (first_id, last_id), trait_keys, parallel_reads)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sa.Connection]:
@@ -336,6 +339,7 @@ class FlagsmithSource:
         info: EnvironmentInfo,
         id_range: IdRange,
         trait_keys: Collection[str] | None,
+        parallel_reads: int | None = None,
     ) -> IdentityRange:
         identity_columns = {
             c["name"] for c in sa.inspect(conn).get_columns("environments_identity")
@@ -344,7 +348,9 @@ class FlagsmithSource:
         if conn.dialect.name == "postgresql" and self.columnar:
             # Columns in bulk through ADBC's binary COPY, in this connection's snapshot.
             snapshot_id = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
-            ranges, own_span = self._read_ranges(conn, info, id_range)
+            ranges, own_span = self._read_ranges(
+                conn, info, id_range, parallel_reads or self.parallel_reads
+            )
             identities, traits = ArrowSnapshotReader(self.url).read_parts(
                 snapshot_id, info.id, ranges, with_system_traits, trait_keys, join=not own_span
             )
@@ -376,7 +382,7 @@ class FlagsmithSource:
         return read
 
     def _read_ranges(
-        self, conn: sa.Connection, info: EnvironmentInfo, id_range: IdRange
+        self, conn: sa.Connection, info: EnvironmentInfo, id_range: IdRange, parallel_reads: int
     ) -> tuple[list[tuple[int, int]], bool]:
         """The environment's id span (within ``id_range``) split into ``parallel_reads`` equal
         spans (ids of one environment are spread about evenly; one span when small), and
@@ -396,7 +402,7 @@ class FlagsmithSource:
             sa.text("SELECT count(*) FROM environments_identity WHERE id BETWEEN :low AND :high"),
             {"low": low, "high": high},
         ).scalar_one()
-        ranges = split_id_span(int(low), int(high), self.parallel_reads, _MIN_IDS_PER_READ)
+        ranges = split_id_span(int(low), int(high), parallel_reads, _MIN_IDS_PER_READ)
         return ranges, in_span <= self.own_span_share * count
 
     def _table(

@@ -158,8 +158,16 @@ def _strings(column: pa.ChunkedArray) -> pd.Series:
 
 
 def _categorical(column: pa.ChunkedArray) -> pd.Categorical:
-    encoded = pc.dictionary_encode(column.combine_chunks())
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    # One dictionary for every chunk (each key query brings its own), then the codes as is.
+    unified = column.unify_dictionaries()
+    if not unified.num_chunks:
+        return pd.Categorical([])
+    codes = np.concatenate(
+        [c.indices.fill_null(-1).to_numpy(zero_copy_only=False) for c in unified.chunks]
+    )
     return pd.Categorical.from_codes(
-        encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32),
-        categories=pd.Index(encoded.dictionary.to_pylist(), dtype=object),
+        codes.astype(np.int32, copy=False),
+        categories=pd.Index(unified.chunk(0).dictionary.to_pylist(), dtype=object),
     )
