@@ -15,7 +15,7 @@ from pyroaring import BitMap
 from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where
 from membership_pipeline.evaluation.environment_data import EnvironmentData
 from membership_pipeline.evaluation.md5_buckets import HashTexts
-from membership_pipeline.evaluation.percentage_split import hashed_percentages
+from membership_pipeline.evaluation.percentage_split import split_members
 from membership_pipeline.evaluation.predicates import PreparedCondition, decide
 from membership_pipeline.evaluation.properties import PropertyNotSupported, resolve_property
 from membership_pipeline.evaluation.segment_model import Condition, ConditionValue, Operator
@@ -122,16 +122,14 @@ class AtomEvaluator:
         key, threads = atom.split_segment_key, self.tuning.hash_threads
         per_thread = self.tuning.hash_messages_per_thread
         if codes is None:  # the identity key: one text per identity
-            return hashed_percentages(key, texts, rows, threads, per_thread) <= threshold
+            return split_members(key, texts, threshold, rows, threads, per_thread)
         if rows is None:  # every distinct value once, then broadcast
-            within = hashed_percentages(key, texts, None, threads, per_thread) <= threshold
+            within = split_members(key, texts, threshold, None, threads, per_thread)
             return np.append(within, False)[codes]
         picked = codes[rows]
         present = picked >= 0
         mask = np.zeros(count, dtype=bool)
-        mask[present] = (
-            hashed_percentages(key, texts, picked[present], threads, per_thread) <= threshold
-        )
+        mask[present] = split_members(key, texts, threshold, picked[present], threads, per_thread)
         return mask
 
     def _column(self, prop: str) -> ValueColumn:

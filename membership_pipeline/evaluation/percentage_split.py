@@ -30,6 +30,29 @@ def hashed_percentages(
     return percentages
 
 
+def split_members(
+    segment_key: str,
+    texts: HashTexts,
+    threshold: float,
+    rows: np.ndarray | None = None,
+    threads: int | None = None,
+    messages_per_thread: int = 20_000,
+) -> np.ndarray:
+    """``hashed_percentages(...) <= threshold``, deciding each of the 9,999 buckets once (in
+    the same float arithmetic) instead of every identity's percentage."""
+    buckets = md5_buckets(f"{segment_key},".encode(), texts, rows, threads, messages_per_thread)
+    within = threshold >= _BUCKET_PERCENTAGES
+    members = within[buckets]
+    for row in np.flatnonzero(buckets == BUCKETS - 1):  # flag-engine re-hashes exactly 100
+        text = texts.text(int(row if rows is None else rows[row]))
+        members[row] = _percentage_for_ids([segment_key, text], iterations=2) <= threshold
+    return members
+
+
+# Every bucket's percentage as flag-engine computes it: b / 9998 * 100 (the last is re-hashed).
+_BUCKET_PERCENTAGES = (np.arange(BUCKETS, dtype=np.float64) / 9998) * 100
+
+
 def _percentage_for_ids(object_ids: list[str], iterations: int) -> float:
     to_hash = ",".join(object_ids * iterations)
     value = int(hashlib.md5(to_hash.encode("utf-8")).hexdigest(), 16) % BUCKETS / 9998 * 100

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from membership_pipeline.evaluation import EvaluationTuning
 from membership_pipeline.evaluation.md5_buckets import HashTexts
-from membership_pipeline.evaluation.percentage_split import hashed_percentages
+from membership_pipeline.evaluation.percentage_split import hashed_percentages, split_members
 from membership_pipeline_tests.evaluation.membership_helpers import both_answers, condition, segment
 
 
@@ -101,3 +101,15 @@ def test_percentages_never_reach_100() -> None:
     texts = HashTexts.from_strings([str(i) for i in range(20_000)])
     percentages = hashed_percentages("1", texts)
     assert np.all((percentages >= 0) & (percentages < 100))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.01, 33.3333, 50.0, 99.99, 100.0])
+def test_split_members_decide_buckets_as_percentages_do(threshold: float) -> None:
+    """Deciding each bucket once equals comparing every identity's percentage, the re-hashed
+    bucket 9998 included."""
+    rare = next(f"id-{i}" for i in itertools.count() if _bucket(f"seg,id-{i}") == 9998)
+    texts = HashTexts.from_strings([rare, *(str(i) for i in range(30_000))])
+    rows = np.arange(0, 30_001, 7)
+    for picked in (None, rows):
+        expected = hashed_percentages("seg", texts, picked) <= threshold
+        assert (split_members("seg", texts, threshold, picked) == expected).all()
