@@ -197,7 +197,7 @@ def _report(
             f"best {best:.2f} s, median {median:.2f} s of {len(seconds)} "
             f"(best: prepare {timings['prepare_seconds']:.2f} s, "
             f"segments {timings['evaluate_seconds']:.2f} s)"
-            + check(median <= TARGET_SECONDS, f"≤ {TARGET_SECONDS:.0f} s"),
+            + check(median <= TARGET_SECONDS, f"≤ {TARGET_SECONDS:g} s"),
         ),
         (
             "peak RSS",

@@ -1,10 +1,13 @@
 """Benchmark: read one 1,000,000-identity environment from PostgreSQL and from SQLite.
 
     membership-benchmark-source [--identities N] [--backend sqlite|postgresql|both]
+                                [--unreferenced-traits 17]
 
 For each backend it writes a demo Flagsmith database holding one environment of N identities
-(about three traits each), then reads it in a fresh process: seconds, rows per second and the
-peak RSS of reading, and of reading plus evaluating its segments (the budget is 1.5 GB).
+(about three traits each, plus ``--unreferenced-traits`` of keys no segment reads), then reads
+it in a fresh process: seconds, rows per second and the peak RSS of reading, and the seconds of
+evaluating its segments and the peak RSS of both. Targets (PostgreSQL, 1M identities): read
+≤ 3 s, evaluate ≤ 2.5 s, peak RSS ≤ 1 GB.
 PostgreSQL: the server of ``MEMBERSHIP_BENCH_POSTGRES_URL`` (default the local one), in a schema
 made for the run and dropped after it.
 """
@@ -21,7 +24,9 @@ from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, pro
 from membership_pipeline.process_memory import peak_rss_mb, reset_peak_rss
 from membership_pipeline.sources.demo_dataset import write_demo_dataset
 
-TARGET_PEAK_RSS_MB = 1536
+TARGET_PEAK_RSS_MB = 1024
+TARGET_READ_SECONDS = 3.0  # PostgreSQL, 1M identities
+TARGET_EVALUATE_SECONDS = 2.5
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--identities", type=int, default=1_000_000)
     parser.add_argument("--segments", type=int, default=300)
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--unreferenced-traits",
+        type=int,
+        default=0,
+        help="more traits per identity of keys no segment reads (17: the wide shape)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("URL", "API_KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -49,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                 projects_per_organisation=1,
                 environments_per_project=1,
                 segments_per_project=args.segments,
+                unreferenced_traits=args.unreferenced_traits,
             )
             seeded = time.perf_counter() - started
             progress(f"{backend}: reading in a fresh process")
@@ -97,14 +109,25 @@ def _measure(url: str, api_key: str) -> dict[str, float]:
 
 def _report(backend: str, traits: int, seeded: float, m: dict[str, float]) -> None:
     rows = m["identities"] + m["traits"]
-    ok = "ok" if m["total_peak_mb"] <= TARGET_PEAK_RSS_MB else "MISSED"
+
+    def check(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    read_target = (
+        f"   target ≤ {TARGET_READ_SECONDS:g} s: {check(m['read_seconds'] <= TARGET_READ_SECONDS)}"
+        if backend == "postgresql"
+        else ""
+    )
     print(
         f"  {backend:<11} read {m['read_seconds']:.2f} s: {m['identities']:,.0f} identities + "
-        f"{m['traits']:,.0f} traits = {rows / m['read_seconds']:,.0f} rows/s, "
-        f"{m['segments']:.0f} segments; peak RSS reading {m['read_peak_mb']:,.0f} MB\n"
-        f"  {'':<11} read + evaluate ({m['evaluate_seconds']:.2f} s, "
-        f"{m['failed_segments']:.0f} failed segments): peak RSS {m['total_peak_mb']:,.0f} MB"
-        f"   target ≤ {TARGET_PEAK_RSS_MB} MB: {ok}   (seeding took {seeded:.0f} s)"
+        f"{m['traits']:,.0f} traits read of {traits:,} = {rows / m['read_seconds']:,.0f} rows/s, "
+        f"{m['segments']:.0f} segments{read_target}; peak RSS reading "
+        f"{m['read_peak_mb']:,.0f} MB\n"
+        f"  {'':<11} evaluate {m['evaluate_seconds']:.2f} s ({m['failed_segments']:.0f} failed "
+        f"segments)   target ≤ {TARGET_EVALUATE_SECONDS:g} s: "
+        f"{check(m['evaluate_seconds'] <= TARGET_EVALUATE_SECONDS)}; read + evaluate: peak RSS "
+        f"{m['total_peak_mb']:,.0f} MB   target ≤ {TARGET_PEAK_RSS_MB} MB: "
+        f"{check(m['total_peak_mb'] <= TARGET_PEAK_RSS_MB)}   (seeding took {seeded:.0f} s)"
     )
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -103,7 +104,9 @@ class ArrowSnapshotReader:
         identities = pa.concat_tables(tables[: len(id_ranges)])
         traits = pa.concat_tables(tables[len(id_ranges) :])
         if not join:
-            traits = traits.filter(_owned_by(identities["id"], traits["identity_id"]))
+            owned = _owned_by(identities["id"], traits["identity_id"])
+            if not pc.all(owned).as_py():  # a filter copies every column
+                traits = traits.filter(owned)
         return identities, traits
 
     def _run(

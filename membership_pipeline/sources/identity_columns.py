@@ -50,7 +50,8 @@ def identity_range(
     ``traits`` in :data:`TRAIT_SCHEMA`."""
     readable = _readable(traits)
     unreadable = len(traits) - int(pc.sum(readable).as_py() or 0)
-    traits = traits.filter(readable)
+    if unreadable:  # a filter copies every column: only when it drops something
+        traits = traits.filter(readable)
     overriding = _system_traits(identities, trait_keys)
     overridden = 0
     if len(overriding):
