@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from membership_pipeline.evaluation.environment_data import TRAIT_COLUMNS, VALUE_COLUMN_BY_TYPE
+from membership_pipeline.evaluation.trait_frames import traits_frame_from_rows
 from membership_pipeline.sources.arrow_reader import TRAIT_SCHEMA
 
 _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
@@ -75,33 +76,25 @@ def _readable(traits: pa.Table) -> pa.ChunkedArray:
 
 
 def _system_traits(identities: pa.Table, trait_keys: Collection[str] | None) -> pa.Table:
-    """System traits as trait rows (typed the way Flagsmith types a value set through its API)."""
+    """System traits as trait rows, typed as Flagsmith types a value set through its API."""
     if "system_traits" not in identities.column_names:
         return TRAIT_SCHEMA.empty_table()
     present = identities.filter(pc.is_valid(identities["system_traits"]))
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, str, Any]] = []
     for identity_id, raw in zip(
         present["id"].to_pylist(), present["system_traits"].to_pylist(), strict=True
     ):
         values = json.loads(raw) if isinstance(raw, str) else raw
-        if not isinstance(values, dict):
-            continue
-        for key, value in values.items():
-            if value is not None and (trait_keys is None or str(key) in trait_keys):
-                rows.append(_trait_row(identity_id, str(key), value))
-    return pa.Table.from_pylist(rows, schema=TRAIT_SCHEMA)
-
-
-def _trait_row(identity_id: int, key: str, value: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"identity_id": identity_id, "trait_key": key}
-    # bool before int: True is an int in Python, but a "bool" trait in Flagsmith.
-    if isinstance(value, bool):
-        return {**row, "value_type": "bool", "boolean_value": value}
-    if isinstance(value, int):
-        return {**row, "value_type": "int", "integer_value": value}
-    if isinstance(value, float):
-        return {**row, "value_type": "float", "float_value": value}
-    return {**row, "value_type": "unicode", "string_value": str(value)}
+        if isinstance(values, dict):
+            rows.extend(
+                (identity_id, str(key), value)
+                for key, value in values.items()
+                if value is not None and (trait_keys is None or str(key) in trait_keys)
+            )
+    if not rows:
+        return TRAIT_SCHEMA.empty_table()
+    frame = traits_frame_from_rows(rows)
+    return pa.Table.from_pandas(frame, preserve_index=False).cast(TRAIT_SCHEMA)
 
 
 def _not_overridden(traits: pa.Table, overriding: pa.Table) -> np.ndarray:
