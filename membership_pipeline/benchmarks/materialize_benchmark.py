@@ -23,9 +23,12 @@ import tempfile
 from pathlib import Path
 
 from membership_pipeline.benchmarks.dagster_runs import analyze, materialize
-from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
+from membership_pipeline.benchmarks.scratch_database import (
+    ScratchDatabase,
+    progress,
+    seed_one_environment,
+)
 from membership_pipeline.sharding.shard_plan import DEFAULT_SHARD_IDENTITIES
-from membership_pipeline.sources.demo_dataset import write_demo_dataset
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import migrate
 
@@ -64,15 +67,7 @@ def _seed(url: str, args: argparse.Namespace, shape: str) -> str:
         f"{shape}: seeding {args.identities:,} identities × {args.segments} segments "
         f"({SHAPES[shape]} unreferenced traits per identity)"
     )
-    write_demo_dataset(
-        url,
-        identities=args.identities,
-        organisations=1,
-        projects_per_organisation=1,
-        environments_per_project=1,
-        segments_per_project=args.segments,
-        unreferenced_traits=SHAPES[shape],
-    )
+    seed_one_environment(url, args.identities, args.segments, SHAPES[shape])
     analyze(url)
     return url
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
+
 POSTGRES_URL = os.environ.get(
     "MEMBERSHIP_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
@@ -46,3 +48,18 @@ class ScratchDatabase:
 
 def progress(message: str) -> None:
     print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+def seed_one_environment(
+    url: str, identities: int, segments: int, unreferenced_traits: int = 0
+) -> DemoDataset:
+    """A demo Flagsmith database holding one environment (one organisation, one project)."""
+    return write_demo_dataset(
+        url,
+        identities=identities,
+        organisations=1,
+        projects_per_organisation=1,
+        environments_per_project=1,
+        segments_per_project=segments,
+        unreferenced_traits=unreferenced_traits,
+    )

@@ -29,8 +29,11 @@ import sqlalchemy as sa
 
 from membership_pipeline.benchmarks.dagster_runs import analyze as _analyze
 from membership_pipeline.benchmarks.dagster_runs import materialize as _backfill
-from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
-from membership_pipeline.sources.demo_dataset import write_demo_dataset
+from membership_pipeline.benchmarks.scratch_database import (
+    ScratchDatabase,
+    progress,
+    seed_one_environment,
+)
 from membership_pipeline.storage import migrate
 
 TARGET_RATIO = 0.6
@@ -55,14 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         migrate(store_url)
         base = min(BASE_IDENTITIES, args.compare_identities, args.identities)
         progress(f"seeding one environment of {base:,} identities, {args.segments} segments")
-        written = write_demo_dataset(
-            source_url,
-            identities=base,
-            organisations=1,
-            projects_per_organisation=1,
-            environments_per_project=1,
-            segments_per_project=args.segments,
-        )
+        written = seed_one_environment(source_url, base, args.segments)
         env_key = written.environments[0]["api_key"]
         _analyze(source_url)  # planner statistics first: no run pays for a fresh table
         size = base

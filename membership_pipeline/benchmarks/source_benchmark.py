@@ -20,9 +20,12 @@ import subprocess
 import sys
 import time
 
-from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
+from membership_pipeline.benchmarks.scratch_database import (
+    ScratchDatabase,
+    progress,
+    seed_one_environment,
+)
 from membership_pipeline.process_memory import peak_rss_mb, reset_peak_rss
-from membership_pipeline.sources.demo_dataset import write_demo_dataset
 
 TARGET_PEAK_RSS_MB = 1024
 TARGET_READ_SECONDS = 3.0  # PostgreSQL, 1M identities
@@ -53,14 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         with ScratchDatabase(backend) as url:
             progress(f"{backend}: writing the demo database")
             started = time.perf_counter()
-            written = write_demo_dataset(
-                url,
-                identities=args.identities,
-                organisations=1,
-                projects_per_organisation=1,
-                environments_per_project=1,
-                segments_per_project=args.segments,
-                unreferenced_traits=args.unreferenced_traits,
+            written = seed_one_environment(
+                url, args.identities, args.segments, args.unreferenced_traits
             )
             seeded = time.perf_counter() - started
             progress(f"{backend}: reading in a fresh process")

@@ -26,9 +26,12 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
+from membership_pipeline.benchmarks.scratch_database import (
+    ScratchDatabase,
+    progress,
+    seed_one_environment,
+)
 from membership_pipeline.evaluation import MembershipResult, evaluate_environment
-from membership_pipeline.sources.demo_dataset import write_demo_dataset
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.sources.synthetic import synthetic_environment
 from membership_pipeline.storage import (
@@ -66,14 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with ScratchDatabase("postgresql") as flagsmith_url:
         progress(f"seeding a Flagsmith database: {args.identities:,} identities")
-        seeded = write_demo_dataset(
-            flagsmith_url,
-            identities=args.identities,
-            organisations=1,
-            projects_per_organisation=1,
-            environments_per_project=1,
-            segments_per_project=args.segments,
-        )
+        seeded = seed_one_environment(flagsmith_url, args.identities, args.segments)
         api_key = seeded.environments[0]["api_key"]
         progress("reading and evaluating it")
         large, probe = _evaluate_from_source(flagsmith_url, api_key)

@@ -7,10 +7,14 @@ value of exactly 100 is re-hashed with the ids repeated (``iterations + 1``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 
 from membership_pipeline.evaluation.md5_buckets import BUCKETS, HashTexts, md5_buckets
+
+# Every bucket's percentage as flag-engine computes it: b / 9998 * 100 (the last is re-hashed).
+_BUCKET_PERCENTAGES = (np.arange(BUCKETS, dtype=np.float64) / 9998) * 100
 
 
 def hashed_percentages(
@@ -23,10 +27,9 @@ def hashed_percentages(
     """Percentage in [0, 100) for ``[segment_key, text]`` of every text (or of ``texts[rows]``),
     as flag-engine hashes it."""
     buckets = md5_buckets(f"{segment_key},".encode(), texts, rows, threads, messages_per_thread)
-    percentages = (buckets.astype(np.float64) / 9998) * 100
-    for row in np.flatnonzero(buckets == BUCKETS - 1):
-        text = texts.text(int(row if rows is None else rows[row]))
-        percentages[row] = _percentage_for_ids([segment_key, text], iterations=2)
+    percentages = _BUCKET_PERCENTAGES[buckets]
+    for position, percentage in _rehashed(segment_key, texts, rows, buckets):
+        percentages[position] = percentage
     return percentages
 
 
@@ -41,16 +44,19 @@ def split_members(
     """``hashed_percentages(...) <= threshold``, deciding each of the 9,999 buckets once (in
     the same float arithmetic) instead of every identity's percentage."""
     buckets = md5_buckets(f"{segment_key},".encode(), texts, rows, threads, messages_per_thread)
-    within = threshold >= _BUCKET_PERCENTAGES
-    members = within[buckets]
-    for row in np.flatnonzero(buckets == BUCKETS - 1):  # flag-engine re-hashes exactly 100
-        text = texts.text(int(row if rows is None else rows[row]))
-        members[row] = _percentage_for_ids([segment_key, text], iterations=2) <= threshold
+    members = (threshold >= _BUCKET_PERCENTAGES)[buckets]
+    for position, percentage in _rehashed(segment_key, texts, rows, buckets):
+        members[position] = percentage <= threshold
     return members
 
 
-# Every bucket's percentage as flag-engine computes it: b / 9998 * 100 (the last is re-hashed).
-_BUCKET_PERCENTAGES = (np.arange(BUCKETS, dtype=np.float64) / 9998) * 100
+def _rehashed(
+    segment_key: str, texts: HashTexts, rows: np.ndarray | None, buckets: np.ndarray
+) -> Iterator[tuple[int, float]]:
+    """The positions whose bucket is 9998 (exactly 100), with flag-engine's re-hashed value."""
+    for position in np.flatnonzero(buckets == BUCKETS - 1):
+        text = texts.text(int(position if rows is None else rows[position]))
+        yield int(position), _percentage_for_ids([segment_key, text], iterations=2)
 
 
 def _percentage_for_ids(object_ids: list[str], iterations: int) -> float:
