@@ -14,6 +14,15 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the numba kernels once, before any test (about 15 s on a fresh clone): the
+    subprocess tests (the Dagster CLI, the webserver, Celery workers) then load them from the
+    on-disk cache, and no timed wait of a test includes a compile."""
+    from membership_pipeline.evaluation.kernels import warm
+
+    warm()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--differential-examples",

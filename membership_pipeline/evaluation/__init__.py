@@ -1,10 +1,13 @@
-"""Segment evaluation: Flagsmith segment rules → Roaring bitmaps, vectorised over columns."""
+"""Segment evaluation: Flagsmith segment rules → Roaring bitmaps, vectorised over columns.
 
-from membership_pipeline.evaluation.engine import (
-    MembershipResult,
-    evaluate_environment,
-    referenced_trait_keys,
-)
+The engine (and its compiled kernels, which import numba) loads on first use of
+``evaluate_environment`` or ``MembershipResult``: code that only describes what to read
+(``referenced_trait_keys``, the frames' columns) stays light to import, e.g. a Dagster code
+location loaded by the command line.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from membership_pipeline.evaluation.environment_data import TRAIT_COLUMNS
 from membership_pipeline.evaluation.errors import (
     DuplicateSegmentKey,
@@ -17,7 +20,22 @@ from membership_pipeline.evaluation.errors import (
     UnsupportedProperty,
 )
 from membership_pipeline.evaluation.trait_frames import traits_frame
+from membership_pipeline.evaluation.trait_keys import referenced_trait_keys
 from membership_pipeline.evaluation.tuning import EvaluationTuning
+
+if TYPE_CHECKING:
+    from membership_pipeline.evaluation.engine import MembershipResult, evaluate_environment
+
+_FROM_ENGINE = ("MembershipResult", "evaluate_environment")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_ENGINE:
+        from membership_pipeline.evaluation import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "TRAIT_COLUMNS",

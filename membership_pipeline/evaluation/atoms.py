@@ -14,7 +14,7 @@ from pyroaring import BitMap
 
 from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where
 from membership_pipeline.evaluation.environment_data import EnvironmentData
-from membership_pipeline.evaluation.md5_buckets import HashTexts
+from membership_pipeline.evaluation.hash_texts import HashTexts
 from membership_pipeline.evaluation.percentage_split import split_members
 from membership_pipeline.evaluation.predicates import PreparedCondition, decide
 from membership_pipeline.evaluation.properties import PropertyNotSupported, resolve_property

@@ -19,13 +19,10 @@ from membership_pipeline.evaluation.errors import (
     SegmentDefinitionError,
     UnsupportedProperty,
 )
-from membership_pipeline.evaluation.properties import (
-    PropertyNotSupported,
-    context_path,
-    trait_keys_read_by,
-)
+from membership_pipeline.evaluation.properties import PropertyNotSupported, context_path
 from membership_pipeline.evaluation.rule_composition import SegmentComposer
 from membership_pipeline.evaluation.segment_model import Condition, Segment, parse_segment
+from membership_pipeline.evaluation.trait_keys import conditions_of, trait_keys_of
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
 from membership_pipeline.structured_logging import get_logger
 
@@ -72,7 +69,7 @@ def evaluate_environment(
     started = time.perf_counter()
     ref = EnvironmentRef.from_mapping(environment)
     parsed, failures = _parse_all(segments)
-    data = EnvironmentData(ref, identities, traits, _trait_keys_of(parsed))
+    data = EnvironmentData(ref, identities, traits, trait_keys_of(parsed))
     prepared = time.perf_counter()
 
     atoms = AtomEvaluator(data, tuning)
@@ -133,22 +130,6 @@ def evaluate_environment(
     )
 
 
-def referenced_trait_keys(segments: Iterable[Mapping[str, Any]]) -> frozenset[str]:
-    """Every trait key the segments' conditions can read. Traits of other keys cannot change
-    any membership, so a source need not read them (a segment that fails to parse reads none)."""
-    return _trait_keys_of(_parse_all(segments)[0])
-
-
-def _trait_keys_of(parsed: Iterable[Segment]) -> frozenset[str]:
-    return frozenset(
-        key
-        for segment in parsed
-        for condition, _ in _atoms_of(segment)
-        if condition.property
-        for key in trait_keys_read_by(condition.property)
-    )
-
-
 def _parse_all(
     raw_segments: Iterable[Mapping[str, Any]],
 ) -> tuple[list[Segment], dict[str, SegmentDefinitionError]]:
@@ -173,11 +154,7 @@ def _parse_all(
 
 
 def _atoms_of(segment: Segment) -> Iterable[tuple[Condition, Atom]]:
-    stack = list(segment.rules)
-    while stack:
-        rule = stack.pop()
-        stack.extend(rule.rules)
-        yield from ((condition, Atom.of(condition, segment.key)) for condition in rule.conditions)
+    return ((condition, Atom.of(condition, segment.key)) for condition in conditions_of(segment))
 
 
 def _check_properties(segment: Segment) -> None:

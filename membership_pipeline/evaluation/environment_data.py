@@ -31,7 +31,7 @@ from membership_pipeline.evaluation.context_values import (
     coerce_string_array,
 )
 from membership_pipeline.evaluation.errors import InvalidEnvironmentInput
-from membership_pipeline.evaluation.md5_buckets import HashTexts
+from membership_pipeline.evaluation.hash_texts import HashTexts
 from membership_pipeline.evaluation.value_column import ValueColumn
 
 TRAIT_COLUMNS = (

@@ -16,49 +16,17 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numba
 import numpy as np
-import pyarrow as pa
+
+from membership_pipeline.evaluation.hash_texts import HashTexts
 
 BUCKETS = 9999
 
 # Messages hashed side by side: a batch's state and message words stay in the L1/L2 caches.
 LANES = 512
-
-
-@dataclass(frozen=True)
-class HashTexts:
-    """UTF-8 texts as one byte buffer: text ``i`` is ``data[offsets[i]:offsets[i + 1]]``."""
-
-    data: np.ndarray
-    offsets: np.ndarray
-
-    @classmethod
-    def from_strings(cls, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> HashTexts:
-        array = texts if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(texts)
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks()
-        array = array.cast(pa.large_string())
-        if array.null_count:
-            raise ValueError("hash texts cannot be null")
-        _, offsets, data = array.buffers()
-        offsets_view = np.frombuffer(offsets, dtype=np.int64)[
-            array.offset : array.offset + len(array) + 1
-        ]
-        data_view = (
-            np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-        )
-        return cls(data=data_view, offsets=offsets_view)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def text(self, row: int) -> str:
-        return bytes(self.data[self.offsets[row] : self.offsets[row + 1]]).decode("utf-8")
 
 
 def md5_buckets(

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from membership_pipeline.evaluation.md5_buckets import BUCKETS, HashTexts, md5_buckets
+from membership_pipeline.evaluation.hash_texts import HashTexts
+from membership_pipeline.evaluation.md5_buckets import BUCKETS, md5_buckets
 
 # Every bucket's percentage as flag-engine computes it: b / 9998 * 100 (the last is re-hashed).
 _BUCKET_PERCENTAGES = (np.arange(BUCKETS, dtype=np.float64) / 9998) * 100

@@ -8,13 +8,9 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from membership_pipeline.evaluation import (
-    MembershipResult,
-    evaluate_environment,
-    referenced_trait_keys,
-)
+from membership_pipeline.evaluation import referenced_trait_keys
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
 from membership_pipeline.process_memory import peak_rss_mb
@@ -28,6 +24,9 @@ from membership_pipeline.storage import (
     stage_membership_result,
 )
 from membership_pipeline.structured_logging import get_logger
+
+if TYPE_CHECKING:
+    from membership_pipeline.evaluation import MembershipResult
 
 log = get_logger("backfill")
 MISMATCHES_KEPT = 20  # per shard, in its report
@@ -83,6 +82,9 @@ def compute_shard(
 ) -> ShardOutcome:
     """Read the shard's id range, evaluate the plan's segments on it, and audit its share of the
     sample against flag-engine."""
+    # The engine (numba kernels) loads here, in the step's process, not with the definitions.
+    from membership_pipeline.evaluation import engine
+
     info = EnvironmentInfo(**plan.environment)
     context = {"key": info.api_key, "name": info.name}
     seconds: dict[str, float] = {}
@@ -94,7 +96,9 @@ def compute_shard(
     )
     seconds["read"] = time.perf_counter() - started
     started = time.perf_counter()
-    result = evaluate_environment(context, read.identities, read.traits, plan.segments, tuning)
+    result = engine.evaluate_environment(
+        context, read.identities, read.traits, plan.segments, tuning
+    )
     seconds["evaluate"] = time.perf_counter() - started
     started = time.perf_counter()
     audit = audit_against_flag_engine(

@@ -13,8 +13,8 @@ import functools
 import queue
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -140,6 +140,9 @@ class ArrowSnapshotReader:
 
     @contextlib.contextmanager
     def joined(self, snapshot_id: str) -> Iterator[SnapshotReads]:
+        # The driver loads with the first read, not with every import of the source.
+        import adbc_driver_postgresql.dbapi as adbc
+
         with contextlib.closing(adbc.connect(self.uri, autocommit=True)) as conn:
             cursor = conn.cursor()
             try:
@@ -156,7 +159,7 @@ class ArrowSnapshotReader:
 
 
 class SnapshotReads:
-    def __init__(self, cursor: adbc.Cursor) -> None:
+    def __init__(self, cursor: Any) -> None:  # an ADBC DB-API cursor
         self.cursor = cursor
 
     def identities(self, environment_id: int, id_range: IdRange, system_traits: bool) -> pa.Table:

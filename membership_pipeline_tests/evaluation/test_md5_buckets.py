@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from membership_pipeline.evaluation.md5_buckets import HashTexts, md5_buckets
+from membership_pipeline.evaluation.hash_texts import HashTexts
+from membership_pipeline.evaluation.md5_buckets import md5_buckets
 
 
 def _bucket(data: bytes) -> int:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from membership_pipeline.evaluation import EvaluationTuning
-from membership_pipeline.evaluation.md5_buckets import HashTexts
+from membership_pipeline.evaluation.hash_texts import HashTexts
 from membership_pipeline.evaluation.percentage_split import hashed_percentages, split_members
 from membership_pipeline_tests.evaluation.membership_helpers import both_answers, condition, segment
 

@@ -22,7 +22,14 @@ import os
 import dagster as dg
 
 EXECUTOR_VARIABLE = "MEMBERSHIP_EXECUTOR"
-PRELOADED = ["membership_pipeline.definitions"]
+# The definitions, and what only the steps use (the engine and its compiled kernels, the ADBC
+# driver): the command line and the code location do not import those, the forkserver does,
+# once, for every step it forks.
+PRELOADED = [
+    "membership_pipeline.definitions",
+    "membership_pipeline.evaluation.engine",
+    "adbc_driver_postgresql.dbapi",
+]
 DEFAULT_BROKER = "pyamqp://guest@127.0.0.1:5672//"
 DEFAULT_STEP_MEMORY = "2Gi"
 

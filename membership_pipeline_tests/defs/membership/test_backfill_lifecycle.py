@@ -20,6 +20,7 @@ from membership_pipeline.defs.membership.assets import (
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import FlagsmithSourceResource
+from membership_pipeline.evaluation import engine
 from membership_pipeline.sharding import shard_backfill
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import BackfillStatus, Claim, MembershipStore
@@ -143,7 +144,7 @@ def test_a_failed_backfill_keeps_the_published_version(instance, resources, stor
 def test_an_audit_disagreement_fails_without_publishing(
     instance, resources, store, env_key, monkeypatch
 ):
-    evaluate = shard_backfill.evaluate_environment
+    evaluate = engine.evaluate_environment
 
     def buggy_engine(*args: Any, **kwargs: Any) -> Any:
         result = evaluate(*args, **kwargs)
@@ -151,7 +152,7 @@ def test_an_audit_disagreement_fails_without_publishing(
             members.clear()  # an engine bug: every segment empty
         return result
 
-    monkeypatch.setattr(shard_backfill, "evaluate_environment", buggy_engine)
+    monkeypatch.setattr(engine, "evaluate_environment", buggy_engine)
     result = run(instance, resources, env_key)
     assert not result.success
     [check] = result.get_asset_check_evaluations()
