@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,14 @@ POSTGRES_URL = os.environ.get(
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Compile the numba kernels once, before any test (about 15 s on a fresh clone): the
     subprocess tests (the Dagster CLI, the webserver, Celery workers) then load them from the
-    on-disk cache, and no timed wait of a test includes a compile."""
+    on-disk cache, and no timed wait of a test includes a compile.
+
+    A suite started in the background by a shell inherits SIGINT ignored; Dagster maps SIGTERM
+    to SIGINT's handler when it runs in the main thread, so SIGTERM would become ignored too and
+    the `tail` processes of its compute-log capture could never be stopped (a hang). Restore
+    Python's own SIGINT handler first."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     from membership_pipeline.evaluation.kernels import warm
 
     warm()
