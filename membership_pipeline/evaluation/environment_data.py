@@ -135,6 +135,10 @@ class EnvironmentData:
 
     @cached_property
     def identity_key_texts(self) -> HashTexts:
+        if self._explicit_keys is None:  # every key is composite: hash the shared part once
+            return HashTexts.from_strings(
+                _arrow_strings(self._identifiers), shared_prefix=f"{self.environment.key}_"
+            )
         return HashTexts.from_strings(self.identity_key_strings)
 
     @cached_property

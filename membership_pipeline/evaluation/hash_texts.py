@@ -13,13 +13,20 @@ import pyarrow as pa
 
 @dataclass(frozen=True)
 class HashTexts:
-    """UTF-8 texts as one byte buffer: text ``i`` is ``data[offsets[i]:offsets[i + 1]]``."""
+    """UTF-8 texts as one byte buffer: text ``i`` is ``shared_prefix`` followed by
+    ``data[offsets[i]:offsets[i + 1]]``. A prefix every text shares (an environment's composite
+    keys all start with ``"{environment key}_"``) is kept once, so the kernel copies only what
+    differs from text to text."""
 
     data: np.ndarray
     offsets: np.ndarray
+    shared_prefix: bytes = b""
 
     @classmethod
-    def from_strings(cls, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> HashTexts:
+    def from_strings(
+        cls, texts: Sequence[str] | pa.Array | pa.ChunkedArray, shared_prefix: str = ""
+    ) -> HashTexts:
+        """``texts``, each read behind ``shared_prefix``."""
         array = texts if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(texts)
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks()
@@ -33,10 +40,11 @@ class HashTexts:
         data_view = (
             np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
         )
-        return cls(data=data_view, offsets=offsets_view)
+        return cls(data=data_view, offsets=offsets_view, shared_prefix=shared_prefix.encode())
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def text(self, row: int) -> str:
-        return bytes(self.data[self.offsets[row] : self.offsets[row + 1]]).decode("utf-8")
+        own = bytes(self.data[self.offsets[row] : self.offsets[row + 1]])
+        return (self.shared_prefix + own).decode("utf-8")

@@ -44,7 +44,7 @@ def md5_buckets(
         np.arange(len(texts), dtype=np.int64) if rows is None else rows, dtype=np.int64
     )
     out = np.empty(len(selected), dtype=np.int32)
-    raw_prefix = np.frombuffer(prefix, dtype=np.uint8)
+    raw_prefix = np.frombuffer(prefix + texts.shared_prefix, dtype=np.uint8)
     # The kernel releases the GIL, so plain threads run it on every core; numba's own parallel
     # layer is avoided because its default (workqueue) aborts when two threads enter it at once.
     parts = min(threads or os.cpu_count() or 1, max(len(selected) // messages_per_thread, 1))

@@ -63,3 +63,14 @@ def test_arrow_strings_with_an_offset_are_read_in_place() -> None:
 def test_null_texts_are_refused() -> None:
     with pytest.raises(ValueError, match="cannot be null"):
         HashTexts.from_strings(pa.array(["a", None]))
+
+
+@pytest.mark.parametrize("shared", ["", "env_1_1_abcdef_", "é" * 30, "x" * 70])
+def test_a_shared_prefix_hashes_as_part_of_every_text(shared: str) -> None:
+    """Texts kept behind one shared prefix hash exactly as the whole texts (any block split)."""
+    own = ["user-1", "", "日本", "y" * 60]
+    split = HashTexts.from_strings(own, shared_prefix=shared)
+    whole = HashTexts.from_strings([shared + text for text in own])
+    for rows in (None, np.array([3, 0])):
+        assert (md5_buckets(b"7,", split, rows) == md5_buckets(b"7,", whole, rows)).all()
+    assert [split.text(i) for i in range(len(own))] == [shared + text for text in own]
