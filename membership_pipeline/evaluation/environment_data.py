@@ -122,11 +122,15 @@ class EnvironmentData:
         return table
 
     @cached_property
+    def _identifier_strings(self) -> pa.Array:
+        return _arrow_strings(self._identifiers)
+
+    @cached_property
     def identity_key_strings(self) -> pa.Array:
         """Raw percentage-split keys, as flag-engine enriches them: the given key, or where it
         is missing or empty, ``"{environment key}_{identifier}"``."""
         composite = pc.binary_join_element_wise(
-            f"{self.environment.key}_", _arrow_strings(self._identifiers), ""
+            f"{self.environment.key}_", self._identifier_strings, ""
         )
         if self._explicit_keys is None:
             return composite
@@ -137,7 +141,7 @@ class EnvironmentData:
     def identity_key_texts(self) -> HashTexts:
         if self._explicit_keys is None:  # every key is composite: hash the shared part once
             return HashTexts.from_strings(
-                _arrow_strings(self._identifiers), shared_prefix=f"{self.environment.key}_"
+                self._identifier_strings, shared_prefix=f"{self.environment.key}_"
             )
         return HashTexts.from_strings(self.identity_key_strings)
 
@@ -151,7 +155,7 @@ class EnvironmentData:
     def identifier_column(self) -> ValueColumn:
         return ValueColumn(
             np.arange(self.size, dtype=np.int32),
-            coerce_string_array(_arrow_strings(self._identifiers)),
+            coerce_string_array(self._identifier_strings),
         )
 
     def environment_constant(self, field: str) -> ValueColumn:

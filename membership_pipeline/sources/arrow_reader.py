@@ -26,9 +26,14 @@ IdRange = tuple[int, int] | None
 # The identity / trait hash join of a large environment fits in memory instead of spilling.
 _WORK_MEM = "256MB"
 
-IDENTITY_SCHEMA = pa.schema(
-    [("id", pa.int64()), ("identifier", pa.string()), ("system_traits", pa.string())]
-)
+_IDENTITY_FIELDS = [("id", pa.int64()), ("identifier", pa.string())]
+_SYSTEM_TRAITS_FIELD = ("system_traits", pa.string())  # JSON text; a column not every schema has
+
+
+def identity_schema(system_traits: bool) -> pa.Schema:
+    return pa.schema([*_IDENTITY_FIELDS, *([_SYSTEM_TRAITS_FIELD] if system_traits else [])])
+
+
 TRAIT_SCHEMA = pa.schema(
     [
         ("identity_id", pa.int64()),
@@ -136,7 +141,10 @@ class ArrowSnapshotReader:
             with ThreadPoolExecutor(connections, thread_name_prefix="read") as pool:
                 for done in [pool.submit(work) for _ in range(connections)]:
                     done.result()
-        return [table for table in results if table is not None]
+        missing = [index for index, table in enumerate(results) if table is None]
+        if missing:  # a worker stopped early: never return tables out of their places
+            raise RuntimeError(f"read queries {missing} did not run")
+        return results  # type: ignore[return-value]
 
     @contextlib.contextmanager
     def joined(self, snapshot_id: str) -> Iterator[SnapshotReads]:
@@ -169,7 +177,7 @@ class SnapshotReads:
             f"SELECT id::int8 AS id, identifier{extra} FROM environments_identity "
             f"WHERE environment_id = {int(environment_id)}{_between('id', id_range)} ORDER BY id"
         )
-        return table.cast(IDENTITY_SCHEMA if system_traits else IDENTITY_SCHEMA.remove(2))
+        return table.cast(identity_schema(system_traits))
 
     def traits(
         self,

@@ -38,10 +38,10 @@ import sqlalchemy as sa
 
 from membership_pipeline.evaluation import referenced_trait_keys
 from membership_pipeline.sources.arrow_reader import (
-    IDENTITY_SCHEMA,
     TRAIT_SCHEMA,
     ArrowSnapshotReader,
     IdRange,
+    identity_schema,
     split_id_span,
 )
 from membership_pipeline.sources.identity_columns import IdentityRange, identity_range
@@ -433,7 +433,7 @@ class FlagsmithSource:
             f"SELECT id, identifier{extra} FROM environments_identity "
             f"WHERE environment_id = :environment_id{in_range} ORDER BY id"
         )
-        schema = IDENTITY_SCHEMA if with_system_traits else IDENTITY_SCHEMA.remove(2)
+        schema = identity_schema(with_system_traits)
         return self._table(conn, query, schema, environment_id=info.id, **bounds)
 
     def _traits(
