@@ -10,6 +10,12 @@ Dagster executor runs the steps).
 from __future__ import annotations
 
 import os
+import sys
+
+from membership_pipeline.defs.membership.step_server import start_step_server_early
+
+# First, before Dagster and the project load: the steps' server imports them on another core.
+start_step_server_early(sys.argv)
 
 import dagster as dg
 

@@ -5,7 +5,7 @@ steps share, so any of them can run any step.
 - ``multiprocess`` (default): the shards of a run in parallel on this machine, each step in a
   process forked from a server that has already imported the project (``forkserver`` with
   ``preload_modules``), so a step starts in well under a second instead of re-importing pandas,
-  SQLAlchemy and Dagster;
+  SQLAlchemy and Dagster; the server starts with the command (``step_server``);
 - ``in_process``: every step in the run's own process (debugging, tiny environments);
 - ``celery``: steps go to Celery workers through a broker (``MEMBERSHIP_CELERY_BROKER``, default
   RabbitMQ on localhost; results over ``MEMBERSHIP_CELERY_BACKEND``, default ``rpc://``); start
@@ -21,15 +21,8 @@ import os
 
 import dagster as dg
 
-EXECUTOR_VARIABLE = "MEMBERSHIP_EXECUTOR"
-# The definitions, and what only the steps use (the engine and its compiled kernels, the ADBC
-# driver): the command line and the code location do not import those, the forkserver does,
-# once, for every step it forks.
-PRELOADED = [
-    "membership_pipeline.definitions",
-    "membership_pipeline.evaluation.engine",
-    "adbc_driver_postgresql.dbapi",
-]
+from membership_pipeline.defs.membership.step_server import EXECUTOR_VARIABLE, PRELOADED
+
 DEFAULT_BROKER = "pyamqp://guest@127.0.0.1:5672//"
 DEFAULT_STEP_MEMORY = "2Gi"
 
