@@ -327,6 +327,12 @@ def test_postgres_columnar_paths_read_the_same_rows(postgres_url: str, parallel_
             .where(tables.identities.c.id == low + 3)
             .values(environment_id=written.environments[1]["id"], identifier="moved-away")
         )
+        # A row written again lands after rows of larger ids: the heap is out of id order.
+        conn.execute(
+            sa.update(tables.identities)
+            .where(tables.identities.c.id == low + 1)
+            .values(identifier="renamed")
+        )
     writer.dispose()
     generic = FlagsmithSource(postgres_url, columnar=False)
     info = generic.environment(first["api_key"])

@@ -21,12 +21,13 @@ import os
 from collections.abc import Sequence
 
 EXECUTOR_VARIABLE = "MEMBERSHIP_EXECUTOR"
-# The definitions, and what only the steps use (the engine and its compiled kernels, the ADBC
-# driver): the command line and the code location do not import those, the forkserver does,
-# once, for every step it forks.
+# The definitions, and what only the steps use (the engine, its compiled kernels loaded, the
+# ADBC driver): the command line and the code location do not import those, the forkserver
+# does, once, for every step it forks.
 PRELOADED = [
     "membership_pipeline.definitions",
     "membership_pipeline.evaluation.engine",
+    "membership_pipeline.evaluation.loaded_kernels",
     "adbc_driver_postgresql.dbapi",
 ]
 # What Dagster's multiprocess executor preloads: its own module first, then the configured ones.
