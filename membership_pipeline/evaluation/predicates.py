@@ -25,6 +25,7 @@ import numpy as np
 import semver
 
 from membership_pipeline.evaluation.context_values import ContextValue
+from membership_pipeline.evaluation.re2_patterns import regex_matches
 from membership_pipeline.evaluation.segment_model import Condition, ConditionValue, Operator
 from membership_pipeline.evaluation.value_column import ValueColumn
 
@@ -233,6 +234,9 @@ def _str_kernel(condition: PreparedCondition, values: np.ndarray) -> np.ndarray 
     if op is Operator.NOT_CONTAINS:
         return _bools([text not in value for value in strings])
     if op is Operator.REGEX:
+        decided = regex_matches(text, strings)
+        if decided is not None:
+            return decided
         assert condition.pattern is not None
         match = condition.pattern.match
         return _bools([match(value) is not None for value in strings])
