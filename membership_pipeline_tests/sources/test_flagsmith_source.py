@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -349,3 +350,71 @@ def test_postgres_columnar_paths_read_the_same_rows(postgres_url: str, parallel_
         assert (read.identities["id"].diff().dropna() > 0).all()  # ordered by id
         source.close()
     generic.close()
+
+
+EDGE_FLOATS = [0.1, 1 / 3, -0.0, 5e-324, 1.7976931348623157e308, -2.5e-308, 123456789.12345679]
+EDGE_FLOATS += [float("inf"), float("-inf")]
+
+
+def _edge_trait(identity_id: int, value_type: str, **value: object) -> dict[str, object]:
+    columns = ("string_value", "integer_value", "float_value", "boolean_value")
+    return {"identity_id": identity_id, "trait_key": "edge", "value_type": value_type} | {
+        column: value.get(column) for column in columns
+    }
+
+
+def test_typed_values_travel_exactly(postgres_url: str) -> None:
+    """Trait values cross the columnar read as text and come back as the same values: floats
+    bit for bit (signed zero, subnormals, the extremes, infinities), integers at int4's ends,
+    booleans; rows whose type is unknown or whose typed column is null stay unreadable."""
+    written = _small_dataset(postgres_url)
+    first = written.environments[0]
+    writer = sa.create_engine(postgres_url)
+    with writer.begin() as conn:
+        ids = (
+            conn.execute(
+                sa.select(tables.identities.c.id)
+                .where(tables.identities.c.environment_id == first["id"])
+                .order_by(tables.identities.c.id)
+                .limit(len(EDGE_FLOATS) + 6)
+            )
+            .scalars()
+            .all()
+        )
+        rows = [
+            _edge_trait(i, "float", float_value=v) for i, v in zip(ids, EDGE_FLOATS, strict=False)
+        ]
+        rest = ids[len(EDGE_FLOATS) :]
+        rows += [
+            _edge_trait(rest[0], "int", integer_value=-(2**31)),
+            _edge_trait(rest[1], "int", integer_value=2**31 - 1),
+            _edge_trait(rest[2], "bool", boolean_value=False),
+            _edge_trait(rest[3], "unicode", string_value='x,\\n"y"\n'),
+            _edge_trait(rest[4], "decimal", string_value="1"),  # an unknown type
+            _edge_trait(rest[5], "int", string_value="2"),  # its typed column is null
+        ]
+        next_id = conn.execute(sa.select(sa.func.max(tables.traits.c.id))).scalar_one() + 1
+        conn.execute(
+            tables.traits.insert(), [{"id": next_id + n} | row for n, row in enumerate(rows)]
+        )
+        # psycopg2 writes -0.0 as the SQL literal -0.0, which PostgreSQL reads as 0.
+        conn.execute(
+            sa.text(
+                "UPDATE environments_trait SET float_value = CAST('-0' AS float8) "
+                "WHERE trait_key = 'edge' AND float_value = 0"
+            )
+        )
+    writer.dispose()
+    source = FlagsmithSource(postgres_url)
+    info = source.environment(first["api_key"])
+    read = source.read_identity_range(info, 0, 10**9, trait_keys={"edge"})
+    source.close()
+    edge = read.traits.set_index("identity_id")
+    floats = edge.loc[list(ids[: len(EDGE_FLOATS)]), "float_value"].to_numpy()
+    assert floats.tobytes() == np.array(EDGE_FLOATS).tobytes()  # bit for bit
+    assert edge.loc[rest[0], "integer_value"] == -(2**31)
+    assert edge.loc[rest[1], "integer_value"] == 2**31 - 1
+    assert not edge.loc[rest[2], "boolean_value"]
+    assert edge.loc[rest[3], "string_value"] == 'x,\\n"y"\n'
+    assert rest[4] not in edge.index and rest[5] not in edge.index  # unreadable: left out
+    assert read.unreadable_traits == 2
