@@ -7,12 +7,14 @@ many conditions (``plan = pro``, ``country IN ...``), so each is computed once a
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from pyroaring import BitMap
 
-from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where
+from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where, bitmaps_by_code
 from membership_pipeline.evaluation.environment_data import EnvironmentData
 from membership_pipeline.evaluation.hash_texts import HashTexts
 from membership_pipeline.evaluation.percentage_split import split_members
@@ -50,12 +52,23 @@ class AtomEvaluator:
     """Evaluates atoms against one environment, caching columns, hash inputs and results."""
 
     def __init__(
-        self, environment: EnvironmentData, tuning: EvaluationTuning = DEFAULT_TUNING
+        self,
+        environment: EnvironmentData,
+        tuning: EvaluationTuning = DEFAULT_TUNING,
+        planned: Iterable[Atom] = (),
     ) -> None:
+        """``planned``: the atoms the segments hold, which tells how many conditions read each
+        property (a column read by many is split into per-value bitmaps once)."""
         self.environment = environment
         self.tuning = tuning
         self._columns: dict[str, ValueColumn | PropertyNotSupported] = {}
         self._texts: dict[int, HashTexts] = {}
+        self._readers = Counter(
+            atom.property or ""
+            for atom in set(planned)
+            if atom.operator is not Operator.PERCENTAGE_SPLIT
+        )
+        self._value_bitmaps: dict[str, list[BitMap]] = {}
         self.bitmaps: dict[Atom, BitMap] = {}
         self.scoped_evaluations = 0
 
@@ -95,7 +108,26 @@ class AtomEvaluator:
             return bitmap_where(ids, self._split_mask(atom, None))
         column = self._column(atom.property or "")
         prepared = PreparedCondition.of(Condition(atom.property, atom.operator, atom.value, ""))
-        return bitmap_of_codes(ids, column.codes, decide(prepared, column), prepared.when_missing)
+        decided = decide(prepared, column)
+        by_value = self._bitmaps_by_value(atom.property or "", column)
+        if by_value is None:
+            return bitmap_of_codes(ids, column.codes, decided, prepared.when_missing)
+        accepted = [by_value[0]] if prepared.when_missing else []
+        accepted += [by_value[value + 1] for value in np.flatnonzero(decided)]
+        return BitMap.union(*accepted) if accepted else BitMap()
+
+    def _bitmaps_by_value(self, prop: str, column: ValueColumn) -> list[BitMap] | None:
+        """Per-value bitmaps of a column of few values read by many conditions, else None."""
+        if prop not in self._value_bitmaps:
+            if (
+                len(column.values) > self.tuning.value_bitmaps_max_values
+                or self._readers[prop] < self.tuning.value_bitmaps_min_atoms
+            ):
+                return None
+            self._value_bitmaps[prop] = bitmaps_by_code(
+                self.environment.ids, column.codes, len(column.values)
+            )
+        return self._value_bitmaps[prop]
 
     def _split_input(self, atom: Atom) -> tuple[np.ndarray | None, HashTexts]:
         """What a split hashes: per identity the index of its text (None: identity ``i`` hashes

@@ -44,6 +44,35 @@ def bitmap_of_codes(
 _MASK_LOOKUP = np.array([0, 1], dtype=np.uint8)
 
 
+def bitmaps_by_code(ids: np.ndarray, codes: np.ndarray, values: int) -> list[BitMap]:
+    """The bitmap of every code of a dictionary-encoded column: position 0 for the ids whose
+    code is -1 (no value), then one per value ``0 .. values - 1``. A condition on a column of
+    few distinct values is then the union of the bitmaps of the values it accepts, instead of
+    one more pass over every identity."""
+    order, bounds = _partition_by_code(np.ascontiguousarray(codes, dtype=np.int32), values)
+    grouped = np.ascontiguousarray(ids, dtype=np.uint32)[order]  # stable: each group sorted
+    return [bitmap_of(grouped[bounds[i] : bounds[i + 1]]) for i in range(values + 1)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _partition_by_code(
+    codes: np.ndarray, values: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    # A counting sort of positions by code (-1 first), stable.
+    bounds = np.zeros(values + 2, dtype=np.int64)
+    for code in codes:
+        bounds[code + 2] += 1
+    for i in range(1, values + 2):
+        bounds[i] += bounds[i - 1]
+    cursor = bounds[:-1].copy()
+    order = np.empty(len(codes), dtype=np.int64)
+    for position in range(len(codes)):
+        slot = codes[position] + 1
+        order[cursor[slot]] = position
+        cursor[slot] += 1
+    return order, bounds
+
+
 def _bitmap(ids: np.ndarray, codes: np.ndarray, lookup: np.ndarray, shift: int = 0) -> BitMap:
     ids = np.ascontiguousarray(ids, dtype=np.uint32)
     return BitMap.deserialize(_serialized(ids, codes, lookup, shift).tobytes())

@@ -72,7 +72,9 @@ def evaluate_environment(
     data = EnvironmentData(ref, identities, traits, trait_keys_of(parsed))
     prepared = time.perf_counter()
 
-    atoms = AtomEvaluator(data, tuning)
+    atoms = AtomEvaluator(
+        data, tuning, planned=(atom for segment in parsed for _, atom in _atoms_of(segment))
+    )
     universe = bitmap_of(data.ids)
     usage: Counter[Atom] = Counter()
     bitmaps: dict[str, BitMap] = {}

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where
+from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where, bitmaps_by_code
 from membership_pipeline.evaluation.hash_texts import HashTexts
 from membership_pipeline.evaluation.md5_buckets import md5_buckets
 
@@ -24,6 +24,7 @@ def warm() -> float:
     ids = np.arange(3, dtype=np.uint32)
     bitmap_where(ids, np.array([True, False, True]))
     bitmap_of_codes(ids, np.array([0, -1, 0], dtype=np.int32), np.array([True]), False)
+    bitmaps_by_code(ids, np.array([0, -1, 0], dtype=np.int32), 1)
     md5_buckets(b"k,", HashTexts.from_strings(["a", "b"]), np.array([1]))
     return time.perf_counter() - started
 

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import semver
 
 from membership_pipeline.evaluation.context_values import ContextValue
 from membership_pipeline.evaluation.re2_patterns import regex_matches
 from membership_pipeline.evaluation.segment_model import Condition, ConditionValue, Operator
-from membership_pipeline.evaluation.value_column import ValueColumn
+from membership_pipeline.evaluation.value_column import TypedValues, ValueColumn
 
 _COMPARISONS: dict[Operator, Callable[[Any, Any], Any]] = {
     Operator.EQUAL: operator.eq,
@@ -74,7 +76,7 @@ def decide(condition: PreparedCondition, column: ValueColumn) -> np.ndarray:
     decided = np.zeros(len(column.values), dtype=bool)
     for kind, typed in column.by_type.items():
         vectorised = _VECTORISED.get(kind)
-        result = vectorised(condition, typed.array) if vectorised else None
+        result = vectorised(condition, typed) if vectorised else None
         if result is None:
             result = np.fromiter(
                 (matches(condition, value) for value in typed.array.tolist()),
@@ -173,7 +175,8 @@ def _modulo_matches(operands: tuple[float, float] | None, context_value: Any) ->
 # Vectorised kernels: return None to fall back to the scalar matcher for that partition.
 
 
-def _int_kernel(condition: PreparedCondition, values: np.ndarray) -> np.ndarray | None:
+def _int_kernel(condition: PreparedCondition, typed: TypedValues) -> np.ndarray | None:
+    values = typed.array
     op = condition.operator
     if op in (Operator.IS_SET,):
         return np.ones(len(values), dtype=bool)
@@ -200,7 +203,8 @@ def _int_kernel(condition: PreparedCondition, values: np.ndarray) -> np.ndarray 
     return None
 
 
-def _float_kernel(condition: PreparedCondition, values: np.ndarray) -> np.ndarray | None:
+def _float_kernel(condition: PreparedCondition, typed: TypedValues) -> np.ndarray | None:
+    values = typed.array
     op = condition.operator
     if op is Operator.IS_SET:
         return np.ones(len(values), dtype=bool)
@@ -217,7 +221,8 @@ def _float_kernel(condition: PreparedCondition, values: np.ndarray) -> np.ndarra
     return None
 
 
-def _str_kernel(condition: PreparedCondition, values: np.ndarray) -> np.ndarray | None:
+def _str_kernel(condition: PreparedCondition, typed: TypedValues) -> np.ndarray | None:
+    values = typed.array
     op = condition.operator
     if op is Operator.IS_SET:
         return np.ones(len(values), dtype=bool)
@@ -225,18 +230,21 @@ def _str_kernel(condition: PreparedCondition, values: np.ndarray) -> np.ndarray 
         return np.zeros(len(values), dtype=bool)
     if op in _COMPARISONS and _is_semver(condition.value):
         return None  # parses each value as semver: the scalar path
+    text = str(condition.value)
+    # Substring search is the same on UTF-8 bytes as on code points: Arrow decides it for every
+    # value at once, as it decides REGEX where RE2 answers as Python does.
+    if op is Operator.CONTAINS:
+        return _arrow_bools(pc.match_substring(typed.arrow_texts, text))
+    if op is Operator.NOT_CONTAINS:
+        return ~_arrow_bools(pc.match_substring(typed.arrow_texts, text))
+    if op is Operator.REGEX:
+        decided = regex_matches(text, typed.re2_texts)
+        if decided is not None:
+            return decided
     # One comprehension per distinct value set: these are the high-cardinality string paths
     # (emails, identifiers), where the generic scalar dispatch would cost several times more.
     strings: list[str] = values.tolist()
-    text = str(condition.value)
-    if op is Operator.CONTAINS:
-        return _bools([text in value for value in strings])
-    if op is Operator.NOT_CONTAINS:
-        return _bools([text not in value for value in strings])
     if op is Operator.REGEX:
-        decided = regex_matches(text, strings)
-        if decided is not None:
-            return decided
         assert condition.pattern is not None
         match = condition.pattern.match
         return _bools([match(value) is not None for value in strings])
@@ -252,6 +260,10 @@ def _bools(flags: list[bool]) -> np.ndarray:
     return np.array(flags, dtype=bool)
 
 
+def _arrow_bools(flags: pa.Array) -> np.ndarray:
+    return flags.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
 def _modulo_kernel(operands: tuple[float, float] | None, values: np.ndarray) -> np.ndarray | None:
     if operands is None:
         return np.zeros(len(values), dtype=bool)
@@ -264,7 +276,7 @@ def _modulo_kernel(operands: tuple[float, float] | None, values: np.ndarray) -> 
         return np.remainder(values, divisor) == remainder
 
 
-_VECTORISED: dict[str, Callable[[PreparedCondition, np.ndarray], np.ndarray | None]] = {
+_VECTORISED: dict[str, Callable[[PreparedCondition, TypedValues], np.ndarray | None]] = {
     "int": _int_kernel,
     "float": _float_kernel,
     "str": _str_kernel,

@@ -66,20 +66,25 @@ def re2_pattern(pattern: str) -> str | None:
         return None
 
 
-def regex_matches(pattern: str, values: list[str]) -> np.ndarray | None:
-    """``re.match(pattern, value) is not None`` for every value, decided by RE2, or None when
-    RE2 cannot be trusted with this pattern or these values."""
-    translated = re2_pattern(pattern)
+def re2_texts(values: list[str] | pa.Array) -> pa.Array | None:
+    """The values as Arrow strings, when they are texts RE2 decides as Python does (ASCII, no
+    newline); else None."""
+    array = values if isinstance(values, pa.Array) else pa.array(values, pa.string())
+    if not pc.all(pc.string_is_ascii(array)).as_py():
+        return None
+    if pc.any(pc.match_substring(array, "\n")).as_py():
+        return None
+    return array
+
+
+def regex_matches(pattern: str, texts: pa.Array | None) -> np.ndarray | None:
+    """``re.match(pattern, text) is not None`` for every one of ``texts`` (from
+    :func:`re2_texts`), decided by RE2, or None when RE2 cannot be trusted with them."""
+    translated = None if texts is None else re2_pattern(pattern)
     if translated is None:
         return None
-    array = pa.array(values, pa.string())
-    if (
-        not pc.all(pc.string_is_ascii(array)).as_py()
-        or pc.any(pc.match_substring(array, "\n")).as_py()
-    ):
-        return None
     try:
-        matched = pc.match_substring_regex(array, translated)
+        matched = pc.match_substring_regex(texts, translated)
     except pa.ArrowInvalid:  # beyond RE2's limits (program size, nesting)
         return None
     return matched.to_numpy(zero_copy_only=False)

@@ -20,6 +20,10 @@ class EvaluationTuning:
     # Threads hashing a percentage split (None: one per core); a shard step that shares the
     # machine with other shards uses one.
     hash_threads: int | None = None
+    # A column of at most this many distinct values, read by at least this many conditions, is
+    # split once into one bitmap per value; each condition is then a union of those bitmaps.
+    value_bitmaps_max_values: int = 256
+    value_bitmaps_min_atoms: int = 3
     # Fewer messages than this per thread are hashed on fewer threads.
     hash_messages_per_thread: int = 20_000
     # PostgreSQL connections reading a shard's rows at once (None: the source's default).

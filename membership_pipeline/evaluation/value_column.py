@@ -8,23 +8,34 @@ distinct values, and the per-identity part is a single numpy gather.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import pyarrow as pa
 
 from membership_pipeline.evaluation.context_values import ContextValue
+from membership_pipeline.evaluation.re2_patterns import re2_texts
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
 
-@dataclass(frozen=True, slots=True)
 class TypedValues:
     """The positions in ``ValueColumn.values`` holding one Python type, and those values."""
 
-    positions: np.ndarray
-    array: np.ndarray
+    def __init__(self, positions: np.ndarray, array: np.ndarray) -> None:
+        self.positions = positions
+        self.array = array
+
+    @cached_property
+    def arrow_texts(self) -> pa.Array:
+        """The values (strings) as Arrow text, once for every condition on the column."""
+        return pa.array(self.array.tolist(), pa.string())
+
+    @cached_property
+    def re2_texts(self) -> pa.Array | None:
+        """``arrow_texts`` when RE2 may decide REGEX on them (see ``re2_patterns``)."""
+        return re2_texts(self.arrow_texts)
 
 
 class ValueColumn:

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroaring import BitMap
 
-from membership_pipeline.evaluation.bitmaps import bitmap_of, bitmap_of_codes, bitmap_where
+from membership_pipeline.evaluation.bitmaps import (
+    bitmap_of,
+    bitmap_of_codes,
+    bitmap_where,
+    bitmaps_by_code,
+)
 
 
 @st.composite
@@ -54,3 +59,13 @@ def test_a_container_of_exactly_4096_and_4097_values() -> None:
         built = bitmap_of(ids)
         assert built == BitMap(ids.tolist())
         assert len(built) == count
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(ids=sorted_ids(), values=st.integers(1, 40), seed=st.integers(0, 9))
+def test_bitmaps_by_code_partition_the_ids(ids: np.ndarray, values: int, seed: int) -> None:
+    codes = np.random.default_rng(seed).integers(-1, values, len(ids)).astype(np.int32)
+    by_code = bitmaps_by_code(ids, codes, values)
+    assert len(by_code) == values + 1
+    for code in range(-1, values):
+        assert by_code[code + 1] == BitMap(ids[codes == code].tolist())

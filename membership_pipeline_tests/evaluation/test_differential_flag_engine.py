@@ -29,6 +29,8 @@ TUNINGS = {
         scoped_share=2.0,
         hash_threads=2,
         hash_messages_per_thread=1,
+        value_bitmaps_max_values=10**9,
+        value_bitmaps_min_atoms=1,
     ),
 }
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membership_pipeline.evaluation.re2_patterns import re2_pattern, regex_matches
+from membership_pipeline.evaluation.re2_patterns import re2_pattern, re2_texts, regex_matches
 
 # Characters whose meaning differs somewhere between Python and RE2: whitespace RE2's \s lacks
 # (\v, \x1c-\x1f), word and non-word characters, digits, regex syntax characters as literals.
@@ -45,7 +45,7 @@ texts = st.lists(st.text(ALPHABET, max_size=8), min_size=1, max_size=30)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=patterns(), values=texts)
 def test_re2_answers_as_python_matches(pattern: str, values: list[str]) -> None:
-    decided = regex_matches(pattern, values)
+    decided = regex_matches(pattern, re2_texts(values))
     if decided is None:
         assert re2_pattern(pattern) is None  # only the pattern may refuse: these texts are ASCII
         return
@@ -70,14 +70,15 @@ def test_re2_answers_as_python_matches(pattern: str, values: list[str]) -> None:
 )
 def test_patterns_beyond_the_safe_subset_stay_with_python(pattern: str) -> None:
     assert re2_pattern(pattern) is None
-    assert regex_matches(pattern, ["a", "ab"]) is None
+    assert regex_matches(pattern, re2_texts(["a", "ab"])) is None
 
 
 def test_texts_beyond_ascii_or_with_a_newline_stay_with_python() -> None:
     # Python's \d and \w are Unicode, "$" also matches before a final newline.
-    assert regex_matches(r"^\d+$", ["12", "١٢"]) is None
-    assert regex_matches(r"^a$", ["a", "a\n"]) is None
-    assert regex_matches(r"^\d+$", ["12", "x"]).tolist() == [True, False]
+    assert re2_texts(["12", "١٢"]) is None
+    assert re2_texts(["a", "a\n"]) is None
+    assert regex_matches(r"^\d+$", re2_texts(["12", "١٢"])) is None
+    assert regex_matches(r"^\d+$", re2_texts(["12", "x"])).tolist() == [True, False]
 
 
 def test_the_catalogue_patterns_go_through_re2() -> None:
