@@ -11,20 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from membership_pipeline.benchmarks.scratch_database import progress
 from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.storage import MembershipStore
-
-
-def analyze(url: str) -> None:
-    """Planner statistics first: no run pays for a fresh table."""
-    engine = sa.create_engine(url)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in ("environments_identity", "environments_trait"):
-            conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
-    engine.dispose()
 
 
 def materialize(

@@ -22,9 +22,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from membership_pipeline.benchmarks.dagster_runs import analyze, materialize
+from membership_pipeline.benchmarks.dagster_runs import materialize
 from membership_pipeline.benchmarks.scratch_database import (
     ScratchDatabase,
+    analyze,
     progress,
     seed_one_environment,
 )

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from membership_pipeline.benchmarks.dagster_runs import analyze as _analyze
 from membership_pipeline.benchmarks.dagster_runs import materialize as _backfill
 from membership_pipeline.benchmarks.scratch_database import (
     ScratchDatabase,
     progress,
     seed_one_environment,
 )
+from membership_pipeline.benchmarks.scratch_database import analyze as _analyze
 from membership_pipeline.storage import migrate
 
 TARGET_RATIO = 0.6

@@ -5,9 +5,12 @@
 
 For each backend it writes a demo Flagsmith database holding one environment of N identities
 (about three traits each, plus ``--unreferenced-traits`` of keys no segment reads), then reads
-it in a fresh process: seconds, rows per second and the peak RSS of reading, and the seconds of
-evaluating its segments and the peak RSS of both. Targets (PostgreSQL, 1M identities): read
-≤ 3 s, evaluate ≤ 2.5 s, peak RSS ≤ 1 GB.
+it ``--repeats`` times, each in a fresh process: seconds (the median against the targets), rows
+per second and the peak RSS of reading, and the seconds of evaluating its segments and the peak
+RSS of both. On PostgreSQL it first reads once right after the bulk load (the server then sets
+every row's hint bits, a cost only a freshly loaded table has) and runs VACUUM ANALYZE, as
+autovacuum does to a live table, before the measured reads. Targets (PostgreSQL, 1M
+identities): read ≤ 3 s, evaluate ≤ 2.5 s, peak RSS ≤ 1 GB.
 PostgreSQL: the server of ``MEMBERSHIP_BENCH_POSTGRES_URL`` (default the local one), in a schema
 made for the run and dropped after it.
 """
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 
 from membership_pipeline.benchmarks.scratch_database import (
     ScratchDatabase,
+    analyze,
     progress,
     seed_one_environment,
 )
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="more traits per identity of keys no segment reads (17: the wide shape)",
     )
+    parser.add_argument("--repeats", type=int, default=3, help="reads, each in a fresh process")
     parser.add_argument("--child", nargs=2, metavar=("URL", "API_KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -60,21 +66,28 @@ def main(argv: list[str] | None = None) -> None:
                 url, args.identities, args.segments, args.unreferenced_traits
             )
             seeded = time.perf_counter() - started
-            progress(f"{backend}: reading in a fresh process")
-            child = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    __spec__.name,
-                    "--child",
-                    url,  # type: ignore[name-defined]
-                    written.environments[0]["api_key"],
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            _report(backend, written.traits, seeded, json.loads(child.stdout.splitlines()[-1]))
+            api_key = written.environments[0]["api_key"]
+            just_loaded = None
+            if backend == "postgresql":
+                progress(f"{backend}: reading once right after the bulk load")
+                just_loaded = _read_in_child(url, api_key)
+                progress(f"{backend}: VACUUM ANALYZE, as autovacuum does to a live table")
+                analyze(url)
+            reads = []
+            for attempt in range(args.repeats):
+                progress(f"{backend}: reading in a fresh process ({attempt + 1} of {args.repeats})")
+                reads.append(_read_in_child(url, api_key))
+            _report(backend, written.traits, seeded, reads, just_loaded)
+
+
+def _read_in_child(url: str, api_key: str) -> dict[str, float]:
+    child = subprocess.run(
+        [sys.executable, "-m", __spec__.name, "--child", url, api_key],  # type: ignore[name-defined]
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(child.stdout.splitlines()[-1])
 
 
 def _measure(url: str, api_key: str) -> dict[str, float]:
@@ -104,27 +117,49 @@ def _measure(url: str, api_key: str) -> dict[str, float]:
     }
 
 
-def _report(backend: str, traits: int, seeded: float, m: dict[str, float]) -> None:
-    rows = m["identities"] + m["traits"]
+def _report(
+    backend: str,
+    traits: int,
+    seeded: float,
+    reads: list[dict[str, float]],
+    just_loaded: dict[str, float] | None,
+) -> None:
+    """The median of the reads (each in a fresh process) against the targets."""
+
+    def median_of(name: str) -> float:
+        return statistics.median(read[name] for read in reads)
 
     def check(ok: bool) -> str:
         return "ok" if ok else "MISSED"
 
+    read_s, evaluate_s = median_of("read_seconds"), median_of("evaluate_seconds")
+    first = reads[0]
+    rows = first["identities"] + first["traits"]
+    peak = max(read["total_peak_mb"] for read in reads)
     read_target = (
-        f"   target ≤ {TARGET_READ_SECONDS:g} s: {check(m['read_seconds'] <= TARGET_READ_SECONDS)}"
+        f"   target ≤ {TARGET_READ_SECONDS:g} s: {check(read_s <= TARGET_READ_SECONDS)}"
         if backend == "postgresql"
         else ""
     )
+    each = ", ".join(f"{read['read_seconds']:.2f}" for read in reads)
     print(
-        f"  {backend:<11} read {m['read_seconds']:.2f} s: {m['identities']:,.0f} identities + "
-        f"{m['traits']:,.0f} traits read of {traits:,} = {rows / m['read_seconds']:,.0f} rows/s, "
-        f"{m['segments']:.0f} segments{read_target}; peak RSS reading "
-        f"{m['read_peak_mb']:,.0f} MB\n"
-        f"  {'':<11} evaluate {m['evaluate_seconds']:.2f} s ({m['failed_segments']:.0f} failed "
-        f"segments)   target ≤ {TARGET_EVALUATE_SECONDS:g} s: "
-        f"{check(m['evaluate_seconds'] <= TARGET_EVALUATE_SECONDS)}; read + evaluate: peak RSS "
-        f"{m['total_peak_mb']:,.0f} MB   target ≤ {TARGET_PEAK_RSS_MB} MB: "
-        f"{check(m['total_peak_mb'] <= TARGET_PEAK_RSS_MB)}   (seeding took {seeded:.0f} s)"
+        f"  {backend:<11} read {read_s:.2f} s (median of {each}): {first['identities']:,.0f} "
+        f"identities + {first['traits']:,.0f} traits read of {traits:,} = "
+        f"{rows / read_s:,.0f} rows/s, {first['segments']:.0f} segments{read_target}; "
+        f"peak RSS reading {max(read['read_peak_mb'] for read in reads):,.0f} MB"
+    )
+    if just_loaded is not None:
+        print(
+            f"  {'':<11} right after the bulk load (before VACUUM: PostgreSQL sets every row's "
+            f"hint bits on this first read) {just_loaded['read_seconds']:.2f} s"
+        )
+    each = ", ".join(f"{read['evaluate_seconds']:.2f}" for read in reads)
+    print(
+        f"  {'':<11} evaluate {evaluate_s:.2f} s (median of {each}; "
+        f"{first['failed_segments']:.0f} failed segments)   target ≤ "
+        f"{TARGET_EVALUATE_SECONDS:g} s: {check(evaluate_s <= TARGET_EVALUATE_SECONDS)}; "
+        f"read + evaluate: peak RSS {peak:,.0f} MB   target ≤ {TARGET_PEAK_RSS_MB} MB: "
+        f"{check(peak <= TARGET_PEAK_RSS_MB)}   (seeding took {seeded:.0f} s)"
     )
 
 

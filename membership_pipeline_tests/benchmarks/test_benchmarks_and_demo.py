@@ -42,6 +42,22 @@ def test_benchmark_prints_its_figures_and_agrees_with_flag_engine() -> None:
     assert "0 mismatches with flag-engine in 1,500 sampled pairs" in out
 
 
+def test_source_benchmark_reads_both_backends() -> None:
+    out = _run(
+        "membership_pipeline.benchmarks.source_benchmark",
+        "--identities",
+        "2000",
+        "--segments",
+        "20",
+        "--repeats",
+        "2",
+    )
+    assert "  sqlite      read " in out and "  postgresql  read " in out
+    assert out.count(" s (median of ") == 4
+    assert "right after the bulk load" in out  # PostgreSQL only
+    assert "2,000 identities + " in out and "(0 failed segments)" in out
+
+
 def test_demo_materializes_every_environment_through_dagster(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
     store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
