@@ -3,7 +3,7 @@ tests, with the dedup locks and the launch log the policy reads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -62,11 +62,20 @@ class DatabaseQueue:
     def __init__(self, database: StoreDatabase) -> None:
         self._database = database
 
-    def enqueue(self, requests: Iterable[BackfillRequest]) -> None:
+    def enqueue(
+        self,
+        requests: Iterable[BackfillRequest],
+        also: Callable[[sa.Connection], None] | None = None,
+    ) -> None:
+        """Queue the requests; ``also`` writes in the same transaction (change detection's
+        watermarks advance exactly when what they saw is queued)."""
         rows = [_row(r) for r in requests]
-        if rows:
+        if rows or also is not None:
             with self._database.writer.begin() as conn:
-                conn.execute(backfill_request.insert(), rows)
+                if rows:
+                    conn.execute(backfill_request.insert(), rows)
+                if also is not None:
+                    also(conn)
 
     def pending(self) -> list[BackfillRequest]:
         with self._database.reader.connect() as conn:

@@ -79,28 +79,6 @@ class EnvironmentInfo:
     use_composite_hash_key: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeTimes:
-    """When an environment's inputs last changed, and how many identities it has.
-
-    Flagsmith stamps identities and traits only when they are created, so an edited trait value
-    does not move ``traits_changed_at``; the counts catch deletions."""
-
-    identities_changed_at: datetime | None
-    traits_changed_at: datetime | None
-    segments_changed_at: datetime | None
-    identity_count: int
-
-    @property
-    def latest(self) -> datetime | None:
-        stamps = [
-            s
-            for s in (self.identities_changed_at, self.traits_changed_at, self.segments_changed_at)
-            if s is not None
-        ]
-        return max(stamps) if stamps else None
-
-
 @dataclass(frozen=True)
 class IdentityPlan:
     """What planning shards needs: the environment and its segments as of one snapshot, how many
@@ -190,63 +168,6 @@ class FlagsmithSource:
             if info.api_key == api_key:
                 return info
         raise EnvironmentNotFound(f"no live environment has the api key {api_key!r}")
-
-    def change_times(self) -> dict[str, ChangeTimes]:
-        """Per environment api key: when identities, traits and segments last changed."""
-        stamp = sa.DateTime(timezone=True)
-        query = sa.text(
-            f"""
-            WITH RECURSIVE project_rules(id, project_id, depth) AS (
-                SELECT r.id, s.project_id, 0
-                FROM segments_segmentrule r JOIN segments_segment s ON s.id = r.segment_id
-                UNION ALL
-                SELECT c.id, t.project_id, t.depth + 1
-                FROM segments_segmentrule c JOIN project_rules t ON c.rule_id = t.id
-                WHERE t.depth < {MAX_RULE_DEPTH}
-            ),
-            segment_stamps(project_id, stamp) AS (
-                {_stamps_of("segments_segment s", "s.project_id", "s")}
-                UNION ALL
-                {
-                _stamps_of(
-                    "segments_segmentrule r JOIN project_rules t ON t.id = r.id",
-                    "t.project_id",
-                    "r",
-                )
-            }
-                UNION ALL
-                {
-                _stamps_of(
-                    "segments_condition c JOIN project_rules t ON t.id = c.rule_id",
-                    "t.project_id",
-                    "c",
-                )
-            }
-            )
-            SELECT e.api_key,
-                   (SELECT max(i.created_date) FROM environments_identity i
-                    WHERE i.environment_id = e.id) AS identities_changed_at,
-                   (SELECT count(*) FROM environments_identity i
-                    WHERE i.environment_id = e.id) AS identity_count,
-                   (SELECT max(t.created_date) FROM environments_trait t
-                    JOIN environments_identity i ON i.id = t.identity_id
-                    WHERE i.environment_id = e.id) AS traits_changed_at,
-                   (SELECT max(stamp) FROM segment_stamps ss
-                    WHERE ss.project_id = e.project_id) AS segments_changed_at
-            FROM environments_environment e
-            WHERE e.deleted_at IS NULL
-            """
-        ).columns(identities_changed_at=stamp, traits_changed_at=stamp, segments_changed_at=stamp)
-        with self.engine.connect() as conn:
-            return {
-                row.api_key: ChangeTimes(
-                    identities_changed_at=_utc(row.identities_changed_at),
-                    traits_changed_at=_utc(row.traits_changed_at),
-                    segments_changed_at=_utc(row.segments_changed_at),
-                    identity_count=int(row.identity_count),
-                )
-                for row in conn.execute(query)
-            }
 
     def read_environment(self, api_key: str, *, all_traits: bool = False) -> EnvironmentSnapshot:
         """Identities, traits and segments of one environment, in one read transaction. Only
@@ -515,21 +436,6 @@ def _id_range_filter(column: str, id_range: IdRange) -> tuple[str, dict[str, int
         return "", {}
     first, last = id_range
     return f" AND {column} BETWEEN :first_id AND :last_id", {"first_id": first, "last_id": last}
-
-
-def _stamps_of(source: str, project: str, alias: str) -> str:
-    """Every change stamp of a segment table as (project, stamp) rows; max() skips nulls, in
-    both databases (unlike a row-wise greatest)."""
-    return " UNION ALL ".join(
-        f"SELECT {project}, {alias}.{column} FROM {source}"
-        for column in ("created_at", "updated_at", "deleted_at")
-    )
-
-
-def _utc(stamp: datetime | None) -> datetime | None:
-    if stamp is None:
-        return None
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 def _read_only(dbapi_connection: Any, _record: Any) -> None:

@@ -198,3 +198,24 @@ launch = sa.Table(
     sa.Column("environment_key", sa.String(255), nullable=False),
     sa.Column("launched_at", UtcDateTime(), nullable=False, index=True),
 )
+
+# Change detection's watermarks (migration 0005; see sources/change_feed.py): per append-only
+# source table, the highest id seen and where the next scan starts; per project, the signature
+# of its segment tables. They advance in the transaction that queues the changes they saw.
+source_watermark = sa.Table(
+    "membership_source_watermark",
+    metadata,
+    sa.Column("table_name", sa.String(64), primary_key=True),
+    sa.Column("last_id", sa.BigInteger(), nullable=False),
+    sa.Column("scan_from", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+segment_signature = sa.Table(
+    "membership_segment_signature",
+    metadata,
+    sa.Column("project_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("row_count", sa.BigInteger(), nullable=False),
+    sa.Column("latest_change", UtcDateTime()),
+    sa.Column("digest", sa.String(32), nullable=False),
+)

@@ -5,7 +5,6 @@ same rows."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -141,32 +140,6 @@ def test_the_source_only_reads(database_url: str) -> None:
     source = FlagsmithSource(database_url)
     with pytest.raises(sa.exc.DBAPIError), source.engine.begin() as conn:
         conn.execute(sa.delete(tables.traits))
-    source.close()
-
-
-def test_change_times_follow_identities_and_segments(database_url: str) -> None:
-    written = _small_dataset(database_url)
-    environment = written.environments[0]
-    source = FlagsmithSource(database_url)
-    before = source.change_times()[environment["api_key"]]
-    assert before.identity_count == environment["identity_count"]
-    later = datetime(2027, 1, 1, tzinfo=UTC)
-    writer = sa.create_engine(database_url)
-    with writer.begin() as conn:
-        conn.execute(
-            sa.insert(tables.identities).values(
-                id=10**6, identifier="new", environment_id=environment["id"], created_date=later
-            )
-        )
-        conn.execute(
-            sa.update(tables.conditions).where(tables.conditions.c.id == 1).values(updated_at=later)
-        )
-    writer.dispose()
-    after = source.change_times()[environment["api_key"]]
-    assert after.identity_count == before.identity_count + 1
-    assert after.identities_changed_at == later
-    assert after.segments_changed_at == later
-    assert after.latest == later
     source.close()
 
 

@@ -4,10 +4,11 @@ which to launch, and the published ones become run requests."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import dagster as dg
+import sqlalchemy as sa
 from pydantic import Field
 
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
@@ -42,10 +43,13 @@ def enqueue_and_dispatch(
     policy: DispatchPolicyResource,
     requests: Iterable[BackfillRequest],
     now: datetime | None = None,
+    also: Callable[[sa.Connection], None] | None = None,
 ) -> tuple[list[dg.RunRequest], TickResult]:
+    """Queue the requests (and ``also``'s writes, in the same transaction), then run a
+    dispatch tick."""
     store = store_resource.get()
     queue = DatabaseQueue(store.database)
-    queue.enqueue(requests)
+    queue.enqueue(requests, also)
     result = dispatch_tick(queue, store, policy.settings(), now or store.clock())
     return [run_request(r) for r in result.launches], result
 

@@ -20,8 +20,16 @@ from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.dispatch.change_requests import LiveEnvironment, change_requests
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
+from membership_pipeline.sources.change_feed import (
+    IDENTITIES,
+    TRAITS,
+    ChangeFeed,
+    DetectedChanges,
+)
+from membership_pipeline.storage.watermarks import load_watermarks, save_watermarks
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("backfill")
@@ -85,9 +93,10 @@ def environment_discovery_sensor(
     job=bitmaps_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Change detection: requests a backfill of every environment whose identities, "
-    "traits or segments changed since its published version was read; then runs a dispatch "
-    "tick over the queue (manual requests, deferred and rate-limited ones included).",
+    description="Change detection: requests a backfill of every environment with identities or "
+    "traits created, or segments changed, since the last tick (primary-key range scans above "
+    "durable watermarks); then runs a dispatch tick over the queue (manual requests, deferred "
+    "and rate-limited ones included).",
 )
 def backfill_dispatch_sensor(
     context: dg.SensorEvaluationContext,
@@ -97,37 +106,44 @@ def backfill_dispatch_sensor(
 ) -> dg.SensorResult:
     store = membership_store.get()
     now = store.clock()
+    marks = load_watermarks(store.database)
     source = flagsmith.open()
     try:
-        organisations = {i.api_key: str(i.organisation_id) for i in source.environments()}
-        changes = source.change_times()
+        live = [
+            LiveEnvironment(i.id, i.api_key, i.project_id, str(i.organisation_id))
+            for i in source.environments()
+        ]
+        feed = ChangeFeed(source.engine)
+        # The first tick only sets the watermarks: one max(id) per table, no scan.
+        detected = None if marks is None else feed.since(marks)
+        keep = feed.current() if detected is None else detected.watermarks
     finally:
         source.close()
-    published = {m.environment_key: m for m in store.all_metadata()}
     requests = []
-    for key, times in changes.items():
-        found = published.get(key)
-        if key not in organisations or found is None or found.published_as_of is None:
-            continue  # not live, or never backfilled: discovery requests its first backfill
-        latest = times.latest
-        changed = latest is not None and latest > found.published_as_of
-        recounted = times.identity_count != found.published_identity_count  # deletions
-        if changed or recounted:
-            requests.append(
-                BackfillRequest.new(
-                    organisation=organisations[key],
-                    environment=key,
-                    window_start=found.published_as_of,
-                    window_end=max(latest or found.published_as_of, found.published_as_of),
-                    reason=Reason.CHANGE,
-                    created_at=now,
-                    max_attempts=dispatch_policy.max_attempts,
-                )
-            )
-    run_requests, result = enqueue_and_dispatch(membership_store, dispatch_policy, requests, now)
+    if detected is not None and _anything(detected):
+        published = {m.environment_key: m.published_as_of for m in store.all_metadata()}
+        requests = change_requests(detected, live, published, now, dispatch_policy.max_attempts)
+    run_requests, result = enqueue_and_dispatch(
+        membership_store,
+        dispatch_policy,
+        requests,
+        now,
+        also=lambda conn: save_watermarks(conn, keep, marks, now),
+    )
+    log.debug(
+        "segment_membership.changes.detected",
+        first_tick=marks is None,
+        requested=sorted(r.environment for r in requests),
+        identity_last_id=keep.tables[IDENTITIES].last_id,
+        trait_last_id=keep.tables[TRAITS].last_id,
+    )
     return dg.SensorResult(
         run_requests=run_requests, skip_reason=None if run_requests else skip_reason(result)
     )
+
+
+def _anything(detected: DetectedChanges) -> bool:
+    return bool(detected.identities or detected.traits or detected.segment_projects)
 
 
 @dg.run_failure_sensor(

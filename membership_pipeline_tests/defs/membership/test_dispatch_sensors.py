@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 import structlog
 from pyroaring import BitMap
 
@@ -21,7 +22,9 @@ from membership_pipeline.defs.membership.sensors import (
     backfill_retry_sensor,
 )
 from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.sources.change_feed import ChangeFeed, TableMark, Watermarks
 from membership_pipeline.storage import Claim
+from membership_pipeline.storage.watermarks import save_watermarks
 
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -37,19 +40,28 @@ def sense(instance, resources):
         return backfill_dispatch_sensor(context)
 
 
-def publish_stale(store, env_key):
-    """A published version read long ago: every change in the source is newer."""
+def publish_stale(store, env_key, source_url):
+    """A published version read long ago, and change detection rewound to before any identity
+    or trait was written: the next tick finds every row new, and requests this environment."""
     held = store.claim(env_key, "old-run", force=True)
     assert isinstance(held, Claim)
     shadow = store.stage(held, as_of=LONG_AGO)
     shadow.add_universe(BitMap([1]))
     store.publish(held, shadow)
+    engine = sa.create_engine(source_url)
+    current = ChangeFeed(engine).current()
+    engine.dispose()
+    rewound = Watermarks(
+        tables={table: TableMark(0, 0) for table in current.tables}, segments=current.segments
+    )
+    with store.database.writer.begin() as conn:
+        save_watermarks(conn, rewound, None, store.clock())
 
 
 def test_changed_environments_are_dispatched_once(instance, no_cooldown, store, demo_source):
     resources = no_cooldown
     stale = demo_source.environments[2]["api_key"]
-    publish_stale(store, stale)
+    publish_stale(store, stale, demo_source.url)
     first = sense(instance, resources)
     # The others were never backfilled: discovery, not change detection, requests those.
     assert len(first.run_requests) == 1, first.skip_reason
@@ -61,7 +73,8 @@ def test_changed_environments_are_dispatched_once(instance, no_cooldown, store, 
     assert request.tags["membership/attempt"] == "1"
 
     with structlog.testing.capture_logs() as events:
-        second = sense(instance, resources)  # the same window again: its dedup key is locked
+        # The overlapping scan sees the same rows: the same window, its dedup key is locked.
+        second = sense(instance, resources)
     assert second.run_requests == []
     assert "1 dedup-suppressed" in second.skip_reason.skip_message
     [event] = [e for e in events if e["event"].startswith("segment_membership.dispatch.")]
@@ -75,7 +88,7 @@ def test_a_failed_dispatched_run_is_retried_until_its_attempts_run_out(
 ):
     resources = no_cooldown
     env_key = demo_source.environments[3]["api_key"]
-    publish_stale(store, env_key)
+    publish_stale(store, env_key, demo_source.url)
     [request] = sense(instance, resources).run_requests
     broken = {**resources, "flagsmith": FlagsmithSourceResource(url="sqlite:////nonexistent/x.db")}
     instance.add_dynamic_partitions(environments_partitions.name, [env_key])
@@ -110,7 +123,7 @@ def test_a_dispatched_run_backfills_in_shards(instance, no_cooldown, store, demo
     """The sensor path runs the sharded graph like every other launch path: the run request's
     config and tags, one step per shard, one published version."""
     env_key = demo_source.environments[2]["api_key"]
-    publish_stale(store, env_key)
+    publish_stale(store, env_key, demo_source.url)
     [request] = sense(instance, no_cooldown).run_requests
     instance.add_dynamic_partitions(environments_partitions.name, [env_key])
     config = request.run_config["ops"]["segment_membership_bitmaps"]["config"]

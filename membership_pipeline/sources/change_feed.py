@@ -1,0 +1,256 @@
+"""What changed in a Flagsmith database since the last look, at the cost of what changed.
+
+Flagsmith's primary keys only grow, so new identities and traits are the rows above the highest
+id seen before: a primary-key range scan of each table, grouped by environment, costs the new
+rows whatever the tables' size. Every row is looked at by two consecutive ticks (the scan starts
+at the previous tick's highest id, not this one's), so a row whose insert committed after a
+higher id was already seen (a transaction open across one tick) is still found.
+
+The segment tables (segments, rules, conditions) are small: each tick reads them whole and folds
+each project's rows (every defining column and stamp) into a digest, which changes whenever a
+segment, rule or condition is created, edited, soft- or hard-deleted, whatever the stamps say.
+
+What this cannot see: a deleted identity or trait (the row is gone, no id grows) and an edited
+trait value (Flagsmith stamps a trait only when it is created). The refresh schedule catches
+those (see the README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from membership_pipeline.sources.segment_tree import MAX_RULE_DEPTH
+
+IDENTITIES = "environments_identity"
+TRAITS = "environments_trait"
+
+
+@dataclass(frozen=True, slots=True)
+class TableMark:
+    """One append-only table: the highest id seen, and where the next scan starts (the
+    previous tick's highest id: every row is seen twice)."""
+
+    last_id: int
+    scan_from: int
+
+    def advanced_to(self, highest: int | None) -> TableMark:
+        return TableMark(last_id=max(self.last_id, highest or 0), scan_from=self.last_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSignature:
+    rows: int
+    latest_change: datetime | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    tables: dict[str, TableMark]
+    segments: dict[int, SegmentSignature] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RowChanges:
+    """New rows of one table in one environment: how many were never seen before, and the
+    latest ``created_date`` of all the rows the scan found."""
+
+    unseen: int
+    latest_created: datetime | None
+
+
+@dataclass(frozen=True)
+class DetectedChanges:
+    """Per environment id, the new identities and traits; per project id whose segment tables
+    changed, the stamp of that change (None when no stamp moved: a hard deletion)."""
+
+    identities: dict[int, RowChanges]
+    traits: dict[int, RowChanges]
+    segment_projects: dict[int, datetime | None]
+    watermarks: Watermarks
+
+
+class ChangeFeed:
+    """Change detection queries on a Flagsmith database (PostgreSQL or SQLite)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def current(self) -> Watermarks:
+        """The watermarks of now, without looking at any row below them: each table's highest
+        id (the last entry of its primary key) and the segment signatures."""
+        with self.engine.connect() as conn:
+            tables = {}
+            for table in (IDENTITIES, TRAITS):
+                highest = conn.execute(sa.text(f"SELECT max(id) FROM {table}")).scalar_one()
+                tables[table] = TableMark(last_id=highest or 0, scan_from=highest or 0)
+            return Watermarks(tables=tables, segments=_segment_signatures(conn))
+
+    def since(self, marks: Watermarks) -> DetectedChanges:
+        """Rows above the watermarks' scan start, grouped by environment; segment signatures
+        that differ; and the watermarks to keep once the changes are durably queued."""
+        with self.engine.connect() as conn:
+            identities = _grouped(conn, IDENTITY_CHANGES, marks.tables[IDENTITIES])
+            traits = _grouped(conn, TRAIT_CHANGES, marks.tables[TRAITS])
+            signatures = _segment_signatures(conn)
+        changed_projects = {
+            project: _stamp_of_change(marks.segments.get(project), signatures.get(project))
+            for project in set(signatures) | set(marks.segments)
+            if signatures.get(project) != marks.segments.get(project)
+        }
+        watermarks = Watermarks(
+            tables={
+                IDENTITIES: marks.tables[IDENTITIES].advanced_to(identities.highest),
+                TRAITS: marks.tables[TRAITS].advanced_to(traits.highest),
+            },
+            segments=signatures,
+        )
+        return DetectedChanges(
+            identities=identities.by_environment,
+            traits=traits.by_environment,
+            segment_projects=changed_projects,
+            watermarks=watermarks,
+        )
+
+
+# Primary-key range scans: ``id > :scan_from`` reads only the rows above the watermark.
+IDENTITY_CHANGES = f"""
+    SELECT i.environment_id AS environment_id,
+           count(CASE WHEN i.id > :last_id THEN 1 END) AS unseen,
+           max(i.created_date) AS latest_created,
+           max(i.id) AS highest
+    FROM {IDENTITIES} i
+    WHERE i.id > :scan_from
+    GROUP BY i.environment_id
+"""
+# A trait finds its environment through one primary-key lookup of its identity (a scalar
+# subquery: the planner cannot turn it into a scan of the identity table, whatever its size).
+TRAIT_CHANGES = f"""
+    SELECT environment_id,
+           count(CASE WHEN id > :last_id THEN 1 END) AS unseen,
+           max(created_date) AS latest_created,
+           max(id) AS highest
+    FROM (
+        SELECT t.id, t.created_date,
+               (SELECT i.environment_id FROM {IDENTITIES} i WHERE i.id = t.identity_id)
+                   AS environment_id
+        FROM {TRAITS} t
+        WHERE t.id > :scan_from
+    ) new_traits
+    GROUP BY environment_id
+"""
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    by_environment: dict[int, RowChanges]
+    highest: int | None
+
+
+def _grouped(conn: sa.Connection, query: str, mark: TableMark) -> _Grouped:
+    stamp = sa.DateTime(timezone=True)
+    rows = conn.execute(
+        sa.text(query).columns(latest_created=stamp),
+        {"scan_from": mark.scan_from, "last_id": mark.last_id},
+    ).all()
+    return _Grouped(
+        by_environment={
+            int(row.environment_id): RowChanges(int(row.unseen), _utc(row.latest_created))
+            for row in rows
+            if row.environment_id is not None  # a trait whose identity is gone
+        },
+        highest=max((int(row.highest) for row in rows), default=None),
+    )
+
+
+def _segment_signatures(conn: sa.Connection) -> dict[int, SegmentSignature]:
+    """Per project: its segments, rules (at any depth) and conditions, soft-deleted ones
+    included, folded into a digest of every column that defines them and their stamps. Any
+    creation, edit, soft or hard deletion changes it, whatever the stamps say."""
+    digests: dict[int, Any] = {}
+    counts: dict[int, int] = {}
+    latest: dict[int, datetime | None] = {}
+    for kind, query in (
+        ("segment", _SEGMENT_ROWS),
+        ("rule", _RULE_ROWS),
+        ("condition", _CONDITION_ROWS),
+    ):
+        for row in conn.execute(sa.text(query)):
+            project, *fields = row
+            digest = digests.get(project)
+            if digest is None:
+                digest = digests[project] = hashlib.blake2b(digest_size=16)
+                counts[project], latest[project] = 0, None
+            digest.update(repr((kind, *map(_canonical, fields))).encode())
+            counts[project] += 1
+            stamps = [_utc(_as_datetime(value)) for value in fields[-3:] if value is not None]
+            latest[project] = max(
+                [s for s in [latest[project], *stamps] if s is not None], default=None
+            )
+    return {
+        int(project): SegmentSignature(counts[project], latest[project], digest.hexdigest())
+        for project, digest in digests.items()
+    }
+
+
+_STAMPS = "created_at, updated_at, deleted_at"
+_PROJECT_RULES = f"""
+    WITH RECURSIVE project_rules(id, project_id, depth) AS (
+        SELECT r.id, s.project_id, 0
+        FROM segments_segmentrule r JOIN segments_segment s ON s.id = r.segment_id
+        UNION ALL
+        SELECT c.id, t.project_id, t.depth + 1
+        FROM segments_segmentrule c JOIN project_rules t ON c.rule_id = t.id
+        WHERE t.depth < {MAX_RULE_DEPTH}
+    )
+"""
+_SEGMENT_ROWS = f"""
+    SELECT project_id, id, version_of_id, {_STAMPS} FROM segments_segment ORDER BY id
+"""
+_RULE_ROWS = f"""{_PROJECT_RULES}
+    SELECT t.project_id, r.id, r.segment_id, r.rule_id, r.type,
+           r.created_at, r.updated_at, r.deleted_at
+    FROM segments_segmentrule r JOIN project_rules t ON t.id = r.id ORDER BY r.id
+"""
+_CONDITION_ROWS = f"""{_PROJECT_RULES}
+    SELECT t.project_id, c.id, c.rule_id, c.operator, c.property, c.value,
+           c.created_at, c.updated_at, c.deleted_at
+    FROM segments_condition c JOIN project_rules t ON t.id = c.rule_id ORDER BY c.id
+"""
+
+
+def _canonical(value: object) -> object:
+    # Stamps as UTC instants, whatever form the driver returns them in.
+    parsed = _as_datetime(value)
+    return parsed.isoformat() if isinstance(parsed, datetime) else value
+
+
+def _as_datetime(value: object) -> object:
+    if isinstance(value, str):  # SQLite keeps stamps as text
+        try:
+            return _utc(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return _utc(value) if isinstance(value, datetime) else value
+
+
+def _stamp_of_change(
+    before: SegmentSignature | None, after: SegmentSignature | None
+) -> datetime | None:
+    """The latest stamp, when the change moved it forward."""
+    if after is None or after.latest_change is None:
+        return None
+    if before is None or before.latest_change is None or after.latest_change > before.latest_change:
+        return after.latest_change
+    return None
+
+
+def _utc(stamp: datetime | None) -> datetime | None:
+    if stamp is None:
+        return None
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
