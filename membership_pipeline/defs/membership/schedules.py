@@ -18,15 +18,20 @@ from membership_pipeline.defs.membership.resources import (
 from membership_pipeline.defs.membership.sensors import bitmaps_job
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 
-REFRESH_CRON = os.environ.get("MEMBERSHIP_REFRESH_CRON", "0 * * * *")
+# Change detection sees new identities, new traits and segment edits; a deleted identity or
+# trait and an edited trait value leave no trace it can read cheaply, so this refresh catches
+# them: every 6 hours by default (Flagsmith's own membership counts refresh as often).
+REFRESH_CRON = os.environ.get("MEMBERSHIP_REFRESH_CRON", "0 */6 * * *")
 
 
 @dg.schedule(
     job=bitmaps_job,
     cron_schedule=REFRESH_CRON,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Requests a refresh of every environment (MEMBERSHIP_REFRESH_CRON, hourly by "
-    "default); the dispatcher defers those running or cooling down and applies the caps.",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Requests a refresh of every environment (MEMBERSHIP_REFRESH_CRON, every 6 hours "
+    "by default): what change detection cannot see (deleted identities or traits, edited trait "
+    "values) is published by then. The dispatcher defers environments running or cooling down "
+    "and applies the caps.",
 )
 def membership_refresh_schedule(
     context: dg.ScheduleEvaluationContext,
