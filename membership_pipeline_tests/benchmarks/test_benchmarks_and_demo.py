@@ -58,6 +58,21 @@ def test_source_benchmark_reads_both_backends() -> None:
     assert "2,000 identities + " in out and out.count("; 0 failed segments)") == 2
 
 
+def test_change_benchmark_times_the_dispatch_sensor() -> None:
+    out = _run(
+        "membership_pipeline.benchmarks.change_benchmark",
+        "--identities",
+        "3000",
+        "--segments",
+        "20",
+        "--ticks",
+        "2",
+    )
+    assert "first tick on a new store" in out
+    assert "nothing changed" in out and "1,000 new traits in 10 environments" in out
+    assert "requested exactly the 10 environments: yes" in out
+
+
 def test_demo_materializes_every_environment_through_dagster(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
     store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
