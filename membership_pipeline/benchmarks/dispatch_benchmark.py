@@ -4,8 +4,9 @@
 
 For each store backend it fills the store with N environments' metadata (a mix of succeeded,
 running and cooling-down ones, in 100 organisations), queues R requests (some overlapping, to
-coalesce), then times what the dispatch sensor does per tick: read every environment's metadata
-and compare it with the source's change times (change detection), then the dispatch tick —
+coalesce), then times the store's part of a dispatch sensor tick: read every environment's
+metadata (what change detection does when it found changes; the source's part is
+``membership-benchmark-changes``), then the dispatch tick —
 read the queue, the guard of the queued environments, the dedup locks and the launch log;
 decide; record. Target: ≤ 2 s per tick (Dagster's sensor limit is 60 s).
 """
