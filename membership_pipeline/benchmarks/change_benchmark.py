@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -46,6 +47,8 @@ TARGET_CHANGED_MS = 200
 SMALL_ENVIRONMENTS = 10
 NEW_TRAITS = 1_000
 PUBLISHED_AS_OF = datetime(2000, 1, 1, tzinfo=UTC)
+# New trait keys of this run: a --source-url database may hold an earlier run's.
+RUN_TAG = uuid.uuid4().hex[:8]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,7 +183,7 @@ def _add_traits(url: str, environment_ids: list[int], total: int, round_: int) -
                     {
                         "id": next_id + len(rows),
                         "identity_id": identity,
-                        "trait_key": f"bench_round_{round_}",
+                        "trait_key": f"bench_{RUN_TAG}_{round_}",
                         "value_type": "unicode",
                         "string_value": "x",
                         "created_date": datetime.now(UTC),

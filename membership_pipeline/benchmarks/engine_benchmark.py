@@ -111,7 +111,6 @@ def _child(workdir: Path, repeat: int) -> None:
     loading_peak_mb = peak_rss_mb()
     reset_peak_rss()  # what follows measures the evaluation, inputs included
     runs = []
-    result = None
     for attempt in range(repeat):
         _progress(f"evaluation {attempt + 1} of {repeat}")
         result = None  # one evaluation's memory at a time, as in a backfill

@@ -175,22 +175,27 @@ def _segment_signatures(conn: sa.Connection) -> dict[int, SegmentSignature]:
     digests: dict[int, Any] = {}
     counts: dict[int, int] = {}
     latest: dict[int, datetime | None] = {}
-    for kind, query in (
-        ("segment", _SEGMENT_ROWS),
-        ("rule", _RULE_ROWS),
-        ("condition", _CONDITION_ROWS),
-    ):
-        for row in conn.execute(sa.text(query)):
-            project, *fields = row
-            digest = digests.get(project)
-            if digest is None:
-                digest = digests[project] = hashlib.blake2b(digest_size=16)
-                counts[project], latest[project] = 0, None
-            digest.update(repr((kind, *map(_canonical, fields))).encode())
-            counts[project] += 1
-            stamps = [_utc(_as_datetime(value)) for value in fields[-3:] if value is not None]
-            latest[project] = max(
-                [s for s in [latest[project], *stamps] if s is not None], default=None
+
+    def fold(kind: str, project: int, fields: list[object], stamps: list[object]) -> None:
+        digest = digests.get(project)
+        if digest is None:
+            digest = digests[project] = hashlib.blake2b(digest_size=16)
+            counts[project], latest[project] = 0, None
+        utc = [_stamp(value) for value in stamps]
+        digest.update(repr((kind, *fields, *(s and s.isoformat() for s in utc))).encode())
+        counts[project] += 1
+        latest[project] = max([s for s in (latest[project], *utc) if s is not None], default=None)
+
+    for project, *fields, created, updated, deleted in conn.execute(sa.text(_SEGMENT_ROWS)):
+        fold("segment", project, fields, [created, updated, deleted])
+    rule_projects: dict[int, int] = {}
+    for project, *fields, created, updated, deleted in conn.execute(sa.text(_RULE_ROWS)):
+        rule_projects[fields[0]] = project
+        fold("rule", project, fields, [created, updated, deleted])
+    for rule_id, *fields, created, updated, deleted in conn.execute(sa.text(_CONDITION_ROWS)):
+        if rule_id in rule_projects:  # a condition of a rule no segment reaches counts nowhere
+            fold(
+                "condition", rule_projects[rule_id], [rule_id, *fields], [created, updated, deleted]
             )
     return {
         int(project): SegmentSignature(counts[project], latest[project], digest.hexdigest())
@@ -199,7 +204,8 @@ def _segment_signatures(conn: sa.Connection) -> dict[int, SegmentSignature]:
 
 
 _STAMPS = "created_at, updated_at, deleted_at"
-_PROJECT_RULES = f"""
+_SEGMENT_ROWS = f"SELECT project_id, id, version_of_id, {_STAMPS} FROM segments_segment ORDER BY id"
+_RULE_ROWS = f"""
     WITH RECURSIVE project_rules(id, project_id, depth) AS (
         SELECT r.id, s.project_id, 0
         FROM segments_segmentrule r JOIN segments_segment s ON s.id = r.segment_id
@@ -208,35 +214,20 @@ _PROJECT_RULES = f"""
         FROM segments_segmentrule c JOIN project_rules t ON c.rule_id = t.id
         WHERE t.depth < {MAX_RULE_DEPTH}
     )
-"""
-_SEGMENT_ROWS = f"""
-    SELECT project_id, id, version_of_id, {_STAMPS} FROM segments_segment ORDER BY id
-"""
-_RULE_ROWS = f"""{_PROJECT_RULES}
     SELECT t.project_id, r.id, r.segment_id, r.rule_id, r.type,
            r.created_at, r.updated_at, r.deleted_at
     FROM segments_segmentrule r JOIN project_rules t ON t.id = r.id ORDER BY r.id
 """
-_CONDITION_ROWS = f"""{_PROJECT_RULES}
-    SELECT t.project_id, c.id, c.rule_id, c.operator, c.property, c.value,
-           c.created_at, c.updated_at, c.deleted_at
-    FROM segments_condition c JOIN project_rules t ON t.id = c.rule_id ORDER BY c.id
+_CONDITION_ROWS = f"""
+    SELECT rule_id, id, operator, property, value, {_STAMPS} FROM segments_condition ORDER BY id
 """
 
 
-def _canonical(value: object) -> object:
-    # Stamps as UTC instants, whatever form the driver returns them in.
-    parsed = _as_datetime(value)
-    return parsed.isoformat() if isinstance(parsed, datetime) else value
-
-
-def _as_datetime(value: object) -> object:
-    if isinstance(value, str):  # SQLite keeps stamps as text
-        try:
-            return _utc(datetime.fromisoformat(value))
-        except ValueError:
-            return value
-    return _utc(value) if isinstance(value, datetime) else value
+def _stamp(value: object) -> datetime | None:
+    """A stamp column as a UTC instant (SQLite returns text)."""
+    if isinstance(value, str):
+        return _utc(datetime.fromisoformat(value))
+    return _utc(value) if isinstance(value, datetime) else None
 
 
 def _stamp_of_change(
