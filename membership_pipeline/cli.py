@@ -185,24 +185,31 @@ def _segments(args: argparse.Namespace) -> tuple[Any, str]:
         counts = published.segment_counts()
         failed = published.failed_segments
         names = {key: published.segment_name(key) for key in published.segment_keys}
+        evaluated = published.segment_freshness()
     document = {
         "environment": args.environment,
         "version": published.version_id,
         "as_of": published.as_of.isoformat(),
         "identities": published.identity_count,
         "segments": [
-            {"key": key, "name": names[key], "count": counts.get(key), "error": failed.get(key)}
+            {
+                "key": key,
+                "name": names[key],
+                "count": counts.get(key),
+                "error": failed.get(key),
+                "evaluated_as_of": evaluated[key].isoformat(),
+            }
             for key in names
         ],
     }
     lines = [
         f"{args.environment}: version {published.version_id}, "
         f"{published.identity_count:,} identities, as of {_when(published.as_of)} UTC",
-        f"{'segment':<16}{'name':<32}{'members':>10}",
+        f"{'segment':<16}{'name':<32}{'members':>10}  evaluated as of (UTC)",
     ]
     for key, name in names.items():
         shown = f"{counts[key]:>10,}" if key in counts else f"  failed: {failed[key]}"
-        lines.append(f"{key:<16}{(name or '')[:31]:<32}{shown}")
+        lines.append(f"{key:<16}{(name or '')[:31]:<32}{shown}  {_when(evaluated[key])}")
     return document, "\n".join(lines)
 
 

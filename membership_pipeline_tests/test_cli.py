@@ -57,7 +57,15 @@ def test_the_store_commands(database_url):
     assert membership(database_url, "segments-of", "env", "7").stdout.strip() == "odd"
     assert "is not in odd" in membership(database_url, "is-member", "env", "odd", "8").stdout
     segments = json.loads(membership(database_url, "--json", "segments", "env").stdout)
-    assert segments["segments"] == [{"key": "odd", "name": "ODD", "count": 100, "error": None}]
+    assert segments["segments"] == [
+        {
+            "key": "odd",
+            "name": "ODD",
+            "count": 100,
+            "error": None,
+            "evaluated_as_of": segments["as_of"],  # written whole: every segment as of then
+        }
+    ]
 
     unknown = membership(database_url, "count", "env", "even")
     assert unknown.returncode == 1

@@ -8,6 +8,9 @@ discovery's), and one of these holds:
   before they were committed may lack them);
 * its project's segment tables changed.
 
+A request whose environment only saw segment changes names those segments (an incremental
+backfill may re-evaluate just them); one with new identities or traits is full.
+
 The window runs from the published version's ``as_of`` to the changes' latest stamp (rows'
 ``created_date``, the segment tables' latest stamp), so rows seen again by the overlapping scan
 make the same dedup key (the lock of the first launch suppresses it); a segment change that
@@ -64,6 +67,7 @@ def change_requests(
         if segments:
             stamps.append(detected.segment_projects[environment.project_id] or now)
         end = max([as_of, *stamps])
+        only_segments = segments and not rows
         requests.append(
             BackfillRequest.new(
                 organisation=environment.organisation,
@@ -73,6 +77,10 @@ def change_requests(
                 reason=Reason.CHANGE,
                 created_at=now,
                 max_attempts=max_attempts,
+                segments=detected.segment_keys.get(environment.project_id, ())
+                if only_segments
+                else None,
+                segment_total=detected.segment_totals.get(environment.project_id),
             )
         )
     return requests

@@ -45,5 +45,8 @@ def dispatch_tick(
             window_end=request.window_end.isoformat(),
             detail=decision.detail,
             into=decision.into,
+            mode=decision.mode,
+            mode_detail=decision.mode_detail,
+            segments=None if request.segments is None else len(request.segments),
         )
     return result

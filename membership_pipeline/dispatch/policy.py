@@ -6,7 +6,10 @@ Order of the rules, per tick:
    dropped (reported).
 2. **Coalesce**: per environment, requests whose windows overlap or lie within
    ``coalesce_window`` of each other merge into one covering the union; it keeps the earliest
-   created-at and the most urgent reason (the others are reported as coalesced into it).
+   created-at and the most urgent reason (the others are reported as coalesced into it). Their
+   segment sets merge too: a full request makes the merge full.
+   **Escalate**: a segments-only request naming more than ``incremental_max_share`` of the
+   environment's segments becomes a full backfill (every decision says its mode and why).
 3. In urgency order, each merged request is **dedup-suppressed** if its dedup key is locked,
    **deferred** (kept queued) if its environment is running or cooling down, or has already
    been launched this tick, **rate-limited** (kept queued) if its organisation reached its cap
@@ -53,6 +56,11 @@ class Decision:
     detail: str
     request: BackfillRequest  # for a merged request, the merged form
     into: str | None = None  # coalesced: the job id it was merged into
+    mode_detail: str = ""  # why the request's backfill is full or incremental
+
+    @property
+    def mode(self) -> str:
+        return self.request.mode
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class PolicySettings:
     launches_per_organisation_per_minute: int = 10
     organisation_caps: Mapping[str, int] = field(default_factory=dict)  # 0 = deny-listed
     max_age: timedelta = timedelta(hours=24)
+    incremental_max_share: float = 0.5
 
     def cap(self, organisation: str) -> int:
         return self.organisation_caps.get(organisation, self.launches_per_organisation_per_minute)
@@ -75,6 +84,7 @@ def policy_settings(values: Mapping[str, Any]) -> PolicySettings:
         launches_per_organisation_per_minute=values["launches_per_organisation_per_minute"],
         organisation_caps=dict(values["organisation_caps"]),
         max_age=timedelta(seconds=values["max_request_age_seconds"]),
+        incremental_max_share=values.get("incremental_max_share", 0.5),
     )
 
 
@@ -129,6 +139,14 @@ def decide(
         else:
             alive.append(request)
     merged, absorbed = _coalesce(alive, settings.coalesce_window)
+    escalated = [escalate(r, settings.incremental_max_share) for r in merged]
+    merged = [request for request, _ in escalated]
+    by_job = {request.job_id: request for request in merged}
+    mode_details = {request.job_id: detail for request, detail in escalated}
+    absorbed = [
+        dataclasses.replace(d, request=by_job[d.into or ""], mode_detail=mode_details[d.into or ""])
+        for d in absorbed
+    ]
     decisions.extend(absorbed)
 
     launched_orgs = Counter(org for org, at in world.recent_launches if now - at < RATE_WINDOW)
@@ -155,18 +173,48 @@ def decide(
             outcome, detail = Outcome.PUBLISHED, f"reason {request.reason.value}"
             launched_orgs[request.organisation] += 1
             launched_envs.add(request.environment)
-        decisions.append(_decided(request, outcome, detail))
+        decisions.append(_decided(request, outcome, detail, mode_details[request.job_id]))
     return TickResult(decisions)
+
+
+def escalate(request: BackfillRequest, max_share: float) -> tuple[BackfillRequest, str]:
+    """The request, made full when its segment set is most of the environment; and why its
+    backfill is full or incremental."""
+    if request.segments is None:
+        return request, "full: identities, traits or the whole environment"
+    count, total = len(request.segments), request.segment_total
+    if total is not None and count > max_share * max(total, 1):
+        return (
+            dataclasses.replace(request, segments=None),
+            f"full: {count} of {total} segments changed (more than {max_share:.0%})",
+        )
+    return request, f"incremental: {count} segments changed" + (
+        f" of {total}" if total is not None else ""
+    )
 
 
 def _priority(request: BackfillRequest) -> tuple[int, datetime, str]:
     return (request.reason.urgency, request.created_at, request.job_id)
 
 
-def _decided(request: BackfillRequest, outcome: Outcome, detail: str) -> Decision:
+def _decided(
+    request: BackfillRequest, outcome: Outcome, detail: str, mode_detail: str = ""
+) -> Decision:
     return Decision(
-        request.job_id, request.environment, request.organisation, outcome, detail, request
+        request.job_id,
+        request.environment,
+        request.organisation,
+        outcome,
+        detail,
+        request,
+        mode_detail=mode_detail,
     )
+
+
+def _merged_segments(run: Sequence[BackfillRequest]) -> tuple[str, ...] | None:
+    if any(r.segments is None for r in run):
+        return None  # one full request makes the merge full
+    return tuple(sorted({k for r in run for k in r.segments or ()}, key=lambda k: (len(k), k)))
 
 
 def _coalesce(
@@ -199,6 +247,8 @@ def _coalesce(
                 reason=min((r.reason for r in run), key=lambda reason: reason.urgency),
                 attempt=max(r.attempt for r in run),
                 force=any(r.force for r in run),
+                segments=_merged_segments(run),
+                segment_total=max((r.segment_total or 0 for r in run), default=0) or None,
                 coalesced=tuple(
                     sorted(
                         {

@@ -156,6 +156,8 @@ def _row(request: BackfillRequest) -> dict[str, Any]:
         "force": request.force,
         "created_at": request.created_at,
         "coalesced": " ".join(request.coalesced),
+        "segments": None if request.segments is None else " ".join(request.segments),
+        "segment_total": request.segment_total,
     }
 
 
@@ -173,4 +175,6 @@ def _request(row: sa.Row[Any]) -> BackfillRequest:
         max_attempts=row.max_attempts,
         force=row.force,
         coalesced=tuple(row.coalesced.split()),
+        segments=None if row.segments is None else tuple(row.segments.split()),
+        segment_total=row.segment_total,
     )

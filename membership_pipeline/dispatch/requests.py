@@ -37,6 +37,14 @@ class BackfillRequest:
     max_attempts: int = 3
     force: bool = False  # skip the cooldown (never the guard against a running backfill)
     coalesced: tuple[str, ...] = ()  # job ids of the requests merged into this one
+    # The segment keys a segments-only change concerns (an incremental backfill may do);
+    # None: a full backfill (identities or traits changed, discovery, the schedule, by hand).
+    segments: tuple[str, ...] | None = None
+    segment_total: int | None = None  # the environment's segments when requested
+
+    @property
+    def mode(self) -> str:
+        return "full" if self.segments is None else "incremental"
 
     def __post_init__(self) -> None:
         if self.window_end < self.window_start:
@@ -61,6 +69,8 @@ class BackfillRequest:
         created_at: datetime,
         max_attempts: int = 3,
         force: bool = False,
+        segments: tuple[str, ...] | None = None,
+        segment_total: int | None = None,
     ) -> BackfillRequest:
         return cls(
             job_id=uuid.uuid4().hex,
@@ -73,6 +83,8 @@ class BackfillRequest:
             created_at=created_at,
             max_attempts=max_attempts,
             force=force,
+            segments=segments,
+            segment_total=segment_total,
         )
 
     def retry(self, now: datetime) -> BackfillRequest:

@@ -10,12 +10,25 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyroaring import BitMap
+
 from membership_pipeline.evaluation import referenced_trait_keys
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
 from membership_pipeline.process_memory import peak_rss_mb
+from membership_pipeline.sharding.refresh_mode import (
+    DEFAULT_MAX_CHANGED_SHARE,
+    RefreshMode,
+    SourceMarks,
+    decide_refresh,
+    environment_digest,
+)
 from membership_pipeline.sharding.shard_plan import ShardSpec, plan_shards
-from membership_pipeline.sources.flagsmith_source import EnvironmentInfo, FlagsmithSource
+from membership_pipeline.sources.flagsmith_source import (
+    EnvironmentInfo,
+    FlagsmithSource,
+    IdentityPlan,
+)
 from membership_pipeline.storage import (
     Claim,
     MembershipStore,
@@ -30,6 +43,9 @@ if TYPE_CHECKING:
 
 log = get_logger("backfill")
 MISMATCHES_KEPT = 20  # per shard, in its report
+# An incremental shard evaluates a few segments: it holds far more identities than a full one
+# in the same memory (ids, identifiers and the edited segments' traits).
+DEFAULT_INCREMENTAL_SHARD_IDENTITIES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -54,21 +70,78 @@ class ShardOutcome:
     trait_keys: tuple[str, ...]  # the only keys read: those the segments reference
 
 
+class IdentitiesChanged(RuntimeError):
+    """An incremental shard read other identities than the base version holds (they changed
+    after planning): nothing is published; the next backfill is a full one."""
+
+
 def plan_backfill(
-    source: FlagsmithSource, store: MembershipStore, held: Claim, shard_identities: int
+    source: FlagsmithSource,
+    store: MembershipStore,
+    held: Claim,
+    shard_identities: int,
+    *,
+    mode: RefreshMode = RefreshMode.FULL,
+    incremental_shard_identities: int = DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
+    max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE,
 ) -> StagedPlan:
-    """Read the environment's segments and id boundaries in one snapshot, plan the shards and
-    record the plan with a new shadow version."""
-    found = source.plan_identities(held.environment_key, shard_identities)
-    specs = plan_shards(found.boundaries, found.identity_count, found.max_id, shard_identities)
+    """Read the environment's segments and id boundaries in one snapshot, decide full or
+    incremental (see refresh_mode.py), plan the shards and record the plan with a new shadow
+    version. An incremental plan evaluates only the new and edited segments, so its shards
+    hold more identities (``incremental_shard_identities``)."""
+    key = held.environment_key
+    base = store.refresh_base(key) if mode is RefreshMode.INCREMENTAL else None
+    traits_after = None
+    if base is not None and base.marks is not None:
+        traits_after = base.marks.max_trait_id or 0
+    every = incremental_shard_identities if mode is RefreshMode.INCREMENTAL else shard_identities
+    found = source.plan_identities(key, every, traits_after=traits_after)
+    decision = decide_refresh(
+        mode,
+        base,
+        source_marks(found),
+        found.new_traits,
+        found.segments,
+        max_changed_share=max_changed_share,
+    )
+    if decision.mode is RefreshMode.FULL and every != shard_identities:
+        every = shard_identities  # escalated: plan again in full-sized shards
+        found = source.plan_identities(key, every)
+    log.info(
+        "segment_membership.backfill.refresh_decided",
+        environment=key,
+        requested=mode.value,
+        mode=decision.mode.value,
+        reason=decision.reason,
+        base_version=decision.base_version_id,
+        reevaluated=len(decision.reevaluate),
+        reused=len(decision.reuse),
+        dropped=len(decision.drop),
+    )
+    evaluated = set(decision.reevaluate)
+    specs = plan_shards(found.boundaries, found.identity_count, found.max_id, every)
     return store.stage_plan(
         held,
         as_of=found.as_of,
         environment_info=dataclasses.asdict(found.info),
-        segments=found.segments,
+        segments=[s for s in found.segments if str(s["key"]) in evaluated]
+        if decision.mode is RefreshMode.INCREMENTAL
+        else found.segments,
         identity_count=found.identity_count,
-        shard_identities=shard_identities,
+        shard_identities=every,
         shards=specs,
+        refresh=decision,
+        marks=source_marks(found),
+    )
+
+
+def source_marks(found: IdentityPlan) -> SourceMarks:
+    info = found.info
+    return SourceMarks(
+        identity_count=found.identity_count,
+        max_identity_id=found.max_id,
+        max_trait_id=found.max_trait_id,
+        environment_digest=environment_digest(info.api_key, info.name, info.use_composite_hash_key),
     )
 
 
@@ -79,9 +152,11 @@ def compute_shard(
     *,
     audit_sample_size: int,
     audit_seed: int,
+    expected_identities: BitMap | None = None,
 ) -> ShardOutcome:
     """Read the shard's id range, evaluate the plan's segments on it, and audit its share of the
-    sample against flag-engine."""
+    sample against flag-engine. ``expected_identities``: an incremental shard's ids in the base
+    version; reading others raises ``IdentitiesChanged``."""
     # The engine (numba kernels) loads here, in the step's process, not with the definitions.
     from membership_pipeline.evaluation import engine
 
@@ -100,6 +175,15 @@ def compute_shard(
         context, read.identities, read.traits, plan.segments, tuning
     )
     seconds["evaluate"] = time.perf_counter() - started
+    if expected_identities is not None and expected_identities != result.universe:
+        added = len(result.universe - expected_identities)
+        removed = len(expected_identities - result.universe)
+        raise IdentitiesChanged(
+            f"shard {spec.index} (ids {spec.first_id}..{spec.last_id}) of "
+            f"{info.api_key!r}: {added} identities added and {removed} removed since version "
+            f"{plan.base_version_id}, which this incremental backfill shares bitmaps with; "
+            "run a full backfill"
+        )
     started = time.perf_counter()
     audit = audit_against_flag_engine(
         context,
@@ -121,6 +205,13 @@ def compute_shard(
         read.unreadable_traits,
         tuple(sorted(trait_keys)),
     )
+
+
+def expected_identities(store: MembershipStore, plan: StagedPlan, spec: ShardSpec) -> BitMap | None:
+    """An incremental shard's identities as its base version holds them (None when full)."""
+    if not plan.incremental or plan.base_version_id is None:
+        return None
+    return store.universe_between(plan.base_version_id, spec.first_id, spec.last_id)
 
 
 def tuning_for(plan: StagedPlan) -> EvaluationTuning:
@@ -145,7 +236,7 @@ def stage_shard(store: MembershipStore, outcome: ShardOutcome) -> dict[str, Any]
     attempt wrote is replaced) and record its report; returns the report."""
     started = time.perf_counter()
     writer = store.shard_writer(outcome.plan, outcome.spec)
-    stage_membership_result(writer, outcome.result)
+    stage_membership_result(writer, outcome.result, with_universe=not outcome.plan.incremental)
     seconds = outcome.seconds | {"write": time.perf_counter() - started}
     audit = outcome.audit
     report = {

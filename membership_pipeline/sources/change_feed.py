@@ -7,8 +7,10 @@ at the previous tick's highest id, not this one's), so a row whose insert commit
 higher id was already seen (a transaction open across one tick) is still found.
 
 The segment tables (segments, rules, conditions) are small: each tick reads them whole and folds
-each project's rows (every defining column and stamp) into a digest, which changes whenever a
-segment, rule or condition is created, edited, soft- or hard-deleted, whatever the stamps say.
+each segment's rows (every defining column and stamp of the segment, its versions, its rules at
+any depth and their conditions) into a digest per segment, and those into one per project. A
+digest changes whenever a segment, rule or condition is created, edited, soft- or hard-deleted,
+whatever the stamps say; the segments whose digest changed are the ones a request names.
 
 What this cannot see: a deleted identity or trait (the row is gone, no id grows) and an edited
 trait value (Flagsmith stamps a trait only when it is created). The refresh schedule catches
@@ -44,9 +46,23 @@ class TableMark:
 
 @dataclass(frozen=True, slots=True)
 class SegmentSignature:
+    """One project's segment tables: row count, latest stamp, a digest of all of it, and a
+    digest per segment (by segment key: the canonical segment's id)."""
+
     rows: int
     latest_change: datetime | None
     digest: str
+    segments: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def changed_segments(self, before: SegmentSignature | None) -> tuple[str, ...]:
+        """Keys of the segments created, edited or deleted since ``before``."""
+        old = {} if before is None else before.segments
+        return tuple(
+            sorted(
+                (k for k in set(old) | set(self.segments) if old.get(k) != self.segments.get(k)),
+                key=lambda k: (len(k), k),
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,9 @@ class DetectedChanges:
     traits: dict[int, RowChanges]
     segment_projects: dict[int, datetime | None]
     watermarks: Watermarks
+    # Per changed project: the keys of its changed segments, and how many segments it has.
+    segment_keys: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    segment_totals: dict[int, int] = field(default_factory=dict)
 
 
 class ChangeFeed:
@@ -110,11 +129,22 @@ class ChangeFeed:
             },
             segments=signatures,
         )
+        empty = SegmentSignature(0, None, "")
         return DetectedChanges(
             identities=identities.by_environment,
             traits=traits.by_environment,
             segment_projects=changed_projects,
             watermarks=watermarks,
+            segment_keys={
+                project: signatures.get(project, empty).changed_segments(
+                    marks.segments.get(project)
+                )
+                for project in changed_projects
+            },
+            segment_totals={
+                project: len(signatures.get(project, empty).segments)
+                for project in changed_projects
+            },
         )
 
 
@@ -170,51 +200,65 @@ def _grouped(conn: sa.Connection, query: str, mark: TableMark) -> _Grouped:
 
 def _segment_signatures(conn: sa.Connection) -> dict[int, SegmentSignature]:
     """Per project: its segments, rules (at any depth) and conditions, soft-deleted ones
-    included, folded into a digest of every column that defines them and their stamps. Any
-    creation, edit, soft or hard deletion changes it, whatever the stamps say."""
-    digests: dict[int, Any] = {}
+    included, folded into a digest of every column that defines them and their stamps, per
+    segment (a version row counts for the segment it is a version of) and per project. Any
+    creation, edit, soft or hard deletion changes them, whatever the stamps say."""
+    segment_digests: dict[tuple[int, int], Any] = {}
     counts: dict[int, int] = {}
     latest: dict[int, datetime | None] = {}
 
-    def fold(kind: str, project: int, fields: list[object], stamps: list[object]) -> None:
-        digest = digests.get(project)
+    def fold(
+        kind: str, project: int, root: int, fields: list[object], stamps: list[object]
+    ) -> None:
+        digest = segment_digests.get((project, root))
         if digest is None:
-            digest = digests[project] = hashlib.blake2b(digest_size=16)
+            digest = segment_digests[(project, root)] = hashlib.blake2b(digest_size=16)
+        if project not in counts:
             counts[project], latest[project] = 0, None
         utc = [_stamp(value) for value in stamps]
         digest.update(repr((kind, *fields, *(s and s.isoformat() for s in utc))).encode())
         counts[project] += 1
         latest[project] = max([s for s in (latest[project], *utc) if s is not None], default=None)
 
-    for project, *fields, created, updated, deleted in conn.execute(sa.text(_SEGMENT_ROWS)):
-        fold("segment", project, fields, [created, updated, deleted])
-    rule_projects: dict[int, int] = {}
-    for project, *fields, created, updated, deleted in conn.execute(sa.text(_RULE_ROWS)):
-        rule_projects[fields[0]] = project
-        fold("rule", project, fields, [created, updated, deleted])
+    for project, root, *fields, created, updated, deleted in conn.execute(sa.text(_SEGMENT_ROWS)):
+        fold("segment", project, root, fields, [created, updated, deleted])
+    rule_owner: dict[int, tuple[int, int]] = {}
+    for project, root, *fields, created, updated, deleted in conn.execute(sa.text(_RULE_ROWS)):
+        rule_owner[fields[0]] = (project, root)
+        fold("rule", project, root, fields, [created, updated, deleted])
     for rule_id, *fields, created, updated, deleted in conn.execute(sa.text(_CONDITION_ROWS)):
-        if rule_id in rule_projects:  # a condition of a rule no segment reaches counts nowhere
-            fold(
-                "condition", rule_projects[rule_id], [rule_id, *fields], [created, updated, deleted]
-            )
-    return {
-        int(project): SegmentSignature(counts[project], latest[project], digest.hexdigest())
-        for project, digest in digests.items()
-    }
+        if rule_id in rule_owner:  # a condition of a rule no segment reaches counts nowhere
+            project, root = rule_owner[rule_id]
+            fold("condition", project, root, [rule_id, *fields], [created, updated, deleted])
+    by_project: dict[int, dict[str, str]] = {}
+    for (project, root), digest in sorted(segment_digests.items()):
+        by_project.setdefault(project, {})[str(root)] = digest.hexdigest()
+    signatures = {}
+    for project, segments in by_project.items():
+        whole = hashlib.blake2b(digest_size=16)
+        whole.update(repr(sorted(segments.items())).encode())
+        signatures[int(project)] = SegmentSignature(
+            counts[project], latest[project], whole.hexdigest(), segments
+        )
+    return signatures
 
 
 _STAMPS = "created_at, updated_at, deleted_at"
-_SEGMENT_ROWS = f"SELECT project_id, id, version_of_id, {_STAMPS} FROM segments_segment ORDER BY id"
+# A segment's versions (``version_of_id`` set to another segment) count for that segment.
+_SEGMENT_ROWS = f"""
+    SELECT project_id, coalesce(version_of_id, id) AS root, id, version_of_id, name, {_STAMPS}
+    FROM segments_segment ORDER BY id
+"""
 _RULE_ROWS = f"""
-    WITH RECURSIVE project_rules(id, project_id, depth) AS (
-        SELECT r.id, s.project_id, 0
+    WITH RECURSIVE project_rules(id, project_id, root, depth) AS (
+        SELECT r.id, s.project_id, coalesce(s.version_of_id, s.id), 0
         FROM segments_segmentrule r JOIN segments_segment s ON s.id = r.segment_id
         UNION ALL
-        SELECT c.id, t.project_id, t.depth + 1
+        SELECT c.id, t.project_id, t.root, t.depth + 1
         FROM segments_segmentrule c JOIN project_rules t ON c.rule_id = t.id
         WHERE t.depth < {MAX_RULE_DEPTH}
     )
-    SELECT t.project_id, r.id, r.segment_id, r.rule_id, r.type,
+    SELECT t.project_id, t.root, r.id, r.segment_id, r.rule_id, r.type,
            r.created_at, r.updated_at, r.deleted_at
     FROM segments_segmentrule r JOIN project_rules t ON t.id = r.id ORDER BY r.id
 """

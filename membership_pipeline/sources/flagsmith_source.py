@@ -91,6 +91,10 @@ class IdentityPlan:
     boundaries: list[int]
     every: int
     as_of: datetime
+    max_trait_id: int | None = None  # the trait table's largest id (every environment's)
+    # The environment's traits above ``traits_after`` (None: not asked, or more rows above it
+    # than the check reads).
+    new_traits: int | None = None
 
 
 @dataclass
@@ -191,10 +195,19 @@ class FlagsmithSource:
             trait_keys=trait_keys,
         )
 
-    def plan_identities(self, api_key: str, every: int) -> IdentityPlan:
+    def plan_identities(
+        self,
+        api_key: str,
+        every: int,
+        *,
+        traits_after: int | None = None,
+        trait_check_rows: int = 1_000_000,
+    ) -> IdentityPlan:
         """The environment, its segments, its identity count and largest id, and the ids at ranks
         0, ``every``, 2 × ``every``, ... in one snapshot: one ordered scan of the environment's
-        ids on the server, whatever its size; only the boundaries travel."""
+        ids on the server, whatever its size; only the boundaries travel. With
+        ``traits_after``: how many of the environment's traits lie above that trait id (a
+        primary-key range scan of at most ``trait_check_rows`` rows)."""
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         info = self.environment(api_key)
@@ -221,6 +234,10 @@ class FlagsmithSource:
             ).scalars()
             boundaries = [int(b) for b in boundaries]
             segments = self._segments(conn, info)
+            max_trait_id = conn.execute(sa.text("SELECT max(id) FROM environments_trait")).scalar()
+            new_traits = None
+            if traits_after is not None:
+                new_traits = _traits_above(conn, info.id, traits_after, trait_check_rows)
         return IdentityPlan(
             info=info,
             segments=segments,
@@ -229,6 +246,8 @@ class FlagsmithSource:
             boundaries=boundaries,
             every=every,
             as_of=as_of,
+            max_trait_id=None if max_trait_id is None else int(max_trait_id),
+            new_traits=new_traits,
         )
 
     def read_identity_range(
@@ -428,6 +447,27 @@ class FlagsmithSource:
                 conditions=built.unreachable_conditions,
             )
         return built.segments
+
+
+def _traits_above(
+    conn: sa.Connection, environment_id: int, after_id: int, max_rows: int
+) -> int | None:
+    """The environment's traits with an id above ``after_id``: a primary-key range scan of the
+    rows above it (every environment's), each finding its environment by one primary-key lookup
+    of its identity; None when more than ``max_rows`` rows lie above it."""
+    scanned, own = conn.execute(
+        sa.text(
+            """
+            SELECT count(*) AS scanned,
+                   coalesce(sum(CASE WHEN i.environment_id = :environment_id THEN 1 ELSE 0 END), 0)
+            FROM (SELECT identity_id FROM environments_trait WHERE id > :after_id
+                  ORDER BY id LIMIT :limit) above
+            LEFT JOIN environments_identity i ON i.id = above.identity_id
+            """
+        ),
+        {"environment_id": environment_id, "after_id": after_id, "limit": max_rows + 1},
+    ).one()
+    return None if scanned > max_rows else int(own)
 
 
 def _id_range_filter(column: str, id_range: IdRange) -> tuple[str, dict[str, int]]:

@@ -5,6 +5,14 @@ wrote it crashed, failed, or was reconciled. A retired version is collected once
 the newest ``keep_retired`` and has been retired for ``retired_grace`` (readers holding it finish
 first). Each version goes in its own transaction, whose ``DELETE`` re-checks the condition, so a
 concurrent publish, claim or rollback always wins over the collector.
+
+Chunks are collected **by reference**: an incremental version's directory points at chunks an
+earlier version wrote. A collected version whose chunks a kept version still uses loses its
+directory and every chunk no one uses, and stays as ``collected`` (holding only the used chunks)
+until the last version using them is collected too. The collector locks a version's row before
+it looks for references; sealing an incremental version locks its base's row (shared) while it
+writes rows pointing at it, so the collector either waits for those rows or the sealing finds
+the base gone and fails cleanly.
 """
 
 from __future__ import annotations
@@ -15,16 +23,19 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from membership_pipeline.storage.database import StoreDatabase
-from membership_pipeline.storage.tables import environment, version
+from membership_pipeline.storage.tables import bitmap, bitmap_chunk, environment, version
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("store")
+COLLECTED = "collected"  # directory gone; kept only for chunks other versions use
 
 
 @dataclass
 class GarbageReport:
     abandoned_versions: list[int] = field(default_factory=list)
     retired_versions: list[int] = field(default_factory=list)
+    # Collected, but part of their chunks is still used by kept versions.
+    still_referenced_versions: list[int] = field(default_factory=list)
     bytes_freed: int = 0
 
 
@@ -62,25 +73,94 @@ def collect_garbage(
         version.c.retired_at <= now - retired_grace,
         newer_retired >= keep_retired,
     )
-    passes = ((abandoned, report.abandoned_versions), (collectable, report.retired_versions))
-    for condition, found in passes:
-        with database.reader.connect() as conn:
-            candidates = conn.execute(
-                sa.select(version.c.version_id, version.c.byte_size).where(condition)
-            ).all()
-        for candidate in candidates:
-            with database.writer.begin() as conn:
-                deleted = conn.execute(
-                    version.delete().where(version.c.version_id == candidate.version_id, condition)
-                ).rowcount
-            if deleted:
-                found.append(candidate.version_id)
-                report.bytes_freed += candidate.byte_size or 0
-    if report.abandoned_versions or report.retired_versions:
+    # An abandoned shadow is never shared: no version builds on an unpublished one.
+    for version_id in _candidates(database, abandoned):
+        with database.writer.begin() as conn:
+            freed = _own_bytes(conn, version_id)
+            if conn.execute(
+                version.delete().where(version.c.version_id == version_id, abandoned)
+            ).rowcount:
+                report.abandoned_versions.append(version_id)
+                report.bytes_freed += freed
+    for version_id in _candidates(database, collectable):
+        with database.writer.begin() as conn:
+            if _lock(conn, version_id, collectable):
+                report.retired_versions.append(version_id)
+                report.bytes_freed += _collect(conn, version_id)
+    # Versions kept only for chunks others used: free what is no longer used.
+    for version_id in _candidates(database, version.c.state == COLLECTED):
+        with database.writer.begin() as conn:
+            if _lock(conn, version_id, version.c.state == COLLECTED):
+                report.bytes_freed += _collect(conn, version_id)
+    with database.reader.connect() as conn:
+        report.still_referenced_versions = list(
+            conn.execute(
+                sa.select(version.c.version_id)
+                .where(version.c.state == COLLECTED)
+                .order_by(version.c.version_id)
+            ).scalars()
+        )
+    if report.abandoned_versions or report.retired_versions or report.bytes_freed:
         log.info(
             "segment_membership.store.garbage_collected",
             abandoned_versions=report.abandoned_versions,
             retired_versions=report.retired_versions,
+            still_referenced_versions=report.still_referenced_versions,
             bytes_freed=report.bytes_freed,
         )
     return report
+
+
+def _candidates(database: StoreDatabase, condition: sa.ColumnElement[bool]) -> list[int]:
+    with database.reader.connect() as conn:
+        return list(conn.execute(sa.select(version.c.version_id).where(condition)).scalars())
+
+
+def _lock(conn: sa.Connection, version_id: int, condition: sa.ColumnElement[bool]) -> bool:
+    """Lock the version's row if it still qualifies. Statements after this one see every
+    reference committed before the lock was granted (a new snapshot per statement)."""
+    return (
+        conn.execute(
+            sa.select(version.c.version_id)
+            .where(version.c.version_id == version_id, condition)
+            .with_for_update()
+        ).first()
+        is not None
+    )
+
+
+def _collect(conn: sa.Connection, version_id: int) -> int:
+    """Drop the (locked) version's directory and every chunk of it no other version uses; the
+    row goes too once none is left, else it stays ``collected``. Returns the bytes freed."""
+    used = sa.exists().where(
+        bitmap.c.chunk_version_id == version_id,
+        bitmap.c.version_id != version_id,
+        bitmap.c.kind == bitmap_chunk.c.kind,
+        bitmap.c.key == bitmap_chunk.c.key,
+    )
+    unused = sa.and_(bitmap_chunk.c.version_id == version_id, ~used)
+    freed = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(bitmap_chunk.c.payload)), 0)).where(
+            unused
+        )
+    ).scalar_one()
+    still_used = sa.exists().where(bitmap_chunk.c.version_id == version_id, used)
+    if conn.execute(sa.select(still_used)).scalar():
+        conn.execute(bitmap_chunk.delete().where(unused))
+        conn.execute(bitmap.delete().where(bitmap.c.version_id == version_id))
+        conn.execute(
+            version.update().where(version.c.version_id == version_id).values(state=COLLECTED)
+        )
+    else:
+        conn.execute(version.delete().where(version.c.version_id == version_id))
+    return int(freed)
+
+
+def _own_bytes(conn: sa.Connection, version_id: int) -> int:
+    return int(
+        conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(sa.func.length(bitmap_chunk.c.payload)), 0)
+            ).where(bitmap_chunk.c.version_id == version_id)
+        ).scalar_one()
+    )

@@ -10,9 +10,15 @@ if TYPE_CHECKING:
 from membership_pipeline.storage.bitmap_writer import BitmapWriter
 
 
-def stage_membership_result(shadow: BitmapWriter, result: MembershipResult) -> None:
-    """Universe, every segment (bitmap or failure) and the atoms shared by several segments."""
-    shadow.add_universe(result.universe)
+def stage_membership_result(
+    shadow: BitmapWriter, result: MembershipResult, *, with_universe: bool = True
+) -> None:
+    """Universe, every segment (bitmap or failure) and the atoms shared by several segments.
+    Without the universe (an incremental version shares its base's), only its size is kept."""
+    if with_universe:
+        shadow.add_universe(result.universe)
+    else:
+        shadow.identity_count = len(result.universe)
     for key, members in result.segments.items():
         shadow.add_segment(key, result.segment_names.get(key), members)
     for key, failure in result.failures.items():

@@ -4,8 +4,9 @@ version only.
 ``MembershipReader.published(env)`` reads the pointer and the version's directory (keys,
 cardinalities, chunk id ranges) in one snapshot and returns a ``PublishedMembership`` pinned to
 that version: every query on it answers from that version, whatever is published meanwhile.
-Chunks are fetched on first use and kept in an LRU cache bounded in bytes, keyed by version
-(versions never change once written, so a cached chunk is never stale). The reader remembers
+Chunks are fetched on first use and kept in an LRU cache bounded in bytes, keyed by the version
+that wrote them (chunks never change once written, so a cached chunk is never stale; a bitmap an
+incremental version shares with an earlier one is cached once for both). The reader remembers
 the newest publication it has seen per environment and never answers from an older one.
 """
 
@@ -63,6 +64,8 @@ class BitmapEntry:
     error_code: str | None
     error_message: str | None
     chunks: tuple[ChunkRef, ...]
+    chunk_version_id: int  # the version whose chunk rows hold the bytes (shared or its own)
+    evaluated_as_of: datetime | None  # the source read it was computed from
 
     @functools.cached_property
     def _chunk_starts(self) -> list[int]:
@@ -98,44 +101,51 @@ class ChunkCache:
         )
         self._lock = threading.Lock()
 
-    def get(
-        self, version_id: int, wanted: Iterable[tuple[str, str, int]]
-    ) -> dict[ChunkKey, FrozenBitMap]:
+    def get(self, wanted: Iterable[ChunkKey]) -> dict[ChunkKey, FrozenBitMap]:
+        """Chunks by (owning version, kind, key, index)."""
         found: dict[ChunkKey, FrozenBitMap] = {}
-        missing: list[tuple[str, str, int]] = []
+        missing: list[ChunkKey] = []
         with self._lock:
-            for kind, key, index in wanted:
-                entry = self._cache.get((version_id, kind, key, index))
+            for chunk_key in wanted:
+                entry = self._cache.get(chunk_key)
                 if entry is None:
-                    missing.append((kind, key, index))
+                    missing.append(chunk_key)
                 else:
-                    found[(version_id, kind, key, index)] = entry[0]
+                    found[chunk_key] = entry[0]
         if missing:
-            found.update(self._fetch(version_id, missing))
+            found.update(self._fetch(missing))
         return found
 
-    def _fetch(
-        self, version_id: int, missing: list[tuple[str, str, int]]
-    ) -> dict[ChunkKey, FrozenBitMap]:
-        wanted = sa.tuple_(bitmap_chunk.c.kind, bitmap_chunk.c.key, bitmap_chunk.c.chunk_index)
+    def _fetch(self, missing: list[ChunkKey]) -> dict[ChunkKey, FrozenBitMap]:
+        wanted = sa.tuple_(
+            bitmap_chunk.c.version_id,
+            bitmap_chunk.c.kind,
+            bitmap_chunk.c.key,
+            bitmap_chunk.c.chunk_index,
+        )
         with self._database.reader.connect() as conn:
             rows = conn.execute(
                 sa.select(
+                    bitmap_chunk.c.version_id,
                     bitmap_chunk.c.kind,
                     bitmap_chunk.c.key,
                     bitmap_chunk.c.chunk_index,
                     bitmap_chunk.c.payload,
-                ).where(bitmap_chunk.c.version_id == version_id, wanted.in_(missing))
+                ).where(
+                    bitmap_chunk.c.version_id.in_(sorted({m[0] for m in missing})),
+                    wanted.in_(missing),
+                )
             ).all()
         if len(rows) < len(missing):
+            versions = sorted({m[0] for m in missing})
             raise VersionCollected(
-                f"version {version_id} was garbage-collected while it was being read"
+                f"chunks of version(s) {versions} were garbage-collected while being read"
             )
         loaded = {}
         with self._lock:
             for row in rows:
                 chunk = load_chunk(row.payload)
-                cache_key = (version_id, row.kind, row.key, row.chunk_index)
+                cache_key = (row.version_id, row.kind, row.key, row.chunk_index)
                 loaded[cache_key] = chunk
                 if len(row.payload) <= self._cache.maxsize:
                     self._cache[cache_key] = (chunk, len(row.payload))
@@ -183,6 +193,15 @@ class PublishedMembership:
 
     def segment_name(self, segment_key: str) -> str | None:
         return self._entry(segment_key, allow_failed=True).name
+
+    def evaluated_as_of(self, segment_key: str) -> datetime:
+        """When this segment's bitmap was computed from the source (an incremental version
+        keeps the time of the version it shares the bitmap with)."""
+        return self._entry(segment_key, allow_failed=True).evaluated_as_of or self.as_of
+
+    def segment_freshness(self) -> dict[str, datetime]:
+        """``evaluated_as_of`` of every segment, failed ones included."""
+        return {e.key: e.evaluated_as_of or self.as_of for e in self._segments()}
 
     def segment_counts(self) -> dict[str, int]:
         return {e.key: e.cardinality for e in self._segments() if e.error_code is None}
@@ -236,14 +255,14 @@ class PublishedMembership:
         evaluated = [e for e in self._segments() if e.error_code is None]
         holding = [(e, c) for e in evaluated if (c := e.chunk_holding(identity_id)) is not None]
         loaded = self._chunks.get(
-            self.version_id, [("segment", e.key, c.index) for e, c in holding]
+            [(e.chunk_version_id, "segment", e.key, c.index) for e, c in holding]
         )
         return IdentitySegments(
             identity_id,
             sorted(
                 e.key
                 for e, c in holding
-                if identity_id in loaded[(self.version_id, "segment", e.key, c.index)]
+                if identity_id in loaded[(e.chunk_version_id, "segment", e.key, c.index)]
             ),
             sorted(self.failed_segments),
         )
@@ -275,10 +294,9 @@ class PublishedMembership:
         return entry
 
     def _load(self, entry: BitmapEntry, chunks: list[ChunkRef]) -> list[FrozenBitMap]:
-        loaded = self._chunks.get(
-            self.version_id, [(entry.kind, entry.key, c.index) for c in chunks]
-        )
-        return [loaded[(self.version_id, entry.kind, entry.key, c.index)] for c in chunks]
+        owner = entry.chunk_version_id
+        loaded = self._chunks.get([(owner, entry.kind, entry.key, c.index) for c in chunks])
+        return [loaded[(owner, entry.kind, entry.key, c.index)] for c in chunks]
 
 
 class MembershipReader:
@@ -370,6 +388,7 @@ def _pointer(environment_key: str) -> sa.Select:
 
 
 def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], BitmapEntry]:
+    owner = sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id)
     rows = conn.execute(
         sa.select(
             bitmap.c.kind,
@@ -378,6 +397,8 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             bitmap.c.cardinality,
             bitmap.c.error_code,
             bitmap.c.error_message,
+            bitmap.c.evaluated_as_of,
+            owner.label("owner"),
             bitmap_chunk.c.chunk_index,
             bitmap_chunk.c.min_id,
             bitmap_chunk.c.max_id,
@@ -387,7 +408,7 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             bitmap.outerjoin(
                 bitmap_chunk,
                 sa.and_(
-                    bitmap_chunk.c.version_id == bitmap.c.version_id,
+                    bitmap_chunk.c.version_id == owner,
                     bitmap_chunk.c.kind == bitmap.c.kind,
                     bitmap_chunk.c.key == bitmap.c.key,
                 ),
@@ -408,7 +429,15 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             if r.chunk_index is not None
         )
         entries[(kind, key)] = BitmapEntry(
-            kind, key, first.name, first.cardinality, first.error_code, first.error_message, chunks
+            kind,
+            key,
+            first.name,
+            first.cardinality,
+            first.error_code,
+            first.error_message,
+            chunks,
+            first.owner,
+            first.evaluated_as_of,
         )
     return entries
 

@@ -10,6 +10,12 @@
 - ``seal_shards`` checks that every planned shard is staged and merges the shards' parts into the
   version's directory (``membership_bitmap``), then marks the version sealed. ``publish`` (one
   flip) is unchanged.
+- An **incremental** plan evaluates only the new and edited segments; its shards write no
+  universe. Sealing adds directory rows for the base version's universe and unchanged segments
+  that point at the chunks the base (or the version the base shares them with) wrote: no byte
+  is copied, and the base row is locked while the rows that point at it are written, so the
+  garbage collector (which re-reads the references after taking that lock) never deletes a
+  chunk a version uses.
 """
 
 from __future__ import annotations
@@ -23,15 +29,27 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pyroaring import BitMap
 
+from membership_pipeline.sharding.refresh_mode import (
+    BaseVersion,
+    RefreshDecision,
+    RefreshMode,
+    SourceMarks,
+    definition_digest,
+)
 from membership_pipeline.sharding.shard_plan import CHUNK_INDEX_STRIDE, ShardSpec
 from membership_pipeline.storage.bitmap_writer import BitmapWriter
 from membership_pipeline.storage.claims import Claim, running_claim
 from membership_pipeline.storage.database import StoreDatabase
 from membership_pipeline.storage.errors import ClaimLost, InvalidVersion
 from membership_pipeline.storage.tables import (
+    VersionId as VERSION_ID_TYPE,
+)
+from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
+    environment,
     shard,
     shard_bitmap,
     version,
@@ -61,10 +79,20 @@ class StagedPlan:
     identity_count: int
     shard_identities: int
     shards: tuple[ShardSpec, ...]
+    # Incremental plans: ``segments`` holds only those re-evaluated (see refresh_mode.py).
+    mode: str = RefreshMode.FULL.value
+    base_version_id: int | None = None
+    reused_segments: tuple[str, ...] = ()
+    dropped_segments: tuple[str, ...] = ()
+    mode_reason: str = ""
 
     @property
     def environment_key(self) -> str:
         return self.claim.environment_key
+
+    @property
+    def incremental(self) -> bool:
+        return self.mode == RefreshMode.INCREMENTAL.value
 
     def shard(self, mapping_key: str) -> ShardSpec:
         for spec in self.shards:
@@ -91,7 +119,10 @@ class SealedTotals:
     failed_segments: int
     atoms: int
     chunks: int
-    bytes: int
+    bytes: int  # of the chunks this version wrote
+    shared_bytes: int = 0  # of the chunks it shares with earlier versions
+    reevaluated_segments: int = 0
+    reused_segments: int = 0
 
     def counts(self) -> dict[str, int]:
         """In the shape ``mark_sealed`` and ``log_sealed`` take."""
@@ -115,7 +146,16 @@ def stage_plan(
     identity_count: int,
     shard_identities: int,
     shards: Sequence[ShardSpec],
+    refresh: RefreshDecision | None = None,
+    marks: SourceMarks | None = None,
 ) -> StagedPlan:
+    """``segments``: those the shards evaluate (an incremental plan's new and edited ones);
+    ``marks``: the source as planned, recorded so the next backfill can tell what changed."""
+    mode = refresh.mode.value if refresh else RefreshMode.FULL.value
+    base = refresh.base_version_id if refresh else None
+    reused = tuple(refresh.reuse) if refresh and base is not None else ()
+    dropped = tuple(refresh.drop) if refresh and base is not None else ()
+    reason = refresh.reason if refresh else ""
     version_id = create_shadow(database, held, as_of=as_of, now=now)
     with database.writer.begin() as conn:
         require_shadow(conn, version_id, held)
@@ -127,6 +167,23 @@ def stage_plan(
                 identity_count=identity_count,
                 shard_identities=shard_identities,
                 shard_count=len(shards),
+                mode=mode,
+                base_version_id=base,
+                reused_segments=json.dumps(list(reused)),
+                dropped_segments=json.dumps(list(dropped)),
+                mode_reason=reason,
+            )
+        )
+        conn.execute(
+            version.update()
+            .where(version.c.version_id == version_id)
+            .values(
+                mode=mode,
+                base_version_id=base,
+                source_identity_count=marks.identity_count if marks else None,
+                source_max_identity_id=marks.max_identity_id if marks else None,
+                source_max_trait_id=marks.max_trait_id if marks else None,
+                environment_digest=marks.environment_digest if marks else None,
             )
         )
         conn.execute(
@@ -151,6 +208,7 @@ def stage_plan(
         identities=identity_count,
         shards=len(shards),
         shard_identities=shard_identities,
+        mode=mode,
     )
     return StagedPlan(
         held,
@@ -161,6 +219,11 @@ def stage_plan(
         identity_count,
         shard_identities,
         tuple(shards),
+        mode,
+        base,
+        reused,
+        dropped,
+        reason,
     )
 
 
@@ -198,6 +261,11 @@ def load_plan(database: StoreDatabase, environment_key: str, owner: str) -> Stag
         found.identity_count,
         found.shard_identities,
         specs,
+        found.mode or RefreshMode.FULL.value,
+        found.base_version_id,
+        tuple(json.loads(found.reused_segments or "[]")),
+        tuple(json.loads(found.dropped_segments or "[]")),
+        found.mode_reason or "",
     )
 
 
@@ -351,7 +419,13 @@ def seal_shards(database: StoreDatabase, plan: StagedPlan, *, now: datetime) -> 
             .where(shard_bitmap.c.version_id == plan.version_id)
             .order_by(shard_bitmap.c.kind, shard_bitmap.c.key, shard_bitmap.c.shard_index)
         ).all()
-        merged, failed_keys = _merge_parts(parts, len(plan.shards), plan.version_id)
+        merged, failed_keys = _merge_parts(
+            parts, len(plan.shards), plan.version_id, with_universe=not plan.incremental
+        )
+        digests = {str(s["key"]): definition_digest(s) for s in plan.segments}
+        for row in merged:
+            row["evaluated_as_of"] = plan.as_of
+            row["definition_digest"] = digests.get(row["key"]) if row["kind"] == "segment" else None
         if failed_keys:
             conn.execute(
                 bitmap_chunk.delete().where(
@@ -362,7 +436,9 @@ def seal_shards(database: StoreDatabase, plan: StagedPlan, *, now: datetime) -> 
             )
         if merged:
             conn.execute(bitmap.insert(), merged)
-        totals = _totals(merged)
+        if plan.incremental:
+            _share_base_bitmaps(conn, plan)
+        totals = _directory_totals(conn, plan.version_id)
         mark_sealed(
             conn,
             plan.version_id,
@@ -370,12 +446,71 @@ def seal_shards(database: StoreDatabase, plan: StagedPlan, *, now: datetime) -> 
             identity_count=totals.identity_count,
             totals=totals.counts(),
         )
+        conn.execute(
+            version.update()
+            .where(version.c.version_id == plan.version_id)
+            .values(
+                reevaluated_segment_count=totals.reevaluated_segments,
+                reused_segment_count=totals.reused_segments,
+            )
+        )
     log_sealed(plan.environment_key, plan.version_id, totals.identity_count, totals.counts())
     return totals
 
 
+def _share_base_bitmaps(conn: sa.Connection, plan: StagedPlan) -> None:
+    """Directory rows for the base's universe and unchanged segments, pointing at the chunks
+    that hold them (never copied). The base row is locked first (shared): the collector takes
+    it exclusively before it looks for references, so it waits for this transaction and then
+    sees these rows."""
+    base_id = plan.base_version_id
+    base = conn.execute(
+        sa.select(version.c.as_of)
+        .where(
+            version.c.version_id == base_id,
+            version.c.environment_key == plan.environment_key,
+            version.c.state.in_(("published", "retired")),
+        )
+        .with_for_update(read=True)
+    ).one_or_none()
+    if base is None:
+        raise InvalidVersion(
+            f"version {plan.version_id} builds on version {base_id}, which is no longer kept: "
+            "run a full backfill"
+        )
+    columns = ["kind", "key", "name", "cardinality", "byte_size", "chunk_count", "error_code",
+               "error_message", "definition_digest"]  # fmt: skip
+    shared = 0
+    wanted = [None, *plan.reused_segments]  # None: the universe
+    for start in range(0, len(wanted), 500):
+        batch = wanted[start : start + 500]
+        keys = [k for k in batch if k is not None]
+        which = bitmap.c.kind == "segment"
+        which = which & bitmap.c.key.in_(keys) if keys else sa.false()
+        if None in batch:
+            which = which | (bitmap.c.kind == "universe")
+        source_rows = sa.select(
+            sa.literal(plan.version_id, VERSION_ID_TYPE),
+            *(bitmap.c[name] for name in columns),
+            sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id),
+            sa.func.coalesce(
+                bitmap.c.evaluated_as_of, sa.literal(base.as_of, version.c.as_of.type)
+            ),
+        ).where(bitmap.c.version_id == base_id, which)
+        shared += conn.execute(
+            bitmap.insert().from_select(
+                ["version_id", *columns, "chunk_version_id", "evaluated_as_of"], source_rows
+            )
+        ).rowcount
+    if shared != len(wanted):
+        raise InvalidVersion(
+            f"version {base_id} holds {shared - 1} of the {len(wanted) - 1} segments version "
+            f"{plan.version_id} shares with it (or no universe)"
+        )
+
+
 def _merge_parts(
-    parts: Sequence[sa.Row[Any]], shard_count: int, version_id: int
+    parts: Sequence[sa.Row[Any]], shard_count: int, version_id: int, *, with_universe: bool = True
 ) -> tuple[list[dict[str, Any]], list[str]]:
     merged: list[dict[str, Any]] = []
     failed_keys: list[str] = []
@@ -402,19 +537,106 @@ def _merge_parts(
                 "error_message": failure.error_message if failure else None,
             }
         )
-    if not any(row["kind"] == "universe" for row in merged):
+    if with_universe and not any(row["kind"] == "universe" for row in merged):
         raise InvalidVersion(f"version {version_id} has no universe in its shards")
+    if not with_universe and any(row["kind"] == "universe" for row in merged):
+        raise InvalidVersion(f"version {version_id} is incremental: its shards write no universe")
     return merged, failed_keys
 
 
-def _totals(merged: Sequence[Mapping[str, Any]]) -> SealedTotals:
-    segments = [r for r in merged if r["kind"] == "segment"]
-    failed = sum(1 for r in segments if r["error_code"] is not None)
+def _directory_totals(conn: sa.Connection, version_id: int) -> SealedTotals:
+    shared = bitmap.c.chunk_version_id.is_not(None)
+    rows = conn.execute(
+        sa.select(
+            bitmap.c.kind,
+            bitmap.c.error_code.is_not(None).label("failed"),
+            shared.label("shared"),
+            sa.func.count().label("bitmaps"),
+            sa.func.sum(bitmap.c.cardinality).label("cardinality"),
+            sa.func.sum(bitmap.c.chunk_count).label("chunks"),
+            sa.func.sum(bitmap.c.byte_size).label("bytes"),
+        )
+        .where(bitmap.c.version_id == version_id)
+        .group_by(bitmap.c.kind, bitmap.c.error_code.is_not(None), shared)
+    ).all()
+
+    def total(field: str, **where: Any) -> int:
+        return sum(
+            int(getattr(r, field) or 0)
+            for r in rows
+            if all(
+                bool(getattr(r, k)) == v if k != "kind" else r.kind == v for k, v in where.items()
+            )
+        )
+
     return SealedTotals(
-        identity_count=sum(r["cardinality"] for r in merged if r["kind"] == "universe"),
-        segments=len(segments) - failed,
-        failed_segments=failed,
-        atoms=sum(1 for r in merged if r["kind"] == "atom"),
-        chunks=sum(r["chunk_count"] for r in merged),
-        bytes=sum(r["byte_size"] for r in merged),
+        identity_count=total("cardinality", kind="universe"),
+        segments=total("bitmaps", kind="segment", failed=False),
+        failed_segments=total("bitmaps", kind="segment", failed=True),
+        atoms=total("bitmaps", kind="atom"),
+        chunks=total("chunks", shared=False),
+        bytes=total("bytes", shared=False),
+        shared_bytes=total("bytes", shared=True),
+        reevaluated_segments=total("bitmaps", kind="segment", shared=False),
+        reused_segments=total("bitmaps", kind="segment", shared=True),
     )
+
+
+def refresh_base(database: StoreDatabase, environment_key: str) -> BaseVersion | None:
+    """The published version of ``environment_key`` as an incremental backfill's base: its
+    source marks and its segments' definition digests."""
+    with database.reader.connect() as conn:
+        row = conn.execute(
+            sa.select(version)
+            .join(environment, environment.c.published_version_id == version.c.version_id)
+            .where(environment.c.environment_key == environment_key)
+        ).one_or_none()
+        if row is None:
+            return None
+        digests = conn.execute(
+            sa.select(bitmap.c.key, bitmap.c.definition_digest).where(
+                bitmap.c.version_id == row.version_id, bitmap.c.kind == "segment"
+            )
+        ).all()
+    marks = None
+    if row.source_identity_count is not None and row.environment_digest is not None:
+        marks = SourceMarks(
+            row.source_identity_count,
+            row.source_max_identity_id,
+            row.source_max_trait_id,
+            row.environment_digest,
+        )
+    return BaseVersion(row.version_id, marks, {key: digest for key, digest in digests})
+
+
+def universe_between(
+    database: StoreDatabase, version_id: int, first_id: int, last_id: int
+) -> BitMap:
+    """The ids of ``version_id``'s universe in ``[first_id, last_id]`` (from the chunks that
+    hold them, wherever they were written)."""
+    owner = sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id)
+    with database.reader.connect() as conn:
+        payloads = conn.execute(
+            sa.select(bitmap_chunk.c.payload)
+            .select_from(
+                bitmap.join(
+                    bitmap_chunk,
+                    sa.and_(
+                        bitmap_chunk.c.version_id == owner,
+                        bitmap_chunk.c.kind == bitmap.c.kind,
+                        bitmap_chunk.c.key == bitmap.c.key,
+                    ),
+                )
+            )
+            .where(
+                bitmap.c.version_id == version_id,
+                bitmap.c.kind == "universe",
+                bitmap_chunk.c.max_id >= first_id,
+                bitmap_chunk.c.min_id <= last_id,
+            )
+        ).scalars()
+        ids = BitMap.union(BitMap(), *(BitMap.deserialize(p) for p in payloads))
+    in_range = BitMap()
+    if last_id >= first_id:
+        in_range.add_range(first_id, last_id + 1)
+    return ids & in_range

@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from pyroaring import BitMap
+
+from membership_pipeline.sharding.refresh_mode import BaseVersion, RefreshDecision, SourceMarks
 from membership_pipeline.sharding.shard_plan import ShardSpec
 from membership_pipeline.storage import claims, garbage, versions
 from membership_pipeline.storage import shards as shards_module
@@ -146,6 +149,8 @@ class MembershipStore:
         identity_count: int,
         shard_identities: int,
         shards: Sequence[ShardSpec],
+        refresh: RefreshDecision | None = None,
+        marks: SourceMarks | None = None,
     ) -> StagedPlan:
         return shards_module.stage_plan(
             self.database,
@@ -157,7 +162,16 @@ class MembershipStore:
             identity_count=identity_count,
             shard_identities=shard_identities,
             shards=shards,
+            refresh=refresh,
+            marks=marks,
         )
+
+    def refresh_base(self, environment_key: str) -> BaseVersion | None:
+        """The published version as an incremental backfill's base (None: none published)."""
+        return shards_module.refresh_base(self.database, environment_key)
+
+    def universe_between(self, version_id: int, first_id: int, last_id: int) -> BitMap:
+        return shards_module.universe_between(self.database, version_id, first_id, last_id)
 
     def load_plan(self, environment_key: str, owner: str) -> StagedPlan:
         return shards_module.load_plan(self.database, environment_key, owner)

@@ -66,6 +66,17 @@ version = sa.Table(
     sa.Column("atom_count", sa.Integer()),
     sa.Column("chunk_count", sa.Integer()),
     sa.Column("byte_size", sa.BigInteger()),
+    # How it was made (migration 0006): "full", or "incremental" on top of ``base_version_id``
+    # (segments re-evaluated, the rest shared with the base); and the source as the backfill
+    # saw it, which decides whether the next one may be incremental.
+    sa.Column("mode", sa.String(16)),
+    sa.Column("base_version_id", VersionId),
+    sa.Column("reevaluated_segment_count", sa.Integer()),
+    sa.Column("reused_segment_count", sa.Integer()),
+    sa.Column("source_identity_count", sa.BigInteger()),
+    sa.Column("source_max_identity_id", sa.BigInteger()),
+    sa.Column("source_max_trait_id", sa.BigInteger()),
+    sa.Column("environment_digest", sa.String(32)),
 )
 
 bitmap = sa.Table(
@@ -85,6 +96,11 @@ bitmap = sa.Table(
     sa.Column("chunk_count", sa.Integer(), nullable=False),
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text()),
+    # The version whose chunk rows hold this bitmap's bytes: null for its own; another
+    # (kept) version's when an incremental version shares an unchanged bitmap (migration 0006).
+    sa.Column("chunk_version_id", VersionId, index=True),
+    sa.Column("evaluated_as_of", UtcDateTime()),  # the source read this bitmap was computed from
+    sa.Column("definition_digest", sa.String(32)),  # of the segment definition evaluated
 )
 
 bitmap_chunk = sa.Table(
@@ -121,6 +137,13 @@ version_plan = sa.Table(
     sa.Column("identity_count", sa.BigInteger(), nullable=False),  # when planned
     sa.Column("shard_identities", sa.BigInteger(), nullable=False),
     sa.Column("shard_count", sa.Integer(), nullable=False),
+    # Incremental plans (migration 0006): ``segments`` holds only those re-evaluated; the
+    # base version's bitmaps of ``reused_segments`` (JSON keys) are shared, ``dropped`` left out.
+    sa.Column("mode", sa.String(16)),
+    sa.Column("base_version_id", VersionId),
+    sa.Column("reused_segments", sa.Text()),
+    sa.Column("dropped_segments", sa.Text()),
+    sa.Column("mode_reason", sa.Text()),
 )
 
 shard = sa.Table(
@@ -180,6 +203,9 @@ backfill_request = sa.Table(
     sa.Column("force", sa.Boolean(), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("coalesced", sa.Text(), nullable=False),  # space-separated job ids merged in
+    # Segment keys (space-separated) a segments-only request concerns; null: a full backfill.
+    sa.Column("segments", sa.Text()),
+    sa.Column("segment_total", sa.Integer()),  # segments of the environment when requested
 )
 
 dedup_lock = sa.Table(
@@ -218,4 +244,5 @@ segment_signature = sa.Table(
     sa.Column("row_count", sa.BigInteger(), nullable=False),
     sa.Column("latest_change", UtcDateTime()),
     sa.Column("digest", sa.String(32), nullable=False),
+    sa.Column("segment_digests", sa.Text()),  # JSON: segment key → digest (migration 0006)
 )

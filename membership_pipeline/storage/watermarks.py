@@ -4,6 +4,7 @@ skips)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -23,7 +24,12 @@ def load_watermarks(database: StoreDatabase) -> Watermarks | None:
     return Watermarks(
         tables={row.table_name: TableMark(row.last_id, row.scan_from) for row in tables},
         segments={
-            row.project_id: SegmentSignature(row.row_count, row.latest_change, row.digest)
+            row.project_id: SegmentSignature(
+                row.row_count,
+                row.latest_change,
+                row.digest,
+                json.loads(row.segment_digests or "{}"),
+            )
             for row in signatures
         },
     )
@@ -55,6 +61,7 @@ def save_watermarks(
                 "row_count": s.rows,
                 "latest_change": s.latest_change,
                 "digest": s.digest,
+                "segment_digests": json.dumps(s.segments, sort_keys=True),
             }
             for p, s in new.segments.items()
             if p in changed

@@ -61,3 +61,19 @@ def test_a_segment_change_requests_every_published_environment_of_its_project():
 
 def test_environments_not_live_are_never_requested():
     assert windows(detected(traits={99: RowChanges(1, NOW)})) == {}
+
+
+def test_a_segments_only_change_names_its_segments_and_any_row_change_makes_it_full():
+    stamp = AS_OF + timedelta(days=3)
+    only_segments = DetectedChanges(
+        identities={},
+        traits={2: RowChanges(unseen=1, latest_created=stamp)},
+        segment_projects={10: stamp},
+        watermarks=Watermarks(tables={}),
+        segment_keys={10: ("4", "17")},
+        segment_totals={10: 30},
+    )
+    requests = {r.environment: r for r in change_requests(only_segments, LIVE, PUBLISHED, NOW, 3)}
+    assert (requests["a"].segments, requests["a"].segment_total) == (("4", "17"), 30)
+    assert requests["a"].mode == "incremental"
+    assert requests["b"].segments is None and requests["b"].mode == "full"  # a new trait too

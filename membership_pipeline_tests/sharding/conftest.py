@@ -6,10 +6,21 @@ import pytest
 import sqlalchemy as sa
 
 from membership_pipeline.evaluation import evaluate_environment
-from membership_pipeline.sharding.shard_backfill import compute_shard, plan_backfill, stage_shard
+from membership_pipeline.sharding.refresh_mode import RefreshMode
+from membership_pipeline.sharding.shard_backfill import (
+    compute_shard,
+    expected_identities,
+    plan_backfill,
+    stage_shard,
+)
 from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import Claim, MembershipStore, stage_membership_result
+from membership_pipeline.storage import (
+    Claim,
+    MembershipStore,
+    StagedPlan,
+    stage_membership_result,
+)
 
 
 @pytest.fixture(scope="session")
@@ -33,15 +44,34 @@ def sharded_backfill(
     shard_identities: int,
     *,
     between_plan_and_shards=lambda plan: None,
+    mode: RefreshMode = RefreshMode.FULL,
+    plans: list[StagedPlan] | None = None,
 ) -> int:
     """A sharded backfill without Dagster, shard by shard: plan, compute + stage each, seal,
-    publish. Returns the published version."""
+    publish. Returns the published version (and appends the plan to ``plans``)."""
     held = store.claim(env_key, owner=f"test-{uuid.uuid4().hex[:8]}", force=True)
     assert isinstance(held, Claim)
-    plan = plan_backfill(source, store, held, shard_identities)
+    plan = plan_backfill(
+        source,
+        store,
+        held,
+        shard_identities,
+        mode=mode,
+        incremental_shard_identities=shard_identities,
+    )
+    if plans is not None:
+        plans.append(plan)
     between_plan_and_shards(plan)
     for spec in plan.shards:
-        stage_shard(store, compute_shard(source, plan, spec, audit_sample_size=20, audit_seed=0))
+        outcome = compute_shard(
+            source,
+            plan,
+            spec,
+            audit_sample_size=20,
+            audit_seed=0,
+            expected_identities=expected_identities(store, plan, spec),
+        )
+        stage_shard(store, outcome)
     store.seal_shards(plan)
     return store.publish(held, plan.version_id).version_id
 

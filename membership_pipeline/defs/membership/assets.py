@@ -36,11 +36,14 @@ from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.sharding.refresh_mode import DEFAULT_MAX_CHANGED_SHARE, RefreshMode
 from membership_pipeline.sharding.shard_backfill import (
+    DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
     ShardOutcome,
     ShardTask,
     combined_audit,
     compute_shard,
+    expected_identities,
     plan_backfill,
 )
 from membership_pipeline.sharding.shard_plan import shard_identities_from_environment
@@ -63,6 +66,13 @@ class AuditFailed(RuntimeError):
 
 class BackfillConfig(dg.Config):
     force: bool = False  # skip the cooldown (never the guard against a running backfill)
+    # "incremental": re-evaluate only new and edited segments and share the published version's
+    # other bitmaps, when nothing but segment definitions changed (else it runs as "full").
+    mode: str = RefreshMode.FULL.value
+    # Identities per shard of an incremental backfill (it evaluates a few segments).
+    incremental_shard_identities: int = DEFAULT_INCREMENTAL_SHARD_IDENTITIES
+    # More than this share of the segments changed: a full backfill instead.
+    incremental_max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE
     audit_sample_size: int = 200  # identities re-evaluated by flag-engine before the flip
     audit_seed: int = 0
     # Identities per shard step (default: MEMBERSHIP_SHARD_IDENTITIES, else 500,000).
@@ -72,6 +82,14 @@ class BackfillConfig(dg.Config):
 class ShardConfig(dg.Config):
     audit_sample_size: int = 200
     audit_seed: int = 0
+
+
+def refresh_mode(value: str) -> RefreshMode:
+    try:
+        return RefreshMode(value)
+    except ValueError:
+        known = ", ".join(m.value for m in RefreshMode)
+        raise dg.Failure(f"unknown backfill mode {value!r}: use one of {known}") from None
 
 
 def _inner_config(outer: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +114,7 @@ def plan_shards(
     membership_store: MembershipStoreResource,
 ) -> Iterator[dg.Output[StagedPlan] | dg.DynamicOutput[ShardTask]]:
     environment_key = context.partition_key
+    mode = refresh_mode(config.mode)
     store = membership_store.get()
     claim = store.claim(environment_key, owner=context.run.run_id, force=config.force)
     if not isinstance(claim, Claim):
@@ -110,7 +129,15 @@ def plan_shards(
     with LeaseHeartbeat(store, claim):
         source = flagsmith.open()
         try:
-            plan = plan_backfill(source, store, claim, config.shard_identities)
+            plan = plan_backfill(
+                source,
+                store,
+                claim,
+                config.shard_identities,
+                mode=mode,
+                incremental_shard_identities=config.incremental_shard_identities,
+                max_changed_share=config.incremental_max_changed_share,
+            )
         finally:
             source.close()
     log.info(
@@ -121,14 +148,18 @@ def plan_shards(
         identities=plan.identity_count,
         shards=len(plan.shards),
         shard_identities=plan.shard_identities,
+        mode=plan.mode,
     )
     yield dg.Output(
         plan,
         "plan",
         metadata={
             "version": plan.version_id,
+            "mode": plan.mode,
+            "mode_reason": plan.mode_reason,
             "identities": plan.identity_count,
-            "segments": len(plan.segments),
+            "segments_evaluated": len(plan.segments),
+            "segments_reused": len(plan.reused_segments),
             "shards": len(plan.shards),
             "shard_identities": plan.shard_identities,
         },
@@ -174,6 +205,7 @@ def backfill_shard(
                 shard,
                 audit_sample_size=config.audit_sample_size,
                 audit_seed=config.audit_seed,
+                expected_identities=expected_identities(store, plan, shard),
             )
         finally:
             source.close()

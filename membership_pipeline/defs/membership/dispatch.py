@@ -21,6 +21,9 @@ MAX_RUNTIME_SECONDS = 4 * 3600  # dagster/max_runtime: a hung run is stopped, th
 TAG_PREFIX = "membership/"
 REASON_TAG = f"{TAG_PREFIX}reason"
 JOB_TAG = f"{TAG_PREFIX}job_id"
+MODE_TAG = f"{TAG_PREFIX}mode"
+SEGMENTS_TAG = f"{TAG_PREFIX}segments"
+TAG_VALUE_CHARS = 255
 
 
 class DispatchPolicyResource(dg.ConfigurableResource):
@@ -33,6 +36,8 @@ class DispatchPolicyResource(dg.ConfigurableResource):
     organisation_caps: dict[str, int] = Field(default_factory=dict)
     max_request_age_seconds: float = 24 * 3600
     max_attempts: int = 3
+    # A segments-only request naming more than this share of the segments runs as full.
+    incremental_max_share: float = 0.5
 
     def settings(self) -> PolicySettings:
         return policy_settings(self.model_dump())
@@ -70,7 +75,15 @@ def run_request(request: BackfillRequest) -> dg.RunRequest:
     }
     if request.coalesced:
         tags[f"{TAG_PREFIX}coalesced"] = str(len(request.coalesced))
-    run_config = {"ops": {"segment_membership_bitmaps": {"config": {"force": request.force}}}}
+    tags[MODE_TAG] = request.mode
+    if request.segments is not None:
+        listed = " ".join(request.segments)
+        # A long list is left out (a retry then re-requests the mode only; the run itself
+        # re-evaluates every segment whose definition differs from the published version's).
+        if len(listed) <= TAG_VALUE_CHARS:
+            tags[SEGMENTS_TAG] = listed
+    config = {"force": request.force, "mode": request.mode}
+    run_config = {"ops": {"segment_membership_bitmaps": {"config": config}}}
     return dg.RunRequest(
         run_key=request.job_id,
         partition_key=request.environment,

@@ -10,7 +10,12 @@ import dagster as dg
 
 from membership_pipeline.defs.membership.backfill_events import log
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
-from membership_pipeline.storage import PublishedMembership, ShardReport, StagedPlan
+from membership_pipeline.storage import (
+    PublishedMembership,
+    SealedTotals,
+    ShardReport,
+    StagedPlan,
+)
 
 MAX_TABLE_ROWS = 500
 PHASES = ("read", "evaluate", "audit", "write")
@@ -46,22 +51,35 @@ class PublishingIOManager(dg.ConfigurableIOManager):
             segments=totals.segments,
             failed_segments=totals.failed_segments,
             shards=len(plan.shards),
+            mode=plan.mode,
+            reevaluated_segments=totals.reevaluated_segments,
+            reused_segments=totals.reused_segments,
+            bytes_written=totals.bytes,
+            bytes_shared=totals.shared_bytes,
         )
         published = store.reader().published(plan.environment_key)
-        context.add_output_metadata(_metadata(obj, published, totals.bytes))
+        context.add_output_metadata(_metadata(obj, published, totals))
 
     def load_input(self, context: dg.InputContext) -> PublishedMembership:
         return self.membership_store.get().reader().published(context.asset_partition_key)
 
 
 def _metadata(
-    obj: StagedVersion, published: PublishedMembership, byte_size: int
+    obj: StagedVersion, published: PublishedMembership, totals: SealedTotals
 ) -> dict[str, object]:
     counts = sorted(published.segment_counts().items(), key=lambda item: item[1], reverse=True)
+    freshness = published.segment_freshness()
+    evaluated = {str(s["key"]) for s in obj.plan.segments}
     segment_table = dg.TableMetadataValue(
         records=[
             dg.TableRecord(
-                {"segment": key, "name": published.segment_name(key) or "", "members": members}
+                {
+                    "segment": key,
+                    "name": published.segment_name(key) or "",
+                    "members": members,
+                    "evaluated_as_of": freshness[key].isoformat(),
+                    "reevaluated": key in evaluated,
+                }
             )
             for key, members in counts[:MAX_TABLE_ROWS]
         ],
@@ -70,6 +88,8 @@ def _metadata(
                 dg.TableColumn("segment", "string"),
                 dg.TableColumn("name", "string"),
                 dg.TableColumn("members", "int"),
+                dg.TableColumn("evaluated_as_of", "string"),
+                dg.TableColumn("reevaluated", "bool"),
             ]
         ),
     )
@@ -109,16 +129,28 @@ def _metadata(
         for phase in PHASES
     }
     first_report = obj.shards[0].report if obj.shards else {}
+    plan = obj.plan
     return {
         "version": published.version_id,
-        "as_of": dg.MetadataValue.timestamp(obj.plan.as_of),
+        "as_of": dg.MetadataValue.timestamp(plan.as_of),
+        # Full, or incremental: new and edited segments re-evaluated, the rest shared.
+        "mode": plan.mode,
+        "mode_reason": plan.mode_reason,
+        "base_version": plan.base_version_id,
+        "segments_reevaluated": dg.MetadataValue.json(sorted(evaluated)),
+        "segments_reused": totals.reused_segments,
+        "segments_dropped": dg.MetadataValue.json(list(plan.dropped_segments)),
+        "oldest_evaluated_as_of": dg.MetadataValue.timestamp(
+            min(freshness.values(), default=plan.as_of)
+        ),
         # What the read skipped: every trait of a key outside this list (no segment reads it).
         "trait_keys_read": dg.MetadataValue.json(first_report.get("trait_keys_read", [])),
         "trait_rows_read": sum(int(s.report.get("trait_rows", 0)) for s in obj.shards),
         "identities": published.identity_count,
         "segments": len(counts),
         "failed_segments": dg.MetadataValue.json(published.failed_segments),
-        "bytes": byte_size,
+        "bytes": totals.bytes,  # written by this version
+        "bytes_shared": totals.shared_bytes,  # shared with earlier versions, not copied
         "segment_counts": segment_table,
         "shards": len(obj.shards),
         "shard_identities": obj.plan.shard_identities,

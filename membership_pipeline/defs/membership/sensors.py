@@ -10,6 +10,8 @@ import dagster as dg
 
 from membership_pipeline.defs.membership.assets import BITMAPS
 from membership_pipeline.defs.membership.dispatch import (
+    MODE_TAG,
+    SEGMENTS_TAG,
     TAG_PREFIX,
     DispatchPolicyResource,
     enqueue_and_dispatch,
@@ -172,6 +174,9 @@ def backfill_retry_sensor(
         created_at=membership_store.get().clock(),
         attempt=int(tags[f"{TAG_PREFIX}attempt"]),
         max_attempts=int(tags[f"{TAG_PREFIX}max_attempts"]),
+        segments=tuple(tags.get(SEGMENTS_TAG, "").split())
+        if tags.get(MODE_TAG) == "incremental"
+        else None,
     )
     retry = failed.retry(membership_store.get().clock())
     DatabaseQueue(membership_store.get().database).enqueue([retry])

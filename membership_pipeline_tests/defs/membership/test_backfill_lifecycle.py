@@ -35,9 +35,9 @@ class GatedSource(FlagsmithSourceResource):
         source = super().open()
         plan = source.plan_identities
 
-        def gated_plan(api_key: str, every: int) -> Any:
+        def gated_plan(api_key: str, every: int, **kwargs: Any) -> Any:
             assert GATE.wait(60), "the test never opened the gate"
-            return plan(api_key, every)
+            return plan(api_key, every, **kwargs)
 
         source.plan_identities = gated_plan  # type: ignore[method-assign]
         return source
@@ -213,7 +213,7 @@ def test_a_failure_in_the_io_manager_publishes_nothing(
     assert run(instance, resources, env_key).success
     before = store.metadata(env_key)
 
-    def store_breaks(shadow: Any, result: Any) -> None:
+    def store_breaks(shadow: Any, result: Any, **_: Any) -> None:
         shadow.add_universe(result.universe)  # part of the shadow is written, then it breaks
         raise OSError("disk full")
 

@@ -1,0 +1,145 @@
+"""Full or incremental: which segments a backfill re-evaluates, and which bitmaps it shares with
+the published version (pure policy: no database, no Dagster).
+
+A backfill may be **incremental** only when it was asked to be, and when, as far as the source can
+tell, nothing but segment definitions changed since the published version (its *base*):
+
+* the base recorded the source as it read it (identity count, largest identity id, largest trait
+  id, the environment's evaluation settings);
+* the environment has the same identities: the same count and the same largest id (ids only
+  grow, so an added identity moves the largest id and a removed one the count);
+* no trait of the environment was added (traits above the base's largest trait id, checked up to
+  a bound);
+* the evaluation settings (api key, name, percentage-split key) are unchanged;
+* at most ``max_changed_share`` of its segments changed ("most of the environment" is cheaper
+  as a full backfill, and then every bitmap is fresh).
+
+Then the segments whose definition digest differs from the base's (new or edited) are
+re-evaluated, the base's bitmaps of the others are shared, and segments gone from the source are
+left out. Anything else is a full backfill, with the reason. What no source can tell (an edited
+trait value, a deleted trait: Flagsmith stamps neither) is what the refresh schedule's full
+backfills are for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+DEFAULT_MAX_CHANGED_SHARE = 0.5
+
+
+class RefreshMode(StrEnum):
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+@dataclass(frozen=True)
+class SourceMarks:
+    """The source as one backfill saw it (in one snapshot)."""
+
+    identity_count: int
+    max_identity_id: int | None
+    max_trait_id: int | None
+    environment_digest: str
+
+
+@dataclass(frozen=True)
+class BaseVersion:
+    """The published version an incremental backfill builds on."""
+
+    version_id: int
+    marks: SourceMarks | None  # None: made before versions recorded them
+    segment_digests: Mapping[str, str | None]  # per segment key (None: digest unknown)
+
+
+@dataclass(frozen=True)
+class RefreshDecision:
+    mode: RefreshMode
+    reason: str
+    base_version_id: int | None = None
+    reevaluate: tuple[str, ...] = ()  # keys: new or edited (every key when full)
+    reuse: tuple[str, ...] = ()  # keys whose base bitmap (or failure) is shared
+    drop: tuple[str, ...] = ()  # keys in the base, gone from the source
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def definition_digest(segment: Mapping[str, Any]) -> str:
+    """A digest of what decides a segment's members and how it is shown: its key, name and
+    rule tree (canonical JSON)."""
+    canonical = json.dumps(
+        {"key": segment["key"], "name": segment.get("name"), "rules": segment.get("rules", [])},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def environment_digest(api_key: str, name: str, use_composite_hash_key: bool) -> str:
+    """What of the environment an evaluation reads: the context (key, name) and the
+    percentage-split key choice."""
+    canonical = json.dumps([api_key, name, use_composite_hash_key])
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def decide_refresh(
+    requested: RefreshMode,
+    base: BaseVersion | None,
+    current: SourceMarks,
+    new_traits: int | None,
+    segments: Sequence[Mapping[str, Any]],
+    *,
+    max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE,
+) -> RefreshDecision:
+    """``new_traits``: the environment's traits above the base's largest trait id (None: too
+    many rows to check, or the base recorded none); ``segments``: the current definitions."""
+    keys = tuple(str(s["key"]) for s in segments)
+
+    def full(reason: str, **details: Any) -> RefreshDecision:
+        return RefreshDecision(RefreshMode.FULL, reason, reevaluate=keys, details=details)
+
+    if requested is RefreshMode.FULL:
+        return full("a full backfill was requested")
+    if base is None:
+        return full("no published version to build on")
+    if base.marks is None:
+        return full(f"version {base.version_id} recorded no source marks")
+    before = base.marks
+    if before.environment_digest != current.environment_digest:
+        return full("the environment's evaluation settings changed")
+    if (before.identity_count, before.max_identity_id) != (
+        current.identity_count,
+        current.max_identity_id,
+    ):
+        return full(
+            "identities changed: "
+            f"{before.identity_count} → {current.identity_count} identities, "
+            f"largest id {before.max_identity_id} → {current.max_identity_id}"
+        )
+    if current.max_trait_id != before.max_trait_id:
+        if new_traits is None:
+            return full(f"traits were added since version {base.version_id} (too many to check)")
+        if new_traits:
+            return full(f"{new_traits} traits of the environment were added", new_traits=new_traits)
+    digests = {str(s["key"]): definition_digest(s) for s in segments}
+    changed = tuple(k for k in keys if base.segment_digests.get(k) != digests[k])
+    if len(changed) > max_changed_share * max(len(keys), 1):
+        return full(
+            f"{len(changed)} of {len(keys)} segments changed (more than "
+            f"{max_changed_share:.0%}: cheaper as a full backfill)"
+        )
+    reuse = tuple(k for k in keys if k not in changed)
+    drop = tuple(sorted(k for k in base.segment_digests if k not in digests))
+    return RefreshDecision(
+        RefreshMode.INCREMENTAL,
+        f"{len(changed)} segments new or edited, {len(reuse)} unchanged, {len(drop)} deleted "
+        f"since version {base.version_id}",
+        base_version_id=base.version_id,
+        reevaluate=changed,
+        reuse=reuse,
+        drop=drop,
+    )
