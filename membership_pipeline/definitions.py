@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 import sys
 
-from membership_pipeline.defs.membership.step_server import start_step_server_early
+from membership_pipeline.defs.membership.step_server import (
+    start_preloading,
+    start_step_server_early,
+)
 
-# First, before Dagster and the project load: the steps' server imports them on another core.
-start_step_server_early(sys.argv)
+# First, before Dagster and the project load: the steps' server imports them on another core
+# (or, for an in-process run, a thread of this process does).
+start_step_server_early(sys.argv) or start_preloading(sys.argv)
 
 import dagster as dg
 
@@ -26,6 +30,7 @@ from membership_pipeline.defs.membership.assets import (
 from membership_pipeline.defs.membership.dispatch import DispatchPolicyResource
 from membership_pipeline.defs.membership.executors import executor_from_environment
 from membership_pipeline.defs.membership.io_manager import PublishingIOManager
+from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
@@ -36,7 +41,6 @@ from membership_pipeline.defs.membership.sensors import (
     backfill_dispatch_sensor,
     backfill_reconcile_sensor,
     backfill_retry_sensor,
-    bitmaps_job,
     environment_discovery_sensor,
 )
 from membership_pipeline.defs.membership.shadow_io_manager import ShadowStagingIOManager
@@ -73,7 +77,7 @@ def build_resources(
 
 defs = dg.Definitions(
     assets=[segment_membership_bitmaps, segment_membership_counts],
-    jobs=[bitmaps_job],
+    jobs=[bitmaps_job, edit_job],
     sensors=[
         environment_discovery_sensor,
         backfill_dispatch_sensor,

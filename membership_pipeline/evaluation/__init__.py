@@ -20,7 +20,7 @@ from membership_pipeline.evaluation.errors import (
     UnsupportedProperty,
 )
 from membership_pipeline.evaluation.trait_frames import traits_frame
-from membership_pipeline.evaluation.trait_keys import referenced_trait_keys
+from membership_pipeline.evaluation.trait_keys import reads_identifiers, referenced_trait_keys
 from membership_pipeline.evaluation.tuning import EvaluationTuning
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ __all__ = [
     "UnknownOperator",
     "UnsupportedProperty",
     "evaluate_environment",
+    "reads_identifiers",
     "referenced_trait_keys",
     "traits_frame",
 ]

@@ -8,8 +8,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from membership_pipeline.evaluation.errors import SegmentDefinitionError
-from membership_pipeline.evaluation.properties import trait_keys_read_by
-from membership_pipeline.evaluation.segment_model import Condition, Segment, parse_segment
+from membership_pipeline.evaluation.properties import (
+    PropertyNotSupported,
+    context_path,
+    trait_keys_read_by,
+)
+from membership_pipeline.evaluation.segment_model import (
+    Condition,
+    Operator,
+    Segment,
+    parse_segment,
+)
 
 
 def referenced_trait_keys(segments: Iterable[Mapping[str, Any]]) -> frozenset[str]:
@@ -40,3 +49,35 @@ def conditions_of(segment: Segment) -> Iterator[Condition]:
         rule = stack.pop()
         stack.extend(rule.rules)
         yield from rule.conditions
+
+
+def reads_identifiers(segments: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any of the segments can read an identity's identifier: a percentage split (it
+    hashes the identity's key, built from the identifier in composite-key environments) or a
+    ``$.identity.identifier`` / ``$.identity.key`` property. When none can, every membership
+    is the same whatever the identifiers, so a source need not read them."""
+    for raw in segments:
+        try:
+            segment = parse_segment(raw)
+        except SegmentDefinitionError:
+            continue  # fails from its definition alone, reading nothing
+        for condition in conditions_of(segment):
+            if condition.operator is Operator.PERCENTAGE_SPLIT:
+                return True
+            if condition.property and _reads_identity_field(condition.property):
+                return True
+    return False
+
+
+def _reads_identity_field(prop: str) -> bool:
+    try:
+        names = context_path(prop)
+    except PropertyNotSupported:
+        return False  # the segment fails from the property alone
+    if names is None:
+        return False  # a trait key
+    match names:
+        case ["environment", *_] | ["identity", "traits", str()]:
+            return False
+        case _:
+            return True  # the identifier, the key, or a path this does not know: to be safe

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyroaring import BitMap
 
-from membership_pipeline.evaluation import referenced_trait_keys
+from membership_pipeline.evaluation import reads_identifiers, referenced_trait_keys
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuning
 from membership_pipeline.process_memory import peak_rss_mb
@@ -167,7 +167,12 @@ def compute_shard(
     trait_keys = referenced_trait_keys(plan.segments)  # no other trait changes an answer
     tuning = tuning_for(plan)
     read = source.read_identity_range(
-        info, spec.first_id, spec.last_id, trait_keys, parallel_reads=tuning.read_connections
+        info,
+        spec.first_id,
+        spec.last_id,
+        trait_keys,
+        parallel_reads=tuning.read_connections,
+        identifiers=reads_identifiers(plan.segments),  # else every answer is the same without
     )
     seconds["read"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -70,6 +70,7 @@ class ArrowSnapshotReader:
         system_traits: bool,
         trait_keys: Collection[str] | None,
         join: bool = True,
+        identifiers: bool = True,
     ) -> tuple[pa.Table, pa.Table]:
         """Identities and traits of consecutive id ranges, read by one connection and thread
         per range (the server scans and sends, the driver decodes, without the GIL), taking
@@ -87,6 +88,7 @@ class ArrowSnapshotReader:
                 environment_id=environment_id,
                 id_range=id_range,
                 system_traits=system_traits,
+                identifiers=identifiers,
             )
             for id_range in id_ranges
         ]
@@ -175,14 +177,18 @@ class SnapshotReads:
     def __init__(self, cursor: Any) -> None:  # an ADBC DB-API cursor
         self.cursor = cursor
 
-    def identities(self, environment_id: int, id_range: IdRange, system_traits: bool) -> pa.Table:
-        """``id``, ``identifier`` (and ``system_traits`` as JSON text), ordered by id."""
+    def identities(
+        self, environment_id: int, id_range: IdRange, system_traits: bool, identifiers: bool = True
+    ) -> pa.Table:
+        """``id``, ``identifier`` (and ``system_traits`` as JSON text), ordered by id; without
+        ``identifiers``, each is the empty string (no segment reads them)."""
         extra = ", system_traits::text AS system_traits" if system_traits else ""
+        identifier = "identifier" if identifiers else "''::text AS identifier"
         # No ORDER BY: the server would sort every row, although a table whose rows were
         # inserted in id order (Flagsmith's, almost always) returns them in id order already;
         # they are sorted here only when they are not.
         table = self._table(
-            f"SELECT id::int8 AS id, identifier{extra} FROM environments_identity "
+            f"SELECT id::int8 AS id, {identifier}{extra} FROM environments_identity "
             f"WHERE environment_id = {int(environment_id)}{_between('id', id_range)}"
         )
         return _ordered_by_id(table.cast(identity_schema(system_traits)))

@@ -215,24 +215,27 @@ class FlagsmithSource:
         with self._snapshot() as conn:
             totals = conn.execute(
                 sa.text(
-                    "SELECT count(*) AS n, max(id) AS max_id FROM environments_identity "
-                    "WHERE environment_id = :environment_id"
+                    "SELECT count(*) AS n, min(id) AS min_id, max(id) AS max_id "
+                    "FROM environments_identity WHERE environment_id = :environment_id"
                 ),
                 {"environment_id": info.id},
             ).one()
-            boundaries = conn.execute(
-                sa.text(
-                    """
-                    SELECT id FROM (
-                        SELECT id, row_number() OVER (ORDER BY id) - 1 AS rank
-                        FROM environments_identity WHERE environment_id = :environment_id
-                    ) ranked
-                    WHERE rank % :every = 0 ORDER BY id
-                    """
-                ),
-                {"environment_id": info.id, "every": every},
-            ).scalars()
-            boundaries = [int(b) for b in boundaries]
+            if totals.n <= every:  # one shard: no need to rank the ids
+                boundaries = [] if totals.min_id is None else [int(totals.min_id)]
+            else:
+                ranked = conn.execute(
+                    sa.text(
+                        """
+                        SELECT id FROM (
+                            SELECT id, row_number() OVER (ORDER BY id) - 1 AS rank
+                            FROM environments_identity WHERE environment_id = :environment_id
+                        ) ranked
+                        WHERE rank % :every = 0 ORDER BY id
+                        """
+                    ),
+                    {"environment_id": info.id, "every": every},
+                ).scalars()
+                boundaries = [int(b) for b in ranked]
             segments = self._segments(conn, info)
             max_trait_id = conn.execute(sa.text("SELECT max(id) FROM environments_trait")).scalar()
             new_traits = None
@@ -258,12 +261,16 @@ class FlagsmithSource:
         trait_keys: Collection[str] | None = None,
         *,
         parallel_reads: int | None = None,
+        identifiers: bool = True,
     ) -> IdentityRange:
         """One shard's identities (``first_id <= id <= last_id``) and their traits (only of
         ``trait_keys``, when given), in one snapshot; on ``parallel_reads`` connections
-        (default: the source's)."""
+        (default: the source's). ``identifiers=False`` reads every identifier as the empty
+        string: for segments that never read one (see ``reads_identifiers``)."""
         with self._snapshot() as conn:
-            return self._read_range(conn, info, (first_id, last_id), trait_keys, parallel_reads)
+            return self._read_range(
+                conn, info, (first_id, last_id), trait_keys, parallel_reads, identifiers
+            )
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sa.Connection]:
@@ -280,6 +287,7 @@ class FlagsmithSource:
         id_range: IdRange,
         trait_keys: Collection[str] | None,
         parallel_reads: int | None = None,
+        identifiers: bool = True,
     ) -> IdentityRange:
         identity_columns = {
             c["name"] for c in sa.inspect(conn).get_columns("environments_identity")
@@ -292,10 +300,16 @@ class FlagsmithSource:
                 conn, info, id_range, parallel_reads or self.parallel_reads
             )
             identities, traits = ArrowSnapshotReader(self.url).read_parts(
-                snapshot_id, info.id, ranges, with_system_traits, trait_keys, join=not own_span
+                snapshot_id,
+                info.id,
+                ranges,
+                with_system_traits,
+                trait_keys,
+                join=not own_span,
+                identifiers=identifiers,
             )
         else:
-            identities = self._identities(conn, info, with_system_traits, id_range)
+            identities = self._identities(conn, info, with_system_traits, id_range, identifiers)
             traits = self._traits(conn, info, id_range, trait_keys)
         read = identity_range(
             identities,
@@ -338,11 +352,13 @@ class FlagsmithSource:
         ).one()
         if low is None:
             return [id_range or (0, 0)], False
+        ranges = split_id_span(int(low), int(high), parallel_reads, _MIN_IDS_PER_READ)
+        if high - low + 1 <= self.own_span_share * count:  # ids are unique: dense enough
+            return ranges, True
         in_span = conn.execute(
             sa.text("SELECT count(*) FROM environments_identity WHERE id BETWEEN :low AND :high"),
             {"low": low, "high": high},
         ).scalar_one()
-        ranges = split_id_span(int(low), int(high), parallel_reads, _MIN_IDS_PER_READ)
         return ranges, in_span <= self.own_span_share * count
 
     def _table(
@@ -364,13 +380,15 @@ class FlagsmithSource:
         info: EnvironmentInfo,
         with_system_traits: bool,
         id_range: IdRange,
+        identifiers: bool = True,
     ) -> pa.Table:
         # JSON as its text (a driver would make Python objects of it).
         as_text = "CAST(system_traits AS TEXT)" if conn.dialect.name == "postgresql" else ""
         extra = f", {as_text or 'system_traits'} AS system_traits" if with_system_traits else ""
+        identifier = "identifier" if identifiers else "'' AS identifier"
         in_range, bounds = _id_range_filter("id", id_range)
         query = sa.text(
-            f"SELECT id, identifier{extra} FROM environments_identity "
+            f"SELECT id, {identifier}{extra} FROM environments_identity "
             f"WHERE environment_id = :environment_id{in_range} ORDER BY id"
         )
         schema = identity_schema(with_system_traits)

@@ -11,11 +11,14 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
+from membership_pipeline.defs.membership.jobs import BACKFILL_JOB, EDIT_JOB
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.dispatch.dispatcher import dispatch_tick
 from membership_pipeline.dispatch.policy import Outcome, PolicySettings, TickResult, policy_settings
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest
+from membership_pipeline.sharding.shard_backfill import DEFAULT_INCREMENTAL_SHARD_IDENTITIES
+from membership_pipeline.storage.environment_metadata import read_metadata_many
 
 MAX_RUNTIME_SECONDS = 4 * 3600  # dagster/max_runtime: a hung run is stopped, then reconciled
 TAG_PREFIX = "membership/"
@@ -38,6 +41,9 @@ class DispatchPolicyResource(dg.ConfigurableResource):
     max_attempts: int = 3
     # A segments-only request naming more than this share of the segments runs as full.
     incremental_max_share: float = 0.5
+    # An incremental backfill of an environment of at most this many identities (one shard)
+    # runs as ``segment_membership_edit``: every step in the run's process.
+    edit_job_max_identities: int = DEFAULT_INCREMENTAL_SHARD_IDENTITIES
 
     def settings(self) -> PolicySettings:
         return policy_settings(self.model_dump())
@@ -56,12 +62,24 @@ def enqueue_and_dispatch(
     queue = DatabaseQueue(store.database)
     queue.enqueue(requests, also)
     result = dispatch_tick(queue, store, policy.settings(), now or store.clock())
-    return [run_request(r) for r in result.launches], result
+    incremental = [r.environment for r in result.launches if r.segments is not None]
+    sizes = {}
+    if incremental:
+        with store.database.reader.connect() as conn:
+            found = read_metadata_many(conn, incremental)
+        sizes = {key: m.published_identity_count for key, m in found.items()}
+    requests = []
+    for launched in result.launches:
+        size = sizes.get(launched.environment)
+        small = size is not None and size <= policy.edit_job_max_identities
+        requests.append(run_request(launched, EDIT_JOB if small else BACKFILL_JOB))
+    return requests, result
 
 
-def run_request(request: BackfillRequest) -> dg.RunRequest:
+def run_request(request: BackfillRequest, job_name: str = BACKFILL_JOB) -> dg.RunRequest:
     """Run key = the request's job id (unique per request, never the environment); the request's
-    fields as tags, so the run shows why it ran."""
+    fields as tags, so the run shows why it ran. ``job_name``: ``segment_membership_edit`` for
+    an incremental backfill that fits one shard (see jobs.py)."""
     tags = {
         JOB_TAG: request.job_id,
         REASON_TAG: request.reason.value,
@@ -85,6 +103,7 @@ def run_request(request: BackfillRequest) -> dg.RunRequest:
     config = {"force": request.force, "mode": request.mode}
     run_config = {"ops": {"segment_membership_bitmaps": {"config": config}}}
     return dg.RunRequest(
+        job_name=job_name,
         run_key=request.job_id,
         partition_key=request.environment,
         tags=tags,

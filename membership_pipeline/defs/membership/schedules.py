@@ -11,11 +11,11 @@ from membership_pipeline.defs.membership.dispatch import (
     enqueue_and_dispatch,
     skip_reason,
 )
+from membership_pipeline.defs.membership.jobs import bitmaps_job
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
-from membership_pipeline.defs.membership.sensors import bitmaps_job
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 
 # Change detection sees new identities, new traits and segment edits; a deleted identity or

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from membership_pipeline.defs.membership.assets import BITMAPS
 from membership_pipeline.defs.membership.dispatch import (
     MODE_TAG,
     SEGMENTS_TAG,
@@ -17,6 +16,7 @@ from membership_pipeline.defs.membership.dispatch import (
     enqueue_and_dispatch,
     skip_reason,
 )
+from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
@@ -42,7 +42,6 @@ FINISHED = {
     dg.DagsterRunStatus.FAILURE,
     dg.DagsterRunStatus.CANCELED,
 }
-bitmaps_job = dg.define_asset_job("segment_membership_backfill", selection=[BITMAPS])
 
 
 @dg.sensor(
@@ -92,7 +91,7 @@ def environment_discovery_sensor(
 
 
 @dg.sensor(
-    job=bitmaps_job,
+    jobs=[bitmaps_job, edit_job],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Change detection: requests a backfill of every environment with identities or "
@@ -149,7 +148,7 @@ def _anything(detected: DetectedChanges) -> bool:
 
 
 @dg.run_failure_sensor(
-    monitored_jobs=[bitmaps_job],
+    monitored_jobs=[bitmaps_job, edit_job],
     monitor_all_code_locations=False,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Re-queues a failed dispatched backfill as a retry (attempt + 1); the dispatch "

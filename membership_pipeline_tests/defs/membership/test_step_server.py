@@ -46,6 +46,9 @@ def _probe(argv: list[str], executor: str = "multiprocess") -> dict | None:
         (["dagster", "asset", "materialize", "--select", "x"], True),
         (["dagster", "job", "execute", "-j", "x"], True),
         (["dagster", "api", "execute_run", "{}"], True),
+        # The in-process edit job forks no step (a run worker's arguments name its job).
+        (["dagster", "job", "execute", "-j", "segment_membership_edit"], False),
+        (["dagster", "api", "execute_run", '{"job_name": "segment_membership_edit"}'], False),
         (["dagster", "api", "grpc", "--port", "1"], False),
         (["dagster-webserver", "-p", "3000"], False),
         (["dagster-daemon", "run"], False),
