@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pyroaring import BitMap
 
 from membership_pipeline.evaluation import reads_identifiers, referenced_trait_keys
@@ -166,14 +167,26 @@ def compute_shard(
     started = time.perf_counter()
     trait_keys = referenced_trait_keys(plan.segments)  # no other trait changes an answer
     tuning = tuning_for(plan)
+    identifiers = reads_identifiers(plan.segments)  # else every answer is the same without
+    # An incremental shard whose segments read no identifier takes its identity ids from the
+    # base version and checks them against the source's count, largest and sum of ids.
+    known = None if identifiers or expected_identities is None else expected_identities
     read = source.read_identity_range(
         info,
         spec.first_id,
         spec.last_id,
         trait_keys,
         parallel_reads=tuning.read_connections,
-        identifiers=reads_identifiers(plan.segments),  # else every answer is the same without
+        identifiers=identifiers,
+        known_ids=None if known is None else np.asarray(known.to_array(), dtype=np.int64),
     )
+    if known is not None and read.checksum != checksum_of(known):
+        raise IdentitiesChanged(
+            f"shard {spec.index} (ids {spec.first_id}..{spec.last_id}) of {info.api_key!r}: "
+            f"the source holds {read.checksum[0] if read.checksum else '?'} identities there, "
+            f"version {plan.base_version_id} {len(known)} (or other ids); this incremental "
+            "backfill shares its bitmaps with that version: run a full backfill"
+        )
     seconds["read"] = time.perf_counter() - started
     started = time.perf_counter()
     result = engine.evaluate_environment(
@@ -210,6 +223,13 @@ def compute_shard(
         read.unreadable_traits,
         tuple(sorted(trait_keys)),
     )
+
+
+def checksum_of(ids: BitMap) -> tuple[int, int, int]:
+    """Count, largest (-1: none) and sum of ``ids``: what the source reports for a range."""
+    if not ids:
+        return 0, -1, 0
+    return len(ids), ids.max(), int(np.asarray(ids.to_array(), dtype=np.int64).sum())
 
 
 def expected_identities(store: MembershipStore, plan: StagedPlan, spec: ShardSpec) -> BitMap | None:

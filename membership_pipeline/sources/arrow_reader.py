@@ -71,6 +71,7 @@ class ArrowSnapshotReader:
         trait_keys: Collection[str] | None,
         join: bool = True,
         identifiers: bool = True,
+        known: pa.Table | None = None,
     ) -> tuple[pa.Table, pa.Table]:
         """Identities and traits of consecutive id ranges, read by one connection and thread
         per range (the server scans and sends, the driver decodes, without the GIL), taking
@@ -81,7 +82,9 @@ class ArrowSnapshotReader:
         table, one query per trait key (an index range scan on Flagsmith's unique
         ``(trait_key, identity_id)``, and no key column to send), and keeps those of the
         environment's identities here: far cheaper for the server when the ranges hold
-        (almost) only this environment's identities."""
+        (almost) only this environment's identities.
+
+        ``known``: the identity rows, already known (only traits are read)."""
         queries: list[Callable[[SnapshotReads], pa.Table]] = [
             functools.partial(
                 SnapshotReads.identities,
@@ -91,8 +94,11 @@ class ArrowSnapshotReader:
                 identifiers=identifiers,
             )
             for id_range in id_ranges
+            if known is None
         ]
-        if not join and trait_keys:
+        if trait_keys is not None and not trait_keys:
+            pass  # no trait can change a membership: none is read
+        elif not join and trait_keys:
             queries += [
                 functools.partial(SnapshotReads.key_traits, key=key, id_range=id_range)
                 for key in sorted(trait_keys)
@@ -109,9 +115,14 @@ class ArrowSnapshotReader:
                 )
                 for id_range in id_ranges
             ]
-        tables = self._run(snapshot_id, queries, connections=len(id_ranges))
-        identities = pa.concat_tables(tables[: len(id_ranges)])
-        traits = pa.concat_tables(tables[len(id_ranges) :])
+        tables = self._run(snapshot_id, queries, connections=min(len(id_ranges), len(queries)))
+        read_identities = 0 if known is not None else len(id_ranges)
+        identities = known if known is not None else pa.concat_tables(tables[:read_identities])
+        traits = (
+            pa.concat_tables(tables[read_identities:])
+            if len(tables) > read_identities
+            else TRAIT_SCHEMA.empty_table()
+        )
         if not join:
             owned = _owned_by(identities["id"], traits["identity_id"])
             if not pc.all(owned).as_py():  # a filter copies every column

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
@@ -262,14 +263,22 @@ class FlagsmithSource:
         *,
         parallel_reads: int | None = None,
         identifiers: bool = True,
+        known_ids: np.ndarray | None = None,
     ) -> IdentityRange:
         """One shard's identities (``first_id <= id <= last_id``) and their traits (only of
         ``trait_keys``, when given), in one snapshot; on ``parallel_reads`` connections
         (default: the source's). ``identifiers=False`` reads every identifier as the empty
-        string: for segments that never read one (see ``reads_identifiers``)."""
+        string: for segments that never read one (see ``reads_identifiers``).
+
+        ``known_ids`` (sorted; with ``identifiers=False``): the range's ids as a published
+        version holds them. The identity rows are then not sent: only the system traits of
+        those that have any, and the range's count, largest and sum of ids
+        (``IdentityRange.checksum``), which the caller compares with ``known_ids``."""
+        if known_ids is not None and identifiers:
+            raise ValueError("known_ids stand in for identity rows only without identifiers")
         with self._snapshot() as conn:
             return self._read_range(
-                conn, info, (first_id, last_id), trait_keys, parallel_reads, identifiers
+                conn, info, (first_id, last_id), trait_keys, parallel_reads, identifiers, known_ids
             )
 
     @contextlib.contextmanager
@@ -288,16 +297,27 @@ class FlagsmithSource:
         trait_keys: Collection[str] | None,
         parallel_reads: int | None = None,
         identifiers: bool = True,
+        known_ids: np.ndarray | None = None,
     ) -> IdentityRange:
         identity_columns = {
             c["name"] for c in sa.inspect(conn).get_columns("environments_identity")
         }
         with_system_traits = "system_traits" in identity_columns
+        checksum = None
+        if known_ids is not None:
+            checksum = self._checksum(conn, info, id_range)
+            known = _known_identities(
+                known_ids, self._system_traits(conn, info, id_range) if with_system_traits else None
+            )
         if conn.dialect.name == "postgresql" and self.columnar:
             # Columns in bulk through ADBC's binary COPY, in this connection's snapshot.
             snapshot_id = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
             ranges, own_span = self._read_ranges(
-                conn, info, id_range, parallel_reads or self.parallel_reads
+                conn,
+                info,
+                id_range,
+                parallel_reads or self.parallel_reads,
+                span=None if known_ids is None else _span_of(known_ids),
             )
             identities, traits = ArrowSnapshotReader(self.url).read_parts(
                 snapshot_id,
@@ -307,9 +327,14 @@ class FlagsmithSource:
                 trait_keys,
                 join=not own_span,
                 identifiers=identifiers,
+                known=None if known_ids is None else known,
             )
         else:
-            identities = self._identities(conn, info, with_system_traits, id_range, identifiers)
+            identities = (
+                self._identities(conn, info, with_system_traits, id_range, identifiers)
+                if known_ids is None
+                else known
+            )
             traits = self._traits(conn, info, id_range, trait_keys)
         read = identity_range(
             identities,
@@ -317,6 +342,7 @@ class FlagsmithSource:
             composite_hash_key=info.use_composite_hash_key,
             trait_keys=trait_keys,
         )
+        read.checksum = checksum
         log.info(
             "segment_membership.source.read",
             environment=info.api_key,
@@ -336,20 +362,28 @@ class FlagsmithSource:
         return read
 
     def _read_ranges(
-        self, conn: sa.Connection, info: EnvironmentInfo, id_range: IdRange, parallel_reads: int
+        self,
+        conn: sa.Connection,
+        info: EnvironmentInfo,
+        id_range: IdRange,
+        parallel_reads: int,
+        span: tuple[int | None, int | None, int] | None = None,
     ) -> tuple[list[tuple[int, int]], bool]:
         """The environment's id span (within ``id_range``) split into ``parallel_reads`` equal
         spans (ids of one environment are spread about evenly; one span when small), and
         whether the span is (almost) the environment's own: then its traits are read without
-        a join (see ``ArrowSnapshotReader.read_parts``)."""
-        in_range, bounds = _id_range_filter("id", id_range)
-        low, high, count = conn.execute(
-            sa.text(
-                "SELECT min(id), max(id), count(*) FROM environments_identity "
-                f"WHERE environment_id = :environment_id{in_range}"
-            ),
-            {"environment_id": info.id, **bounds},
-        ).one()
+        a join (see ``ArrowSnapshotReader.read_parts``). ``span``: its (min, max, count) when
+        known."""
+        if span is None:
+            in_range, bounds = _id_range_filter("id", id_range)
+            span = conn.execute(
+                sa.text(
+                    "SELECT min(id), max(id), count(*) FROM environments_identity "
+                    f"WHERE environment_id = :environment_id{in_range}"
+                ),
+                {"environment_id": info.id, **bounds},
+            ).one()
+        low, high, count = span
         if low is None:
             return [id_range or (0, 0)], False
         ranges = split_id_span(int(low), int(high), parallel_reads, _MIN_IDS_PER_READ)
@@ -360,6 +394,33 @@ class FlagsmithSource:
             {"low": low, "high": high},
         ).scalar_one()
         return ranges, in_span <= self.own_span_share * count
+
+    def _checksum(
+        self, conn: sa.Connection, info: EnvironmentInfo, id_range: IdRange
+    ) -> tuple[int, int, int]:
+        """The range's identity count, largest id (-1: none) and sum of ids."""
+        in_range, bounds = _id_range_filter("id", id_range)
+        count, largest, total = conn.execute(
+            sa.text(
+                "SELECT count(*), coalesce(max(id), -1), coalesce(sum(id), 0) "
+                f"FROM environments_identity WHERE environment_id = :environment_id{in_range}"
+            ),
+            {"environment_id": info.id, **bounds},
+        ).one()
+        return int(count), int(largest), int(total)
+
+    def _system_traits(
+        self, conn: sa.Connection, info: EnvironmentInfo, id_range: IdRange
+    ) -> pa.Table:
+        """``id`` and ``system_traits`` (JSON text) of the range's identities that have any."""
+        as_text = "CAST(system_traits AS TEXT)" if conn.dialect.name == "postgresql" else ""
+        in_range, bounds = _id_range_filter("id", id_range)
+        query = sa.text(
+            f"SELECT id, {as_text or 'system_traits'} AS system_traits FROM environments_identity "
+            f"WHERE environment_id = :environment_id{in_range} AND system_traits IS NOT NULL"
+        )
+        schema = pa.schema([("id", pa.int64()), ("system_traits", pa.string())])
+        return self._table(conn, query, schema, environment_id=info.id, **bounds)
 
     def _table(
         self, conn: sa.Connection, query: sa.TextClause, schema: pa.Schema, **params: Any
@@ -465,6 +526,32 @@ class FlagsmithSource:
                 conditions=built.unreachable_conditions,
             )
         return built.segments
+
+
+def _span_of(ids: np.ndarray) -> tuple[int | None, int | None, int]:
+    if not len(ids):
+        return None, None, 0
+    return int(ids[0]), int(ids[-1]), len(ids)
+
+
+def _known_identities(ids: np.ndarray, system_traits: pa.Table | None) -> pa.Table:
+    """Identity rows from known ids: empty identifiers, and the system traits read for the
+    identities that have them (one not among ``ids`` is left out: the checksum tells)."""
+    count = len(ids)
+    no_text = pa.py_buffer(np.zeros(count + 1, dtype=np.int32))  # every offset 0: all ""
+    columns: dict[str, pa.Array] = {
+        "id": pa.array(ids, pa.int64()),
+        "identifier": pa.StringArray.from_buffers(count, no_text, pa.py_buffer(b"")),
+    }
+    if system_traits is not None:
+        found = system_traits["id"].to_numpy()
+        at = np.searchsorted(ids, found)
+        inside = (at < count) & (ids[np.minimum(at, max(count - 1, 0))] == found)
+        which = np.full(count, -1, dtype=np.int64)
+        which[at[inside]] = np.flatnonzero(inside)
+        texts = system_traits["system_traits"].combine_chunks()
+        columns["system_traits"] = texts.take(pa.array(which, mask=which < 0))
+    return pa.table(columns)
 
 
 def _traits_above(

@@ -38,6 +38,9 @@ class IdentityRange:
     traits: pd.DataFrame
     unreadable_traits: int = 0
     overridden_by_system_traits: int = 0
+    # When the identity rows were not read (known ids): the range's count, largest and sum of
+    # ids, as the source has them.
+    checksum: tuple[int, int, int] | None = None
 
 
 def identity_range(

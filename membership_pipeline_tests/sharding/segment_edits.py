@@ -137,6 +137,36 @@ def create_segment(conn: sa.Connection, project: int, rng: random.Random) -> int
     return segment
 
 
+def add_segment(conn: sa.Connection, project: int, prop: str, operator: str, value: str) -> int:
+    """A new segment of one ALL rule holding one condition."""
+    now = _now()
+    segment = _next_id(conn, "segments_segment")
+    conn.execute(
+        sa.text(
+            "INSERT INTO segments_segment (id, name, project_id, version_of_id, created_at, "
+            "updated_at) VALUES (:id, :name, :project, :id, :now, :now)"
+        ),
+        {"id": segment, "name": f"{prop} {operator} {value}", "project": project, "now": now},
+    )
+    rule = _next_id(conn, "segments_segmentrule")
+    conn.execute(
+        sa.text(
+            "INSERT INTO segments_segmentrule (id, segment_id, type, created_at, updated_at) "
+            "VALUES (:id, :segment, 'ALL', :now, :now)"
+        ),
+        {"id": rule, "segment": segment, "now": now},
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO segments_condition (id, rule_id, operator, property, value, created_at, "
+            "updated_at) VALUES (:id, :rule, :operator, :property, :value, :now, :now)"
+        ),
+        {"id": _next_id(conn, "segments_condition"), "rule": rule, "operator": operator,
+         "property": prop, "value": value, "now": now},
+    )  # fmt: skip
+    return segment
+
+
 EDITS = {
     "edit": edit_condition,
     "rename": rename_segment,

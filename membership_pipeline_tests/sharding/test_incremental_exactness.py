@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 
 from membership_pipeline.sharding.refresh_mode import RefreshMode
 from membership_pipeline.sharding.shard_backfill import IdentitiesChanged
+from membership_pipeline.sources.demo_dataset import write_demo_dataset
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore, migrate
 from membership_pipeline.storage.tables import bitmap, bitmap_chunk, version
 from membership_pipeline_tests.membership_answers import assert_same_answers
 from membership_pipeline_tests.sharding.conftest import delete_identities, sharded_backfill
-from membership_pipeline_tests.sharding.segment_edits import EDITS, apply_edit
+from membership_pipeline_tests.sharding.segment_edits import EDITS, add_segment, apply_edit
 
 NO_GRACE = timedelta()
 
@@ -224,26 +225,100 @@ def test_escalates_to_full_when_identities_or_traits_changed(small_source, tmp_p
     store.close()
 
 
-def test_a_shard_that_reads_other_identities_fails_the_incremental_backfill(small_source, tmp_path):
+@pytest.mark.parametrize("change", ["deleted", "swapped"])
+def test_a_shard_that_reads_other_identities_fails_the_incremental_backfill(
+    small_source, tmp_path, change
+):
+    """Identities changed between planning and the shard: the shard's count, largest and sum of
+    ids disagree with the base version's, and nothing is published. "swapped": one identity
+    deleted and one created inside the range, the count and the largest id unchanged."""
     source_url, source = copy_source(small_source, tmp_path)
-    env_key = small_source.environments[0]["api_key"]
+    env = small_source.environments[0]
+    env_key = env["api_key"]
     store = fresh_store(tmp_path)
     sharded_backfill(source, store, env_key, 10_000)
-    published = store.reader().published(env_key).version_id
+    published = store.reader().published(env_key)
 
-    def delete_after_planning(plan):
+    def change_after_planning(plan):
         assert plan.incremental
-        delete_identities(source_url, [min(store.reader().published(env_key).universe())])
+        ids = sorted(published.universe())
+        delete_identities(source_url, [ids[0]])
+        if change == "swapped":
+            engine = sa.create_engine(source_url)
+            with engine.begin() as conn:
+                free = next(i for i in range(ids[-1]) if i not in set(ids))  # below the min
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO environments_identity (id, identifier, environment_id, "
+                        "created_date) VALUES (:id, 'late', :env, CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": free, "env": env["id"]},
+                )
+            engine.dispose()
 
-    with pytest.raises(IdentitiesChanged, match="1 removed since version"):
+    expected = "holds 159 identities" if change == "deleted" else "holds 160 identities"
+    with pytest.raises(IdentitiesChanged, match=f"{expected}.*run a full backfill"):
         sharded_backfill(
             source,
             store,
             env_key,
             10_000,
             mode=RefreshMode.INCREMENTAL,
-            between_plan_and_shards=delete_after_planning,
+            between_plan_and_shards=change_after_planning,
         )
-    assert store.reader().published(env_key).version_id == published
+    assert store.reader().published(env_key).version_id == published.version_id
+    source.close()
+    store.close()
+
+
+def test_incremental_on_a_postgresql_source_equals_full(postgres_url, tmp_path):
+    """The columnar (ADBC) read: identities taken from the base version with their system
+    traits, traits of the edited segments' keys only; every answer the full backfill's."""
+    written = write_demo_dataset(
+        postgres_url,
+        identities=300,
+        organisations=1,
+        projects_per_organisation=1,
+        environments_per_project=2,
+        segments_per_project=16,
+        seed=9,
+    )
+    environment = written.environments[1]
+    env_key, project = environment["api_key"], environment["project_id"]
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:  # an identity whose system trait overrides its own "plan"
+        overridden = conn.execute(
+            sa.text(
+                "SELECT min(id) FROM environments_identity "
+                "WHERE environment_id = :env AND system_traits IS NOT NULL"
+            ),
+            {"env": environment["id"]},
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                "UPDATE environments_trait SET string_value = 'free', value_type = 'unicode' "
+                "WHERE identity_id = :id AND trait_key = 'plan'"
+            ),
+            {"id": overridden},
+        )
+    source = FlagsmithSource(postgres_url)
+    store = fresh_store(tmp_path)
+    sharded_backfill(source, store, env_key, 120)
+    rng = random.Random(4)
+    for kind in ("plan_segment", "edit", "create", "edit", "delete"):
+        if kind == "plan_segment":  # a new segment on the overridden key
+            with engine.begin() as conn:
+                segment = add_segment(conn, project, "plan", "EQUAL", "enterprise")
+        else:
+            apply_edit(postgres_url, kind, project, rng)
+        plans = []
+        sharded_backfill(source, store, env_key, 120, mode=RefreshMode.INCREMENTAL, plans=plans)
+        assert plans[0].mode == "incremental", plans[0].mode_reason
+        with fresh_store(tmp_path) as full:
+            sharded_backfill(source, full, env_key, 120)
+            assert_same_answers(store, full, env_key)
+        if kind == "plan_segment":
+            assert store.reader().is_member(env_key, str(segment), overridden)
+    engine.dispose()
     source.close()
     store.close()
