@@ -122,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--reason", choices=[r.value for r in Reason], default="manual")
     enqueue.add_argument("--force", action="store_true", help="skip the cooldown")
     enqueue.add_argument("--organisation", help="default: looked up in Flagsmith's database")
+    enqueue.add_argument(
+        "--segments",
+        help="comma-separated segment keys: only their definitions changed (an incremental "
+        "backfill re-evaluates the edited segments and shares the rest)",
+    )
     command("queue", _queue, "pending backfill requests")
     return parser
 
@@ -270,6 +275,9 @@ def _gc(args: argparse.Namespace) -> tuple[Any, str]:
         f"collected {len(report.retired_versions)} retired and "
         f"{len(report.abandoned_versions)} abandoned versions ({report.bytes_freed:,} bytes)"
     )
+    if report.still_referenced_versions:
+        kept = ", ".join(str(v) for v in report.still_referenced_versions)
+        text += f"; chunks of versions {kept} are kept: later versions share them"
     return report.__dict__, text
 
 
@@ -292,6 +300,8 @@ def _enqueue(args: argparse.Namespace) -> tuple[Any, str]:
             reason=Reason(args.reason),
             created_at=now,
             force=args.force,
+            segments=_segment_keys(args.segments),
+            segment_total=_published_segments(store, args.environment),
         )
         queue = DatabaseQueue(store.database)
         queue.enqueue([request])
@@ -309,16 +319,33 @@ def _enqueue(args: argparse.Namespace) -> tuple[Any, str]:
         "decision": decision.outcome.value,
         "detail": decision.detail,
         "coalesced_into": None if decision.job_id == request.job_id else decision.job_id,
+        "mode": decision.mode,
+        "mode_detail": decision.mode_detail,
     }
     text = (
         f"queued {request.job_id} ({args.reason}{', forced' if args.force else ''}) for "
-        f"{args.environment}; next dispatch: {decision.outcome.value} ({decision.detail})"
+        f"{args.environment}; next dispatch: {decision.outcome.value} ({decision.detail}), "
+        f"{decision.mode_detail or decision.mode}"
     )
     if document["coalesced_into"]:
         text += f", merged into {decision.job_id}"
     if decision.outcome is not Outcome.PUBLISHED:
         raise NoOp(document, text)
     return document, text
+
+
+def _segment_keys(listed: str | None) -> tuple[str, ...] | None:
+    if listed is None:
+        return None
+    keys = tuple(k.strip() for k in listed.split(",") if k.strip())
+    if not keys:
+        raise ValueError("--segments needs at least one segment key, e.g. --segments 12,40")
+    return keys
+
+
+def _published_segments(store: MembershipStore, environment_key: str) -> int | None:
+    found = store.metadata(environment_key)
+    return None if found is None else found.published_segment_count
 
 
 def _organisation_of(source_url: str | None, environment_key: str) -> str:

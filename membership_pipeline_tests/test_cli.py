@@ -117,3 +117,32 @@ def test_enqueue_prints_the_next_decision_and_queue_lists_requests(database_url,
     unknown = membership(database_url, "--source-url", source, "enqueue", "env_nope")
     assert unknown.returncode == 1
     assert "'env_nope' is not a live environment" in unknown.stderr
+
+
+def test_enqueue_segments_requests_an_incremental_backfill(database_url, tmp_path):
+    migrate(database_url)
+    with MembershipStore(database_url) as store:
+        backfill(store, "env", {key: BitMap([1]) for key in ("1", "2", "3", "4")})
+
+    def enqueue(*args: str) -> subprocess.CompletedProcess[str]:
+        return membership(
+            database_url, "--json", "enqueue", "env", "--organisation", "o", "--force", *args
+        )
+
+    edited = enqueue("--segments", "3")
+    assert edited.returncode == 0, edited.stderr
+    decision = json.loads(edited.stdout)
+    assert (decision["mode"], decision["mode_detail"]) == (
+        "incremental",
+        "incremental: 1 segments changed of 4",
+    )
+    # Queued with it, three more segments: most of the environment, so a full backfill.
+    most = json.loads(enqueue("--segments", "1,2,4").stdout)
+    assert most["mode"] == "full" and "4 of 4 segments changed" in most["mode_detail"]
+    empty = membership(database_url, "enqueue", "env", "--organisation", "o", "--segments", ",")
+    assert empty.returncode == 1
+    assert (
+        empty.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--segments needs at least one segment key, e.g. --segments 12,40")
+    )

@@ -62,6 +62,7 @@ class Backfill:
     reused: int
     chunk_table_bytes: int
     steps: dict[str, tuple[float, float]]  # step → (start, end) seconds after the plan started
+    shard_seconds: list[dict[str, float]]  # per shard: read, evaluate, audit, write
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,6 +154,7 @@ class Launcher:
             metadata = store.metadata(self.env_key)
             assert metadata is not None and metadata.published_at is not None
             version_id = metadata.published_version_id
+            shard_seconds = [r.report.get("seconds", {}) for r in store.shard_reports(version_id)]
             with store.database.reader.connect() as conn:
                 row = conn.execute(
                     sa.select(version).where(version.c.version_id == version_id)
@@ -173,6 +175,7 @@ class Launcher:
             reused=row.reused_segment_count,
             chunk_table_bytes=chunk_table,
             steps={k: (a - plan_start, b - plan_start) for k, (a, b) in steps.items()},
+            shard_seconds=shard_seconds,
         )
 
     def _steps(self) -> dict[str, tuple[float, float]]:
@@ -254,6 +257,11 @@ def _report(args: argparse.Namespace, env_key: str, runs: list[Backfill], store_
             f"shared {r.reused}, wrote {r.bytes_written:,} bytes, chunk table "
             f"{r.chunk_table_bytes / 2**20:,.1f} MB"
         )
+        for index, seconds in enumerate(r.shard_seconds):
+            print(
+                f"      shard {index}: "
+                + ", ".join(f"{phase} {value:.2f} s" for phase, value in seconds.items())
+            )
         print(
             "      steps (s after the plan step started): "
             + ", ".join(
