@@ -71,8 +71,9 @@ class ArrowSnapshotReader:
         trait_keys: Collection[str] | None,
         join: bool = True,
         identifiers: bool = True,
-        known: pa.Table | None = None,
-    ) -> tuple[pa.Table, pa.Table]:
+        known_ids: np.ndarray | None = None,
+        checksum_range: IdRange = None,
+    ) -> tuple[pa.Table, pa.Table, tuple[int, int, int] | None]:
         """Identities and traits of consecutive id ranges, read by one connection and thread
         per range (the server scans and sends, the driver decodes, without the GIL), taking
         queries from one queue: one environment's read uses every core, on both sides of the
@@ -84,18 +85,37 @@ class ArrowSnapshotReader:
         environment's identities here: far cheaper for the server when the ranges hold
         (almost) only this environment's identities.
 
-        ``known``: the identity rows, already known (only traits are read)."""
-        queries: list[Callable[[SnapshotReads], pa.Table]] = [
-            functools.partial(
-                SnapshotReads.identities,
-                environment_id=environment_id,
-                id_range=id_range,
-                system_traits=system_traits,
-                identifiers=identifiers,
+        ``known_ids``: the identities' ids, already known. Instead of the identity rows, the
+        queue then reads the count, largest and sum of ids in ``checksum_range`` (returned
+        third, for the caller to compare) and the system traits of the identities that have
+        any, beside the traits."""
+        queries: list[Callable[[SnapshotReads], Any]] = []
+        if known_ids is None:
+            queries += [
+                functools.partial(
+                    SnapshotReads.identities,
+                    environment_id=environment_id,
+                    id_range=id_range,
+                    system_traits=system_traits,
+                    identifiers=identifiers,
+                )
+                for id_range in id_ranges
+            ]
+        else:
+            queries.append(
+                functools.partial(
+                    SnapshotReads.checksum, environment_id=environment_id, id_range=checksum_range
+                )
             )
-            for id_range in id_ranges
-            if known is None
-        ]
+            if system_traits:
+                queries.append(
+                    functools.partial(
+                        SnapshotReads.system_traits,
+                        environment_id=environment_id,
+                        id_range=checksum_range,
+                    )
+                )
+        first_trait_query = len(queries)
         if trait_keys is not None and not trait_keys:
             pass  # no trait can change a membership: none is read
         elif not join and trait_keys:
@@ -115,31 +135,32 @@ class ArrowSnapshotReader:
                 )
                 for id_range in id_ranges
             ]
-        tables = self._run(snapshot_id, queries, connections=min(len(id_ranges), len(queries)))
-        read_identities = 0 if known is not None else len(id_ranges)
-        identities = known if known is not None else pa.concat_tables(tables[:read_identities])
-        traits = (
-            pa.concat_tables(tables[read_identities:])
-            if len(tables) > read_identities
-            else TRAIT_SCHEMA.empty_table()
-        )
+        results = self._run(snapshot_id, queries, connections=min(len(id_ranges), len(queries)))
+        checksum = None
+        if known_ids is None:
+            identities = pa.concat_tables(results[:first_trait_query])
+        else:
+            checksum = results[0]
+            identities = known_identities(known_ids, results[1] if system_traits else None)
+        trait_tables = results[first_trait_query:]
+        traits = pa.concat_tables(trait_tables) if trait_tables else TRAIT_SCHEMA.empty_table()
         if not join:
             owned = _owned_by(identities["id"], traits["identity_id"])
             if not pc.all(owned).as_py():  # a filter copies every column
                 traits = traits.filter(owned)
-        return identities, traits
+        return identities, traits, checksum
 
     def _run(
         self,
         snapshot_id: str,
-        queries: list[Callable[[SnapshotReads], pa.Table]],
+        queries: list[Callable[[SnapshotReads], Any]],
         connections: int,
-    ) -> list[pa.Table]:
-        """Every query's table, in order; ``connections`` threads take queries from a queue."""
+    ) -> list[Any]:
+        """Every query's result, in order; ``connections`` threads take queries from a queue."""
         pending: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(queries)):
             pending.put(index)
-        results: list[pa.Table | None] = [None] * len(queries)
+        results: list[Any] = [None] * len(queries)
 
         def work() -> None:
             with self.joined(snapshot_id) as reads:
@@ -203,6 +224,24 @@ class SnapshotReads:
             f"WHERE environment_id = {int(environment_id)}{_between('id', id_range)}"
         )
         return _ordered_by_id(table.cast(identity_schema(system_traits)))
+
+    def checksum(self, environment_id: int, id_range: IdRange) -> tuple[int, int, int]:
+        """The count, largest (-1: none) and sum of the ids of the environment's identities."""
+        self.cursor.execute(
+            "SELECT count(*)::int8, coalesce(max(id), -1)::int8, coalesce(sum(id), 0)::int8 "
+            f"FROM environments_identity WHERE environment_id = {int(environment_id)}"
+            f"{_between('id', id_range)}"
+        )
+        count, largest, total = self.cursor.fetchone()
+        return int(count), int(largest), int(total)
+
+    def system_traits(self, environment_id: int, id_range: IdRange) -> pa.Table:
+        """``id`` and ``system_traits`` (JSON text) of the identities that have any."""
+        return self._table(
+            "SELECT id::int8 AS id, system_traits::text AS system_traits "
+            f"FROM environments_identity WHERE environment_id = {int(environment_id)}"
+            f"{_between('id', id_range)} AND system_traits IS NOT NULL"
+        )
 
     def traits(
         self,
@@ -291,6 +330,26 @@ def _typed_traits(compact: pa.Table) -> pa.Table:
         text = value if typed == rows else pc.if_else(of_type, value, pa.scalar(None, pa.string()))
         columns[column] = text if wanted == pa.string() else pc.cast(text, wanted)
     return pa.table(columns).cast(TRAIT_SCHEMA)
+
+
+def known_identities(ids: np.ndarray, system_traits: pa.Table | None) -> pa.Table:
+    """Identity rows from known ids: empty identifiers, and the system traits read for the
+    identities that have them (one not among ``ids`` is left out: the checksum tells)."""
+    count = len(ids)
+    no_text = pa.py_buffer(np.zeros(count + 1, dtype=np.int32))  # every offset 0: all ""
+    columns: dict[str, pa.Array] = {
+        "id": pa.array(ids, pa.int64()),
+        "identifier": pa.StringArray.from_buffers(count, no_text, pa.py_buffer(b"")),
+    }
+    if system_traits is not None:
+        found = system_traits["id"].to_numpy()
+        at = np.searchsorted(ids, found)
+        inside = (at < count) & (ids[np.minimum(at, max(count - 1, 0))] == found)
+        which = np.full(count, -1, dtype=np.int64)
+        which[at[inside]] = np.flatnonzero(inside)
+        texts = system_traits["system_traits"].combine_chunks()
+        columns["system_traits"] = texts.take(pa.array(which, mask=which < 0))
+    return pa.table(columns)
 
 
 def _ordered_by_id(table: pa.Table) -> pa.Table:

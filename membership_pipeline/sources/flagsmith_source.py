@@ -43,6 +43,7 @@ from membership_pipeline.sources.arrow_reader import (
     ArrowSnapshotReader,
     IdRange,
     identity_schema,
+    known_identities,
     split_id_span,
 )
 from membership_pipeline.sources.identity_columns import IdentityRange, identity_range
@@ -304,11 +305,6 @@ class FlagsmithSource:
         }
         with_system_traits = "system_traits" in identity_columns
         checksum = None
-        if known_ids is not None:
-            checksum = self._checksum(conn, info, id_range)
-            known = _known_identities(
-                known_ids, self._system_traits(conn, info, id_range) if with_system_traits else None
-            )
         if conn.dialect.name == "postgresql" and self.columnar:
             # Columns in bulk through ADBC's binary COPY, in this connection's snapshot.
             snapshot_id = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
@@ -319,7 +315,7 @@ class FlagsmithSource:
                 parallel_reads or self.parallel_reads,
                 span=None if known_ids is None else _span_of(known_ids),
             )
-            identities, traits = ArrowSnapshotReader(self.url).read_parts(
+            identities, traits, checksum = ArrowSnapshotReader(self.url).read_parts(
                 snapshot_id,
                 info.id,
                 ranges,
@@ -327,14 +323,16 @@ class FlagsmithSource:
                 trait_keys,
                 join=not own_span,
                 identifiers=identifiers,
-                known=None if known_ids is None else known,
+                known_ids=known_ids,
+                checksum_range=id_range,
             )
+        elif known_ids is not None:
+            checksum = self._checksum(conn, info, id_range)
+            system = self._system_traits(conn, info, id_range) if with_system_traits else None
+            identities = known_identities(known_ids, system)
+            traits = self._traits(conn, info, id_range, trait_keys)
         else:
-            identities = (
-                self._identities(conn, info, with_system_traits, id_range, identifiers)
-                if known_ids is None
-                else known
-            )
+            identities = self._identities(conn, info, with_system_traits, id_range, identifiers)
             traits = self._traits(conn, info, id_range, trait_keys)
         read = identity_range(
             identities,
@@ -532,26 +530,6 @@ def _span_of(ids: np.ndarray) -> tuple[int | None, int | None, int]:
     if not len(ids):
         return None, None, 0
     return int(ids[0]), int(ids[-1]), len(ids)
-
-
-def _known_identities(ids: np.ndarray, system_traits: pa.Table | None) -> pa.Table:
-    """Identity rows from known ids: empty identifiers, and the system traits read for the
-    identities that have them (one not among ``ids`` is left out: the checksum tells)."""
-    count = len(ids)
-    no_text = pa.py_buffer(np.zeros(count + 1, dtype=np.int32))  # every offset 0: all ""
-    columns: dict[str, pa.Array] = {
-        "id": pa.array(ids, pa.int64()),
-        "identifier": pa.StringArray.from_buffers(count, no_text, pa.py_buffer(b"")),
-    }
-    if system_traits is not None:
-        found = system_traits["id"].to_numpy()
-        at = np.searchsorted(ids, found)
-        inside = (at < count) & (ids[np.minimum(at, max(count - 1, 0))] == found)
-        which = np.full(count, -1, dtype=np.int64)
-        which[at[inside]] = np.flatnonzero(inside)
-        texts = system_traits["system_traits"].combine_chunks()
-        columns["system_traits"] = texts.take(pa.array(which, mask=which < 0))
-    return pa.table(columns)
 
 
 def _traits_above(
