@@ -36,6 +36,7 @@ from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.defs.membership.step_server import preload_in_background
 from membership_pipeline.sharding.refresh_mode import DEFAULT_MAX_CHANGED_SHARE, RefreshMode
 from membership_pipeline.sharding.shard_backfill import (
     DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
@@ -115,6 +116,8 @@ def plan_shards(
 ) -> Iterator[dg.Output[StagedPlan] | dg.DynamicOutput[ShardTask]]:
     environment_key = context.partition_key
     mode = refresh_mode(config.mode)
+    if context.job_def.executor_def.name == "in_process":
+        preload_in_background()  # the shard step runs next in this process: load its engine now
     store = membership_store.get()
     claim = store.claim(environment_key, owner=context.run.run_id, force=config.force)
     if not isinstance(claim, Claim):

@@ -68,6 +68,12 @@ def start_preloading(argv: Sequence[str]) -> threading.Thread | None:
     in_process = os.environ.get(EXECUTOR_VARIABLE, "multiprocess") == "in_process"
     if not runs_a_job(argv) or not (in_process or runs_in_process(argv)):
         return None
+    return preload_in_background()
+
+
+def preload_in_background() -> threading.Thread:
+    """Import what the steps use on a daemon thread (also called by a run's first step on the
+    in-process executor, for runs that a code server starts, whose command line tells nothing)."""
     thread = threading.Thread(
         target=lambda: [importlib.import_module(name) for name in PRELOADED[1:]],
         name="preload-steps",

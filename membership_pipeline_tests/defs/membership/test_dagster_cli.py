@@ -222,3 +222,54 @@ def test_a_killed_shard_step_without_retries_fails_after_reconcile_and_the_prior
     assert store.reader().published(env_key).segment_counts() == counts
     assert store.collect_garbage().abandoned_versions  # the killed backfill's shadow, collected
     instance.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_edit_job_publishes_a_segment_edit_in_the_run_process(
+    dagster_home, store_url, store, tmp_path, monkeypatch
+):
+    """``segment_membership_edit`` from the command line, as the dispatcher launches it for a
+    one-shard incremental backfill: every step in the run's own process, one flip, only the
+    edited segment re-evaluated."""
+    import random
+
+    from membership_pipeline.sources.demo_dataset import write_demo_dataset
+    from membership_pipeline_tests.sharding.segment_edits import apply_edit
+
+    source = write_demo_dataset(
+        f"sqlite:///{tmp_path / 'flagsmith.sqlite'}", identities=300, organisations=1,
+        projects_per_organisation=1, environments_per_project=1, segments_per_project=10,
+    )  # fmt: skip
+    env_key, project = source.environments[0]["api_key"], source.environments[0]["project_id"]
+    for name in dagster_home:
+        monkeypatch.delenv(name, raising=False)
+    instance = add_partition(dagster_home, env_key)
+    environment = process_environment(dagster_home, source, store_url)
+    assert materialize(environment, env_key).returncode == 0
+    edited = str(apply_edit(source.url, "edit", project, random.Random(3)))
+
+    config = tmp_path / "run_config.json"  # JSON is YAML
+    config.write_text(
+        json.dumps({"ops": {"segment_membership_bitmaps": {"config": {"force": True,
+                                                                      "mode": "incremental"}}}})
+    )  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "job", "execute", "-m", "membership_pipeline.definitions",
+         "-j", "segment_membership_edit", "--config", str(config),
+         "--tags", json.dumps({"dagster/partition": env_key})],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    [shard_pid] = {int(pid) for pid in SHARD_STARTED.findall(stderr)}
+    assert shard_pid == run.pid  # no step process was launched
+    done = store.metadata(env_key)
+    published = store.reader().published(env_key)
+    assert published.evaluated_as_of(edited) == published.as_of
+    assert sum(published.evaluated_as_of(k) == published.as_of for k in published.segment_keys) == 1
+    [latest] = instance.get_runs(limit=1)
+    assert (latest.job_name, latest.status) == (
+        "segment_membership_edit",
+        dg.DagsterRunStatus.SUCCESS,
+    )
+    assert latest.run_id == done.claim_owner
