@@ -332,3 +332,45 @@ def test_incremental_on_a_postgresql_source_equals_full(postgres_url, tmp_path):
     engine.dispose()
     source.close()
     store.close()
+
+
+def test_sealing_fails_cleanly_when_the_base_version_is_gone(small_source, tmp_path):
+    """The base was collected after the shards ran (only by hand: the claim keeps it
+    published): sealing names the problem, nothing is published, and a full backfill works."""
+    from membership_pipeline.sharding.shard_backfill import (
+        compute_shard,
+        expected_identities,
+        plan_backfill,
+        stage_shard,
+    )
+    from membership_pipeline.storage import Claim, InvalidVersion
+
+    source_url, source = copy_source(small_source, tmp_path)
+    environment = small_source.environments[0]
+    env_key, project = environment["api_key"], environment["project_id"]
+    store = fresh_store(tmp_path)
+    base = sharded_backfill(source, store, env_key, 10_000)
+    apply_edit(source_url, "edit", project, random.Random(5))
+    held = store.claim(env_key, owner="incremental", force=True)
+    assert isinstance(held, Claim)
+    plan = plan_backfill(source, store, held, 10_000, mode=RefreshMode.INCREMENTAL)
+    assert plan.incremental and plan.base_version_id == base
+    for spec in plan.shards:
+        outcome = compute_shard(
+            source, plan, spec, audit_sample_size=5, audit_seed=0,
+            expected_identities=expected_identities(store, plan, spec),
+        )  # fmt: skip
+        stage_shard(store, outcome)
+    with store.database.writer.begin() as conn:
+        conn.execute(version.delete().where(version.c.version_id == base))
+    with pytest.raises(InvalidVersion, match=f"builds on version {base}, which is no longer kept"):
+        store.seal_shards(plan)
+    store.fail(held, "base gone")
+    plans = []
+    sharded_backfill(source, store, env_key, 10_000, mode=RefreshMode.INCREMENTAL, plans=plans)
+    assert plans[0].mode == "full" and "no published version" in plans[0].mode_reason
+    with fresh_store(tmp_path) as full:
+        sharded_backfill(source, full, env_key, 10_000)
+        assert_same_answers(store, full, env_key)
+    source.close()
+    store.close()

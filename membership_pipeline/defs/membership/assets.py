@@ -6,7 +6,9 @@ that environment's backfill, sharded by identity-id range into Dagster steps:
                 └─► backfill_shard[...]     ─┘
 
 - ``plan_shards`` claims the environment (the guard), reads its segments and id boundaries in
-  one snapshot, and records the plan with a new shadow version;
+  one snapshot, decides full or incremental (config ``mode``; see sharding/refresh_mode.py) and
+  records the plan with a new shadow version (an incremental plan holds only the new and edited
+  segments, and which of the published version's bitmaps the new version shares);
 - each ``backfill_shard`` reads its id range, evaluates the planned segments, audits its share
   of the sample against flag-engine; its output is staged into the shadow version by
   ``ShadowStagingIOManager`` (retried attempts replace earlier ones);
