@@ -151,3 +151,26 @@ def test_materialize_benchmark_reads_the_same_traits_for_both_shapes() -> None:
     read = [line.split(" trait rows read")[0].rsplit(", ", 1)[1] for line in out.splitlines()
             if "trait rows read" in line]  # fmt: skip
     assert len(read) == 2 and read[0] == read[1] and int(read[0].replace(",", "")) > 3000
+
+
+def test_incremental_benchmark_publishes_edits_incrementally() -> None:
+    """A full backfill, two edits each published incrementally (through the asset's executor
+    and through the edit job), a full one again; and the restored source."""
+    out = _run(
+        "membership_pipeline.benchmarks.incremental_benchmark",
+        "--identities",
+        "3000",
+        "--segments",
+        "20",
+        "--repeats",
+        "1",
+    )
+    assert out.count("  full        (asset materialize)") == 2
+    incremental = [line for line in out.splitlines() if line.startswith("  incremental (")]
+    assert len(incremental) == 2 and all("re-evaluated 1, shared 19" in x for x in incremental)
+    assert "job execute -j segment_membership_edit" in incremental[1]
+    assert out.count("from the plan step's start to the flip") == 2
+    [growth] = [x for x in out.splitlines() if x.startswith("  bytes written per incremental")]
+    written = growth.split(": ")[1].split(";")[0]
+    own = growth.split("the edited segments' own bytes: ")[1].split(";")[0]
+    assert written == own  # an incremental version writes the edited segment's chunks only
