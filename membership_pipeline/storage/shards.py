@@ -44,9 +44,7 @@ from membership_pipeline.storage.claims import Claim, running_claim
 from membership_pipeline.storage.database import StoreDatabase
 from membership_pipeline.storage.errors import ClaimLost, InvalidVersion
 from membership_pipeline.storage.tables import (
-    VersionId as VERSION_ID_TYPE,
-)
-from membership_pipeline.storage.tables import (
+    VersionId,
     bitmap,
     bitmap_chunk,
     environment,
@@ -167,8 +165,6 @@ def stage_plan(
                 identity_count=identity_count,
                 shard_identities=shard_identities,
                 shard_count=len(shards),
-                mode=mode,
-                base_version_id=base,
                 reused_segments=json.dumps(list(reused)),
                 dropped_segments=json.dumps(list(dropped)),
                 mode_reason=reason,
@@ -235,7 +231,13 @@ def load_plan(database: StoreDatabase, environment_key: str, owner: str) -> Stag
         found = None
         if claim is not None:
             found = conn.execute(
-                sa.select(version.c.version_id, version.c.as_of, version_plan)
+                sa.select(
+                    version.c.version_id,
+                    version.c.as_of,
+                    version.c.mode,
+                    version.c.base_version_id,
+                    version_plan,
+                )
                 .join(version_plan, version_plan.c.version_id == version.c.version_id)
                 .where(version.c.claim_token == claim.token, version.c.state == "shadow")
             ).one_or_none()
@@ -490,7 +492,7 @@ def _share_base_bitmaps(conn: sa.Connection, plan: StagedPlan) -> None:
         if None in batch:
             which = which | (bitmap.c.kind == "universe")
         source_rows = sa.select(
-            sa.literal(plan.version_id, VERSION_ID_TYPE),
+            sa.literal(plan.version_id, VersionId),
             *(bitmap.c[name] for name in columns),
             sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id),
             sa.func.coalesce(

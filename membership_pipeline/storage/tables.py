@@ -137,10 +137,9 @@ version_plan = sa.Table(
     sa.Column("identity_count", sa.BigInteger(), nullable=False),  # when planned
     sa.Column("shard_identities", sa.BigInteger(), nullable=False),
     sa.Column("shard_count", sa.Integer(), nullable=False),
-    # Incremental plans (migration 0006): ``segments`` holds only those re-evaluated; the
-    # base version's bitmaps of ``reused_segments`` (JSON keys) are shared, ``dropped`` left out.
-    sa.Column("mode", sa.String(16)),
-    sa.Column("base_version_id", VersionId),
+    # Incremental plans (migration 0006; the mode and base are the version's): ``segments``
+    # holds only those re-evaluated; the base's bitmaps of ``reused_segments`` (JSON keys) are
+    # shared, ``dropped_segments`` left out.
     sa.Column("reused_segments", sa.Text()),
     sa.Column("dropped_segments", sa.Text()),
     sa.Column("mode_reason", sa.Text()),

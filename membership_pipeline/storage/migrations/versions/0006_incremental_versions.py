@@ -35,8 +35,6 @@ def upgrade() -> None:
         table.add_column(sa.Column("source_max_trait_id", sa.BigInteger()))
         table.add_column(sa.Column("environment_digest", sa.String(32)))
     with op.batch_alter_table("membership_version_plan") as table:
-        table.add_column(sa.Column("mode", sa.String(16)))
-        table.add_column(sa.Column("base_version_id", VersionId))
         table.add_column(sa.Column("reused_segments", sa.Text()))
         table.add_column(sa.Column("dropped_segments", sa.Text()))
         table.add_column(sa.Column("mode_reason", sa.Text()))
@@ -54,8 +52,7 @@ def downgrade() -> None:
         table.drop_column("segment_total")
         table.drop_column("segments")
     with op.batch_alter_table("membership_version_plan") as table:
-        for column in ("mode_reason", "dropped_segments", "reused_segments", "base_version_id",
-                       "mode"):  # fmt: skip
+        for column in ("mode_reason", "dropped_segments", "reused_segments"):
             table.drop_column(column)
     with op.batch_alter_table("membership_version") as table:
         for column in ("environment_digest", "source_max_trait_id", "source_max_identity_id",
