@@ -32,6 +32,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from membership_pipeline.dispatch.dispatcher import preview_tick
 from membership_pipeline.dispatch.environment_settings import policy_settings_from_environment
 from membership_pipeline.dispatch.policy import Outcome, policy_settings
@@ -39,6 +41,7 @@ from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 from membership_pipeline.storage import (
     DEFAULT_STORE_URL,
+    DatabaseUnreachable,
     EnvironmentMembershipMetadata,
     MembershipStore,
     StoreError,
@@ -356,6 +359,8 @@ def _organisation_of(source_url: str | None, environment_key: str) -> str:
     source = FlagsmithSource(source_url)
     try:
         found = {i.api_key: i.organisation_id for i in source.environments()}
+    except sa.exc.OperationalError as error:
+        raise DatabaseUnreachable("the Flagsmith database", source_url, error) from None
     finally:
         source.close()
     if environment_key not in found:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import pytest
 from pyroaring import BitMap
 
 from membership_pipeline.storage import MembershipStore, migrate
@@ -146,3 +147,33 @@ def test_enqueue_segments_requests_an_incremental_backfill(database_url, tmp_pat
         .splitlines()[-1]
         .endswith("--segments needs at least one segment key, e.g. --segments 12,40")
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (
+            "postgresql+psycopg2://postgres:s3cret@127.0.0.1:5432/no_such_db",
+            'database "no_such_db"',
+        ),
+        ("postgresql+psycopg2://postgres:s3cret@127.0.0.1:1/store", "port 1 failed"),
+    ],
+)
+def test_an_unreachable_database_is_one_clean_line(url, reason, tmp_path):
+    """A missing database or a closed port: one line naming the URL (password masked) and the
+    driver's reason, exit 1, for the store's commands and for the source lookup."""
+    masked = url.replace("s3cret", "***")
+    for command in (["status"], ["migrate"], ["segments", "env"]):
+        done = membership(url, *command)
+        assert done.returncode == 1
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith(f"membership {command[0]}: cannot reach the membership store at ")
+        assert masked in line and reason in line and "s3cret" not in line
+    store = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    migrate(store)
+    source = url.replace("/store", "/flagsmith")
+    done = membership(store, "--source-url", source, "enqueue", "env")
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("membership enqueue: cannot reach the Flagsmith database at ")
+    assert "s3cret" not in line

@@ -8,6 +8,7 @@ from membership_pipeline.storage.environment_metadata import (
 )
 from membership_pipeline.storage.errors import (
     ClaimLost,
+    DatabaseUnreachable,
     InvalidVersion,
     NotYetPublished,
     RollbackUnavailable,
@@ -38,6 +39,7 @@ __all__ = [
     "Claim",
     "ClaimLost",
     "ClaimRefused",
+    "DatabaseUnreachable",
     "EnvironmentMembershipMetadata",
     "GarbageReport",
     "IdentitySegments",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+
 
 class StoreError(RuntimeError):
     """Base of the store's errors."""
@@ -9,6 +11,24 @@ class StoreError(RuntimeError):
 
 class SchemaNotReady(StoreError):
     """The database's store schema is missing or older than this code."""
+
+
+class DatabaseUnreachable(StoreError):
+    """A database cannot be reached: wrong host, port, database name or credentials. The
+    message names it by URL (password masked) and says the driver's reason, in one line."""
+
+    def __init__(self, what: str, url: str, error: BaseException) -> None:
+        self.url = masked_url(url)
+        cause = str(getattr(error, "orig", None) or error).strip()
+        reason = next((line.strip() for line in cause.splitlines() if line.strip()), cause)
+        super().__init__(f"cannot reach {what} at {self.url}: {reason}")
+
+
+def masked_url(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<an unparsable URL>"
 
 
 class UnknownEnvironment(StoreError, LookupError):

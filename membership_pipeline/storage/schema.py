@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from membership_pipeline.storage.database import StoreDatabase, open_database
-from membership_pipeline.storage.errors import SchemaNotReady
+from membership_pipeline.storage.errors import DatabaseUnreachable, SchemaNotReady
 from membership_pipeline.structured_logging import get_logger
 
 VERSION_TABLE = "membership_schema_version"
@@ -49,6 +49,7 @@ def migrate(url_or_database: str | StoreDatabase) -> tuple[str | None, str]:
         open_database(url_or_database) if isinstance(url_or_database, str) else url_or_database
     )
     try:
+        require_reachable(database)
         with database.writer.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
@@ -63,6 +64,16 @@ def migrate(url_or_database: str | StoreDatabase) -> tuple[str | None, str]:
     assert after is not None
     log.info("segment_membership.store.migrated", revision_before=before, revision=after)
     return before, after
+
+
+def require_reachable(database: StoreDatabase) -> None:
+    """``DatabaseUnreachable`` (one line: the URL, password masked, and the driver's reason)
+    when no connection to the store can be made."""
+    try:
+        with database.writer.connect():
+            pass
+    except sa.exc.OperationalError as error:
+        raise DatabaseUnreachable("the membership store", database.url, error) from None
 
 
 def require_current_schema(database: StoreDatabase) -> None:

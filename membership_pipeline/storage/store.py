@@ -32,7 +32,7 @@ from membership_pipeline.storage.environment_metadata import (
 )
 from membership_pipeline.storage.garbage import GarbageReport
 from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, MembershipReader
-from membership_pipeline.storage.schema import require_current_schema
+from membership_pipeline.storage.schema import require_current_schema, require_reachable
 from membership_pipeline.storage.shards import SealedTotals, ShardReport, ShardWriter, StagedPlan
 from membership_pipeline.storage.timestamps import Clock, utc_now
 from membership_pipeline.storage.versions import Publication, ShadowVersion
@@ -57,6 +57,7 @@ class MembershipStore:
             raise ValueError(f"cooldown must be ≥ 0 and lease > 0 (got {cooldown}, {lease})")
         self.database: StoreDatabase = open_database(url, pool_size=pool_size)
         try:
+            require_reachable(self.database)
             require_current_schema(self.database)
         except Exception:
             self.database.dispose()

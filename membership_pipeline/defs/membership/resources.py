@@ -4,11 +4,12 @@ SQLite or PostgreSQL, cooldowns) are configuration of these resources, never cod
 from datetime import timedelta
 
 import dagster as dg
+import sqlalchemy as sa
 from pydantic import PrivateAttr
 
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
+from membership_pipeline.storage import DEFAULT_STORE_URL, DatabaseUnreachable, MembershipStore
 
 
 class FlagsmithSourceResource(dg.ConfigurableResource):
@@ -17,7 +18,15 @@ class FlagsmithSourceResource(dg.ConfigurableResource):
     url: str = DEMO_SOURCE_URL
 
     def open(self) -> FlagsmithSource:
-        return FlagsmithSource(self.url)
+        """The source, once a connection to it was made: an unreachable database is one line
+        naming its URL (password masked) and the driver's reason, at the start of the step."""
+        source = FlagsmithSource(self.url)
+        try:
+            source.engine.connect().close()
+        except sa.exc.OperationalError as error:
+            source.close()
+            raise DatabaseUnreachable("the Flagsmith database", self.url, error) from None
+        return source
 
     def organisations(self) -> dict[str, str]:
         """Live environments (api key) → their organisation id."""

@@ -238,3 +238,22 @@ def test_a_failure_in_the_io_manager_publishes_nothing(
         shard,
         "OSError: disk full",
     )
+
+
+def test_an_unreachable_source_fails_the_run_in_one_line(instance, store, store_url, env_key):
+    """The source's database is gone: the plan step fails with one line naming the URL
+    (password masked) and the reason, and the environment is marked failed, not running."""
+    from membership_pipeline.definitions import build_resources
+
+    unreachable = "postgresql+psycopg2://flagsmith:s3cret@127.0.0.1:1/flagsmith"
+    result = run(instance, build_resources(unreachable, store_url), env_key, force=True)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    cause = failure.step_failure_data.error.cause  # what the UI shows under Dagster's wrapper
+    [message] = cause.message.strip().splitlines()
+    assert message.startswith("membership_pipeline.storage.errors.DatabaseUnreachable: ")
+    assert "cannot reach the Flagsmith database at " in message
+    assert "flagsmith:***@127.0.0.1:1/flagsmith" in message and "s3cret" not in message
+    failed = store.metadata(env_key)
+    assert failed.last_backfill_status is BackfillStatus.FAILED
+    assert "cannot reach the Flagsmith database" in failed.last_error
