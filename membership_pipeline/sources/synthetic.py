@@ -88,7 +88,23 @@ def synthetic_segments(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
 def _segments(rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
     # The first segments take each shape of the catalogue once, so that any catalogue of at
     # least that many segments uses every operator; the rest are drawn by weight.
-    return [_segment(rng, 1000 + i, shape=i) for i in range(count)]
+    return _named_uniquely([_segment(rng, 1000 + i, shape=i) for i in range(count)])
+
+
+def _named_uniquely(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A name drawn again gets the number of its drawing, as a dashboard user would name a
+    second segment like the first ("no app version (2)"): one project's names are unique."""
+    seen: dict[str, int] = {}
+    taken = {segment["name"] for segment in segments}
+    for segment in segments:
+        name = segment["name"]
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            while f"{name} ({seen[name]})" in taken:
+                seen[name] += 1
+            segment["name"] = f"{name} ({seen[name]})"
+            taken.add(segment["name"])
+    return segments
 
 
 def _traits(

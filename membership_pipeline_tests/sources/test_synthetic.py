@@ -6,7 +6,7 @@ import pandas as pd
 
 from membership_pipeline.evaluation import TRAIT_COLUMNS, evaluate_environment
 from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
-from membership_pipeline.sources.synthetic import synthetic_environment
+from membership_pipeline.sources.synthetic import synthetic_environment, synthetic_segments
 from membership_pipeline_tests.evaluation.flag_engine_oracle import identity_contexts, mismatches
 
 
@@ -48,3 +48,20 @@ def test_any_catalogue_of_twenty_segments_uses_every_operator() -> None:
 
     for seed in range(3):
         assert set(_operator_mix(synthetic_segments(20, seed=seed))) == set(Operator)
+
+
+def test_segment_names_are_unique_in_a_catalogue_and_in_each_demo_project(tmp_path) -> None:
+    from membership_pipeline.sources.demo_dataset import write_demo_dataset
+    from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+
+    names = [s["name"] for s in synthetic_segments(300, seed=4)]
+    assert len(set(names)) == 300
+    assert any(name.endswith(" (2)") for name in names)  # a drawn-again name is numbered
+    written = write_demo_dataset(
+        f"sqlite:///{tmp_path / 'flagsmith.sqlite'}", identities=50, segments_per_project=60
+    )
+    source = FlagsmithSource(written.url)
+    for info in source.environments():
+        project_names = [s["name"] for s in source.read_environment(info.api_key).segments]
+        assert len(project_names) == len(set(project_names)) == 60, info.api_key
+    source.close()
