@@ -170,7 +170,9 @@ def compute_shard(
     identifiers = reads_identifiers(plan.segments)  # else every answer is the same without
     # An incremental shard whose segments read no identifier takes its identity ids from the
     # base version and checks them against the source's count, largest and sum of ids.
-    known = None if identifiers or expected_identities is None else expected_identities
+    known = None
+    if not identifiers and expected_identities is not None:
+        known = np.asarray(expected_identities.to_array(), dtype=np.int64)
     read = source.read_identity_range(
         info,
         spec.first_id,
@@ -178,7 +180,7 @@ def compute_shard(
         trait_keys,
         parallel_reads=tuning.read_connections,
         identifiers=identifiers,
-        known_ids=None if known is None else np.asarray(known.to_array(), dtype=np.int64),
+        known_ids=known,
     )
     if known is not None and read.checksum != checksum_of(known):
         raise IdentitiesChanged(
@@ -225,11 +227,12 @@ def compute_shard(
     )
 
 
-def checksum_of(ids: BitMap) -> tuple[int, int, int]:
-    """Count, largest (-1: none) and sum of ``ids``: what the source reports for a range."""
-    if not ids:
+def checksum_of(ids: np.ndarray) -> tuple[int, int, int]:
+    """Count, largest (-1: none) and sum of sorted ``ids``: what the source reports for a
+    range."""
+    if not len(ids):
         return 0, -1, 0
-    return len(ids), ids.max(), int(np.asarray(ids.to_array(), dtype=np.int64).sum())
+    return len(ids), int(ids[-1]), int(ids.sum())
 
 
 def expected_identities(store: MembershipStore, plan: StagedPlan, spec: ShardSpec) -> BitMap | None:

@@ -37,7 +37,13 @@ from membership_pipeline.storage.errors import (
     UnknownSegment,
     VersionCollected,
 )
-from membership_pipeline.storage.tables import bitmap, bitmap_chunk, environment
+from membership_pipeline.storage.tables import (
+    bitmap,
+    bitmap_chunk,
+    chunk_owner,
+    chunks_of_bitmap,
+    environment,
+)
 from membership_pipeline.storage.versions import UNIVERSE_KEY
 
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -388,7 +394,6 @@ def _pointer(environment_key: str) -> sa.Select:
 
 
 def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], BitmapEntry]:
-    owner = sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id)
     rows = conn.execute(
         sa.select(
             bitmap.c.kind,
@@ -398,22 +403,13 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             bitmap.c.error_code,
             bitmap.c.error_message,
             bitmap.c.evaluated_as_of,
-            owner.label("owner"),
+            chunk_owner().label("owner"),
             bitmap_chunk.c.chunk_index,
             bitmap_chunk.c.min_id,
             bitmap_chunk.c.max_id,
             bitmap_chunk.c.cardinality.label("chunk_cardinality"),
         )
-        .select_from(
-            bitmap.outerjoin(
-                bitmap_chunk,
-                sa.and_(
-                    bitmap_chunk.c.version_id == owner,
-                    bitmap_chunk.c.kind == bitmap.c.kind,
-                    bitmap_chunk.c.key == bitmap.c.key,
-                ),
-            )
-        )
+        .select_from(bitmap.outerjoin(bitmap_chunk, chunks_of_bitmap()))
         .where(bitmap.c.version_id == version_id, bitmap.c.kind != "atom")
         .order_by(bitmap.c.kind, bitmap.c.key, bitmap_chunk.c.chunk_index)
     ).all()

@@ -47,6 +47,7 @@ from membership_pipeline.storage.tables import (
     VersionId,
     bitmap,
     bitmap_chunk,
+    chunks_of_bitmap,
     environment,
     shard,
     shard_bitmap,
@@ -616,20 +617,10 @@ def universe_between(
 ) -> BitMap:
     """The ids of ``version_id``'s universe in ``[first_id, last_id]`` (from the chunks that
     hold them, wherever they were written)."""
-    owner = sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id)
     with database.reader.connect() as conn:
         payloads = conn.execute(
             sa.select(bitmap_chunk.c.payload)
-            .select_from(
-                bitmap.join(
-                    bitmap_chunk,
-                    sa.and_(
-                        bitmap_chunk.c.version_id == owner,
-                        bitmap_chunk.c.kind == bitmap.c.kind,
-                        bitmap_chunk.c.key == bitmap.c.key,
-                    ),
-                )
-            )
+            .select_from(bitmap.join(bitmap_chunk, chunks_of_bitmap()))
             .where(
                 bitmap.c.version_id == version_id,
                 bitmap.c.kind == "universe",

@@ -19,6 +19,8 @@ compares them), so a change here needs a new migration.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from membership_pipeline.storage.timestamps import UtcDateTime
@@ -245,3 +247,17 @@ segment_signature = sa.Table(
     sa.Column("digest", sa.String(32), nullable=False),
     sa.Column("segment_digests", sa.Text()),  # JSON: segment key → digest (migration 0006)
 )
+
+
+def chunk_owner() -> sa.ColumnElement[Any]:
+    """The version whose chunk rows hold a directory row's bitmap (its own, or a shared one)."""
+    return sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id)
+
+
+def chunks_of_bitmap() -> sa.ColumnElement[bool]:
+    """Join condition: the chunk rows of a directory row, wherever they were written."""
+    return sa.and_(
+        bitmap_chunk.c.version_id == chunk_owner(),
+        bitmap_chunk.c.kind == bitmap.c.kind,
+        bitmap_chunk.c.key == bitmap.c.key,
+    )

@@ -101,6 +101,20 @@ def create_segment(conn: sa.Connection, project: int, rng: random.Random) -> int
     conditions = [c for s in live_segments(conn, project) for c in _conditions_of(conn, s)]
     if not conditions:
         return None
+    copied = rng.sample(conditions, min(len(conditions), rng.choice([1, 2])))
+    return _insert_segment(conn, project, None, [(c.property, c.operator, c.value) for c in copied])
+
+
+def add_segment(conn: sa.Connection, project: int, prop: str, operator: str, value: str) -> int:
+    """A new segment of one ALL rule holding one condition."""
+    return _insert_segment(conn, project, f"{prop} {operator} {value}", [(prop, operator, value)])
+
+
+def _insert_segment(
+    conn: sa.Connection, project: int, name: str | None, conditions: list[tuple[Any, Any, Any]]
+) -> int:
+    """A segment (named ``new segment <id>`` by default) of one ALL rule holding
+    ``(property, operator, value)`` conditions."""
     now = _now()
     segment = _next_id(conn, "segments_segment")
     conn.execute(
@@ -108,7 +122,7 @@ def create_segment(conn: sa.Connection, project: int, rng: random.Random) -> int
             "INSERT INTO segments_segment (id, name, project_id, version_of_id, created_at, "
             "updated_at) VALUES (:id, :name, :project, :id, :now, :now)"
         ),
-        {"id": segment, "name": f"new segment {segment}", "project": project, "now": now},
+        {"id": segment, "name": name or f"new segment {segment}", "project": project, "now": now},
     )
     rule = _next_id(conn, "segments_segmentrule")
     conn.execute(
@@ -118,52 +132,16 @@ def create_segment(conn: sa.Connection, project: int, rng: random.Random) -> int
         ),
         {"id": rule, "segment": segment, "now": now},
     )
-    for copied in rng.sample(conditions, min(len(conditions), rng.choice([1, 2]))):
+    for prop, operator, value in conditions:
         conn.execute(
             sa.text(
                 "INSERT INTO segments_condition (id, rule_id, operator, property, value, "
                 "created_at, updated_at) VALUES (:id, :rule, :operator, :property, :value, "
                 ":now, :now)"
             ),
-            {
-                "id": _next_id(conn, "segments_condition"),
-                "rule": rule,
-                "operator": copied.operator,
-                "property": copied.property,
-                "value": copied.value,
-                "now": now,
-            },
-        )
-    return segment
-
-
-def add_segment(conn: sa.Connection, project: int, prop: str, operator: str, value: str) -> int:
-    """A new segment of one ALL rule holding one condition."""
-    now = _now()
-    segment = _next_id(conn, "segments_segment")
-    conn.execute(
-        sa.text(
-            "INSERT INTO segments_segment (id, name, project_id, version_of_id, created_at, "
-            "updated_at) VALUES (:id, :name, :project, :id, :now, :now)"
-        ),
-        {"id": segment, "name": f"{prop} {operator} {value}", "project": project, "now": now},
-    )
-    rule = _next_id(conn, "segments_segmentrule")
-    conn.execute(
-        sa.text(
-            "INSERT INTO segments_segmentrule (id, segment_id, type, created_at, updated_at) "
-            "VALUES (:id, :segment, 'ALL', :now, :now)"
-        ),
-        {"id": rule, "segment": segment, "now": now},
-    )
-    conn.execute(
-        sa.text(
-            "INSERT INTO segments_condition (id, rule_id, operator, property, value, created_at, "
-            "updated_at) VALUES (:id, :rule, :operator, :property, :value, :now, :now)"
-        ),
-        {"id": _next_id(conn, "segments_condition"), "rule": rule, "operator": operator,
-         "property": prop, "value": value, "now": now},
-    )  # fmt: skip
+            {"id": _next_id(conn, "segments_condition"), "rule": rule, "operator": operator,
+             "property": prop, "value": value, "now": now},
+        )  # fmt: skip
     return segment
 
 
