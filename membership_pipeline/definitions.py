@@ -3,6 +3,7 @@
 Configuration comes from the environment, so the same code runs on the embedded default and in
 production: ``MEMBERSHIP_SOURCE_URL`` (Flagsmith's database), ``MEMBERSHIP_STORE_URL`` (the
 bitmap store), ``MEMBERSHIP_COOLDOWN_SECONDS``, ``MEMBERSHIP_LEASE_SECONDS``,
+``MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS`` (how long a dead run's log stays quiet before it ends),
 ``MEMBERSHIP_SHARD_IDENTITIES`` (identities per shard step) and ``MEMBERSHIP_EXECUTOR`` (which
 Dagster executor runs the steps).
 """
@@ -61,6 +62,9 @@ def build_resources(
         url=store_url or _setting("MEMBERSHIP_STORE_URL", DEFAULT_STORE_URL),
         cooldown_seconds=float(os.environ.get("MEMBERSHIP_COOLDOWN_SECONDS", 60)),
         lease_seconds=float(os.environ.get("MEMBERSHIP_LEASE_SECONDS", 600)),
+        orphaned_run_grace_seconds=float(
+            os.environ.get("MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS", 120)
+        ),
     )
     return {
         "flagsmith": FlagsmithSourceResource(

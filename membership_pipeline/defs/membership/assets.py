@@ -27,6 +27,9 @@ from typing import Any
 import dagster as dg
 
 from membership_pipeline.defs.membership.backfill_events import (
+    CLAIMED,
+    CLAIMING,
+    GUARD_TAG,
     fail_backfill_on_step_failure,
     log,
     skip_by_guard,
@@ -121,10 +124,13 @@ def plan_shards(
     if context.job_def.executor_def.name == "in_process":
         preload_in_background()  # the shard step runs next in this process: load its engine now
     store = membership_store.get()
+    # Tagged first: a run killed right after claiming is still one the reconciler looks at.
+    context.instance.add_run_tags(context.run.run_id, {GUARD_TAG: CLAIMING})
     claim = store.claim(environment_key, owner=context.run.run_id, force=config.force)
     if not isinstance(claim, Claim):
         skip_by_guard(context, claim)
         return
+    context.instance.add_run_tags(context.run.run_id, {GUARD_TAG: CLAIMED})
     log.info(
         "segment_membership.backfill.claimed",
         environment=environment_key,

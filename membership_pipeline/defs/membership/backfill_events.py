@@ -12,6 +12,8 @@ from membership_pipeline.structured_logging import get_logger
 log = get_logger("backfill")
 
 GUARD_TAG = "membership/guard"
+# GUARD_TAG while a run claims its environment, then once it holds the claim (else "skipped: …")
+CLAIMING, CLAIMED = "claiming", "claimed"
 GUARD_REASON_TAG = "membership/guard_reason"
 PARTITION_TAG = "dagster/partition"
 

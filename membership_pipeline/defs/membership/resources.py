@@ -7,6 +7,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
+from membership_pipeline.dispatch.orphaned_runs import DEFAULT_ORPHANED_RUN_GRACE
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import DEFAULT_STORE_URL, DatabaseUnreachable, MembershipStore
@@ -43,6 +44,8 @@ class MembershipStoreResource(dg.ConfigurableResource):
     url: str = DEFAULT_STORE_URL
     cooldown_seconds: float = 60.0
     lease_seconds: float = 600.0
+    # A run whose claim ended and whose log has been quiet this long is ended as failed.
+    orphaned_run_grace_seconds: float = DEFAULT_ORPHANED_RUN_GRACE.total_seconds()
     _store: MembershipStore | None = PrivateAttr(default=None)
 
     def get(self) -> MembershipStore:

@@ -4,7 +4,7 @@ them (a SIGKILL, a lost worker)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -17,6 +17,7 @@ from membership_pipeline.defs.membership.dispatch import (
     skip_reason,
 )
 from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
+from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG, end_orphaned_runs
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
@@ -162,6 +163,14 @@ def backfill_retry_sensor(
     tags = context.dagster_run.tags
     if f"{TAG_PREFIX}job_id" not in tags:
         return  # not a dispatched run (the UI, the CLI): nothing to retry
+    if tags.get(VERDICT_TAG) == "published":
+        log.info(
+            "segment_membership.dispatch.retry_not_needed",
+            environment=tags["dagster/partition"],
+            job_id=tags[f"{TAG_PREFIX}job_id"],
+            reason="its version was published before its process died",
+        )
+        return
     failed = BackfillRequest(
         job_id=tags[f"{TAG_PREFIX}job_id"],
         dedup_key=tags[f"{TAG_PREFIX}dedup_key"],
@@ -193,7 +202,8 @@ def backfill_retry_sensor(
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Fails the claim of a backfill whose run is no longer alive (finished without "
-    "failing it, or killed: its lease lapses), so no environment stays 'running'.",
+    "failing it, or killed: its lease lapses), so no environment stays 'running'; then ends the "
+    "Dagster runs of backfills whose process is gone, with the store's verdict as a run tag.",
 )
 def backfill_reconcile_sensor(
     context: dg.SensorEvaluationContext, membership_store: MembershipStoreResource
@@ -208,7 +218,8 @@ def backfill_reconcile_sensor(
         # (a CLI run stays STARTED after a SIGKILL), so for those the lease decides.
         return False if run.status in FINISHED else None
 
-    reconciled = membership_store.get().reconcile_stale_claims(is_owner_alive)
+    store = membership_store.get()
+    reconciled = store.reconcile_stale_claims(is_owner_alive)
     for claim in reconciled:
         log.warning(
             "segment_membership.backfill.reconciled",
@@ -216,9 +227,15 @@ def backfill_reconcile_sensor(
             run_id=claim.owner,
             reason=claim.reason,
         )
-    if not reconciled:
+    grace = timedelta(seconds=membership_store.orphaned_run_grace_seconds)
+    ended = end_orphaned_runs(instance, store, grace)
+    said = [f"{c.environment_key} ({c.reason}, run {c.owner})" for c in reconciled]
+    ended_said = [f"run {e.run_id} of {e.environment_key} ({e.verdict.kind})" for e in ended]
+    if not said and not ended_said:
         return dg.SkipReason("no stale claims")
     return dg.SkipReason(
-        "reconciled to failed: "
-        + ", ".join(f"{c.environment_key} ({c.reason}, run {c.owner})" for c in reconciled)
+        "; ".join(
+            ([f"reconciled to failed: {', '.join(said)}"] if said else [])
+            + ([f"ended: {', '.join(ended_said)}"] if ended_said else [])
+        )
     )

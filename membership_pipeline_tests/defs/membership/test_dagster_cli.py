@@ -15,7 +15,9 @@ import dagster as dg
 import pytest
 
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
+from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
+from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.defs.membership.sensors import backfill_reconcile_sensor
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import BackfillStatus, MembershipStore, migrate
@@ -82,7 +84,23 @@ def test_dagster_asset_materialize_backfills_then_guards(
     instance.dispose()
 
 
-def test_a_killed_cli_run_is_reconciled_when_its_lease_lapses(
+def quick_reconciler(resources: dict[str, object], store_url: str) -> dict[str, object]:
+    """The reconcile sensor's resources, ending a dead run once its log is 2 s quiet."""
+    quick = MembershipStoreResource(url=store_url, orphaned_run_grace_seconds=2)
+    return {**resources, "membership_store": quick}
+
+
+def reconcile(instance: dg.DagsterInstance, resources: dict[str, object]) -> str:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return backfill_reconcile_sensor(context).skip_message
+
+
+def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    [failure] = [e for e in instance.all_logs(run_id) if e.dagster_event_type == "PIPELINE_FAILURE"]
+    return failure.dagster_event.message
+
+
+def test_a_killed_cli_run_is_reconciled_when_its_lease_lapses_and_its_run_ended(
     dagster_home, demo_source, store_url, store, monkeypatch, resources
 ):
     for name in dagster_home:
@@ -113,14 +131,75 @@ def test_a_killed_cli_run_is_reconciled_when_its_lease_lapses(
     assert stuck.last_backfill_status is BackfillStatus.RUNNING
     run = instance.get_run_by_id(stuck.claim_owner)
     assert run.status is dg.DagsterRunStatus.STARTED  # Dagster never learns it died
+    assert run.tags[GUARD_TAG] in ("claiming", "claimed")  # tagged before its claim
 
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        assert backfill_reconcile_sensor(context).skip_message == "no stale claims"
-    time.sleep(3.5)  # no heartbeat: the lease lapses
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        message = backfill_reconcile_sensor(context).skip_message
+    reconciler = quick_reconciler(resources, store_url)
+    assert reconcile(instance, reconciler) == "no stale claims"  # its lease still holds
+    time.sleep(3.5)  # no heartbeat: the lease lapses (and the run's log has been quiet 2 s)
+    message = reconcile(instance, reconciler)
     assert f"{env_key} (lease_expired, run {run.run_id})" in message
+    assert f"ended: run {run.run_id} of {env_key} (failed)" in message
     assert store.metadata(env_key).last_backfill_status is BackfillStatus.FAILED
+    ended = instance.get_run_by_id(run.run_id)
+    assert ended.status is dg.DagsterRunStatus.FAILURE
+    assert ended.tags[VERDICT_TAG] == "failed"
+    assert "its backfill failed: the lease of" in failure_message(instance, run.run_id)
+    assert reconcile(instance, reconciler) == "no stale claims"  # ended once
+    instance.dispose()
+
+
+def publish_step_started(
+    instance: dg.DagsterInstance, store: MembershipStore, env_key: str
+) -> str | None:
+    """The run id, once the backfill's publish step has started in its own process."""
+    found = store.metadata(env_key)
+    if found is None or found.claim_owner is None:
+        return None
+    starts = instance.get_records_for_run(
+        found.claim_owner, of_type=dg.DagsterEventType.STEP_START
+    ).records
+    publishing = any("publish_version" in r.event_log_entry.step_key for r in starts)
+    return found.claim_owner if publishing else None
+
+
+def test_a_run_whose_top_process_was_killed_is_ended_once_its_step_has_published(
+    dagster_home, demo_source, store_url, store, monkeypatch, resources
+):
+    for name in dagster_home:
+        monkeypatch.delenv(name, raising=False)
+    env_key = demo_source.environments[0]["api_key"]
+    instance = add_partition(dagster_home, env_key)
+    environment = process_environment(dagster_home, demo_source, store_url)
+    process = subprocess.Popen(
+        materialize_command(env_key), cwd=ROOT, env=environment,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (publishing := publish_step_started(instance, store, env_key)):
+        assert time.monotonic() < deadline, "the publish step never started"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # the orchestrating process only; its step goes on
+    process.wait(30)
+    while store.metadata(env_key).last_backfill_status is BackfillStatus.RUNNING:
+        assert time.monotonic() < deadline + 120, "the orphaned step never finished"
+        time.sleep(0.1)
+    done = store.metadata(env_key)
+    assert done.last_backfill_status is BackfillStatus.SUCCEEDED
+    run = instance.get_run_by_id(done.claim_owner)
+    assert run.run_id == publishing
+    assert run.status is dg.DagsterRunStatus.STARTED
+
+    reconciler = quick_reconciler(resources, store_url)
+    while (message := reconcile(instance, reconciler)) == "no stale claims":
+        assert time.monotonic() < deadline + 180, "the run was never ended"
+        time.sleep(0.5)  # until the step process has exited and the log is quiet for 2 s
+    assert message == f"ended: run {run.run_id} of {env_key} (published)"
+    ended = instance.get_run_by_id(run.run_id)
+    assert ended.status is dg.DagsterRunStatus.FAILURE
+    assert ended.tags[VERDICT_TAG] == "published"
+    said = failure_message(instance, run.run_id)
+    assert f"it published version {done.published_version_id}" in said
+    assert store.reader().published(env_key).version_id == done.published_version_id
     instance.dispose()
 
 

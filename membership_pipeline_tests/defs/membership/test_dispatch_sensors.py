@@ -12,6 +12,7 @@ from pyroaring import BitMap
 
 from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
 from membership_pipeline.defs.membership.dispatch import JOB_TAG, REASON_TAG
+from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
@@ -116,6 +117,37 @@ def test_a_failed_dispatched_run_is_retried_until_its_attempts_run_out(
         assert request.tags[REASON_TAG] == "retry"
         assert request.tags["membership/attempt"] == str(attempt + 1)
         assert request.tags["membership/window_start"] == LONG_AGO.isoformat()
+    assert DatabaseQueue(store.database).pending() == []
+
+
+def test_a_dispatched_run_ended_after_it_published_is_not_retried(
+    instance, no_cooldown, store, demo_source
+):
+    resources = no_cooldown
+    env_key = demo_source.environments[3]["api_key"]
+    publish_stale(store, env_key, demo_source.url)
+    [request] = sense(instance, resources).run_requests
+    instance.add_dynamic_partitions(environments_partitions.name, [env_key])
+    published = dg.materialize(
+        [segment_membership_bitmaps], partition_key=env_key, instance=instance,
+        resources=resources, tags=dict(request.tags), run_config=request.run_config,
+    )  # fmt: skip
+    # What the reconciler does to a run whose orchestrator died after its step published.
+    instance.add_run_tags(published.run_id, {VERDICT_TAG: "published"})
+    run = instance.get_run_by_id(published.run_id)
+    failure = instance.report_run_failed(run, "the run's process is gone")
+    with (
+        structlog.testing.capture_logs() as events,
+        dg.build_run_status_sensor_context(
+            sensor_name="backfill_retry_sensor",
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(published.run_id),
+            resources=resources,
+        ) as context,
+    ):
+        backfill_retry_sensor(context.for_run_failure())
+    assert [e["event"] for e in events] == ["segment_membership.dispatch.retry_not_needed"]
     assert DatabaseQueue(store.database).pending() == []
 
 
