@@ -163,7 +163,10 @@ def _status(args: argparse.Namespace) -> tuple[Any, str]:
 def _status_table(rows: list[EnvironmentMembershipMetadata]) -> str:
     if not rows:
         return "no environment has been backfilled yet"
-    header = f"{'environment':<24}{'status':<11}{'started (UTC)':<21}{'completed (UTC)':<21}"
+    key_width = max(len("environment"), *(len(row.environment_key) for row in rows)) + 2
+    name_width = max(len("name"), *(len(row.display_name or "-") for row in rows)) + 2
+    header = f"{'environment':<{key_width}}{'name':<{name_width}}{'status':<11}"
+    header += f"{'started (UTC)':<21}{'completed (UTC)':<21}"
     header += f"{'version':>8}{'identities':>12}  as of / owner / error"
     lines = [header]
     for row in rows:
@@ -175,7 +178,8 @@ def _status_table(rows: list[EnvironmentMembershipMetadata]) -> str:
         if row.last_error:
             detail.append(f"error: {row.last_error.splitlines()[0][:80]}")
         lines.append(
-            f"{row.environment_key:<24}{row.last_backfill_status or '-':<11}"
+            f"{row.environment_key:<{key_width}}{row.display_name or '-':<{name_width}}"
+            f"{row.last_backfill_status or '-':<11}"
             f"{_when(row.last_backfill_started_at):<21}{_when(row.last_backfill_completed_at):<21}"
             f"{row.published_version_id or '-':>8}{row.published_identity_count or 0:>12,}  "
             + "; ".join(detail)
@@ -404,7 +408,11 @@ class NoOp(Exception):
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `membership status | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from membership_pipeline.defs.membership.assets import (
 )
 from membership_pipeline.defs.membership.dispatch import DispatchPolicyResource
 from membership_pipeline.defs.membership.executors import executor_from_environment
-from membership_pipeline.defs.membership.io_manager import PublishingIOManager
+from membership_pipeline.defs.membership.io_manager import publishing_io_manager
 from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
@@ -44,7 +44,7 @@ from membership_pipeline.defs.membership.sensors import (
     backfill_retry_sensor,
     environment_discovery_sensor,
 )
-from membership_pipeline.defs.membership.shadow_io_manager import ShadowStagingIOManager
+from membership_pipeline.defs.membership.shadow_io_manager import shadow_staging_io_manager
 from membership_pipeline.dispatch.environment_settings import policy_settings_from_environment
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
 from membership_pipeline.storage import DEFAULT_STORE_URL
@@ -71,10 +71,10 @@ def build_resources(
             url=source_url or _setting("MEMBERSHIP_SOURCE_URL", DEMO_SOURCE_URL)
         ),
         "membership_store": store,
-        "membership_io_manager": PublishingIOManager(membership_store=store),
+        "membership_io_manager": publishing_io_manager,
         # The default IO manager: a backfill's steps hand each other values through the store
         # (shards are staged into the shadow version), never through a local disk.
-        "io_manager": ShadowStagingIOManager(membership_store=store),
+        "io_manager": shadow_staging_io_manager,
         "dispatch_policy": DispatchPolicyResource(**policy_settings_from_environment()),
     }
 

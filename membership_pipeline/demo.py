@@ -6,7 +6,7 @@ environment, read back from the membership store.
     membership-demo [--url URL] [--store-url URL] [--identities N] [--reuse] [--verbose]
 
 Dagster keeps its runs under ``$DAGSTER_HOME`` (default ``.membership/dagster_home``, created
-with the project's ``dagster.yaml``), so ``dagster dev`` shows the materializations afterwards.
+with the project's ``dagster.yaml``), so ``dg dev`` shows the materializations afterwards.
 """
 
 from __future__ import annotations
@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> None:
             _print_environment(
                 store,
                 info.api_key,
-                f"{info.organisation_name} / {info.name}",
+                info.display_name,
                 result,
                 time.perf_counter() - started,
             )
     print(
         f"\nbitmaps published to {args.store_url}; query them with `membership --help`.\n"
         f"Dagster runs are in {os.environ['DAGSTER_HOME']}: see them with "
-        f"`DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev`"
+        f"`DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dg dev`"
     )
     sys.stdout.flush()
 

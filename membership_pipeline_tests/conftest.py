@@ -83,3 +83,12 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Each backend for real: an SQLite file, and a PostgreSQL schema."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return request.getfixturevalue(fixture)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """Keeps each phase's report on the test (``item.rep_call``): fixtures that save artifacts
+    on failure, such as the browser's screenshot, read it."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -38,7 +38,7 @@ def test_the_store_commands(database_url):
 
     status = membership(database_url, "status")
     assert status.returncode == 0
-    assert status.stdout.splitlines()[1].split()[:2] == ["env", "succeeded"]
+    assert status.stdout.splitlines()[1].split()[:3] == ["env", "-", "succeeded"]  # no name
     assert (
         json.loads(membership(database_url, "--json", "status", "env").stdout)[0][
             "published_identity_count"

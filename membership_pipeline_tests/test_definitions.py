@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from membership_pipeline.definitions import build_resources, defs
-from membership_pipeline.defs.membership.shadow_io_manager import ShadowStagingIOManager
+from membership_pipeline.defs.membership.shadow_io_manager import shadow_staging_io_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,15 @@ def test_definitions_object_loads() -> None:
         "io_manager",  # the store-backed staging IO manager of the backfill's inner steps
         "dispatch_policy",
     }
-    assert isinstance(build_resources()["io_manager"], ShadowStagingIOManager)
+    assert build_resources()["io_manager"] is shadow_staging_io_manager
+    groups = {
+        key.to_user_string(): assets.group_names_by_key[key]
+        for key, assets in repository.assets_defs_by_key.items()
+    }
+    assert groups == {  # one group in the UI's catalogue
+        "segment_membership_bitmaps": "membership",
+        "segment_membership_counts": "membership",
+    }
     job = defs.resolve_implicit_global_asset_job_def()
     assert job.executor_def.name == "multiprocess"  # shards run in parallel by default
     assert set(job.graph.node_dict["segment_membership_bitmaps"].definition.node_dict) == {

@@ -125,6 +125,7 @@ def plan_backfill(
         held,
         as_of=found.as_of,
         environment_info=dataclasses.asdict(found.info),
+        display_name=found.info.display_name,
         segments=[s for s in found.segments if str(s["key"]) in evaluated]
         if decision.mode is RefreshMode.INCREMENTAL
         else found.segments,

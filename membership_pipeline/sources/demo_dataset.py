@@ -46,6 +46,17 @@ class DemoDataset:
     traits: int = 0
 
 
+# Names people would give them (the CLI, run tags and the UI show "organisation / project /
+# environment"); a long catalogue numbers its repeats.
+_ORGANISATIONS = ("Acme Retail", "Northwind Games", "Globex Travel", "Initech Health")
+_PROJECTS = ("Web shop", "Mobile app", "Checkout API", "Loyalty", "Search", "Support portal")
+
+
+def _numbered(names: tuple[str, ...], index: int) -> str:
+    name = names[index % len(names)]
+    return name if index < len(names) else f"{name} {index // len(names) + 1}"
+
+
 def write_demo_dataset(
     url: str = DEFAULT_URL,
     *,
@@ -72,10 +83,11 @@ def write_demo_dataset(
         with engine.begin() as conn:
             for org in range(organisations):
                 org_id = ids.next("organisation")
+                name = _numbered(_ORGANISATIONS, org)
                 _insert(
                     conn,
                     tables.organisations,
-                    [{"id": org_id, "name": f"Organisation {org + 1}", "created_date": _EPOCH}],
+                    [{"id": org_id, "name": name, "created_date": _EPOCH}],
                 )
                 for project in range(projects_per_organisation):
                     project_id = ids.next("project")
@@ -85,7 +97,7 @@ def write_demo_dataset(
                         [
                             {
                                 "id": project_id,
-                                "name": f"Project {org + 1}.{project + 1}",
+                                "name": _numbered(_PROJECTS, project),
                                 "organisation_id": org_id,
                                 "created_date": _EPOCH,
                                 "deleted_at": None,

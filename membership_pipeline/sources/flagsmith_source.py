@@ -79,6 +79,12 @@ class EnvironmentInfo:
     organisation_id: int
     organisation_name: str
     use_composite_hash_key: bool
+    project_name: str = ""  # (plans recorded before it existed have none)
+
+    @property
+    def display_name(self) -> str:
+        """How people know the environment: "organisation / project / environment"."""
+        return " / ".join(n for n in (self.organisation_name, self.project_name, self.name) if n)
 
 
 @dataclass(frozen=True)
@@ -146,8 +152,8 @@ class FlagsmithSource:
         """Live environments of live projects, with their organisation."""
         query = sa.text(
             """
-            SELECT e.id, e.api_key, e.name, e.project_id, p.organisation_id,
-                   o.name AS organisation_name, e.use_mv_v2_evaluation
+            SELECT e.id, e.api_key, e.name, e.project_id, p.name AS project_name,
+                   p.organisation_id, o.name AS organisation_name, e.use_mv_v2_evaluation
             FROM environments_environment e
             JOIN projects_project p ON p.id = e.project_id
             JOIN organisations_organisation o ON o.id = p.organisation_id
@@ -165,6 +171,7 @@ class FlagsmithSource:
                     organisation_id=row.organisation_id,
                     organisation_name=row.organisation_name,
                     use_composite_hash_key=bool(row.use_mv_v2_evaluation),
+                    project_name=row.project_name,
                 )
                 for row in conn.execute(query)
             ]

@@ -34,6 +34,7 @@ class EnvironmentMembershipMetadata:
     published_identity_count: int | None
     published_segment_count: int | None
     updated_at: datetime
+    display_name: str | None = None  # "organisation / project / environment" (None: not planned)
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> EnvironmentMembershipMetadata:

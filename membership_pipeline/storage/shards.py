@@ -141,6 +141,7 @@ def stage_plan(
     as_of: datetime,
     now: datetime,
     environment_info: Mapping[str, Any],
+    display_name: str | None = None,
     segments: Sequence[Mapping[str, Any]],
     identity_count: int,
     shard_identities: int,
@@ -149,7 +150,8 @@ def stage_plan(
     marks: SourceMarks | None = None,
 ) -> StagedPlan:
     """``segments``: those the shards evaluate (an incremental plan's new and edited ones);
-    ``marks``: the source as planned, recorded so the next backfill can tell what changed."""
+    ``marks``: the source as planned, recorded so the next backfill can tell what changed;
+    ``display_name``: how people know the environment, recorded on its row."""
     mode = refresh.mode.value if refresh else RefreshMode.FULL.value
     base = refresh.base_version_id if refresh else None
     reused = tuple(refresh.reuse) if refresh and base is not None else ()
@@ -183,6 +185,12 @@ def stage_plan(
                 environment_digest=marks.environment_digest if marks else None,
             )
         )
+        if display_name:
+            conn.execute(
+                environment.update()
+                .where(environment.c.environment_key == held.environment_key)
+                .values(display_name=display_name)
+            )
         conn.execute(
             shard.insert(),
             [

@@ -48,6 +48,8 @@ environment = sa.Table(
     sa.Column("published_identity_count", sa.BigInteger()),
     sa.Column("published_segment_count", sa.Integer()),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    # "organisation / project / environment", as its last backfill planned it (migration 0007)
+    sa.Column("display_name", sa.Text()),
 )
 
 version = sa.Table(

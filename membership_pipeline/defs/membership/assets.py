@@ -29,6 +29,7 @@ import dagster as dg
 from membership_pipeline.defs.membership.backfill_events import (
     CLAIMED,
     CLAIMING,
+    ENVIRONMENT_NAME_TAG,
     GUARD_TAG,
     fail_backfill_on_step_failure,
     log,
@@ -53,6 +54,7 @@ from membership_pipeline.sharding.shard_backfill import (
     plan_backfill,
 )
 from membership_pipeline.sharding.shard_plan import shard_identities_from_environment
+from membership_pipeline.sources.flagsmith_source import EnvironmentInfo
 from membership_pipeline.storage import Claim, PublishedMembership, StagedPlan
 
 BITMAPS = dg.AssetKey("segment_membership_bitmaps")
@@ -151,9 +153,12 @@ def plan_shards(
             )
         finally:
             source.close()
+    display_name = EnvironmentInfo(**plan.environment).display_name
+    context.instance.add_run_tags(context.run.run_id, {ENVIRONMENT_NAME_TAG: display_name[:255]})
     log.info(
         "segment_membership.backfill.planned",
         environment=environment_key,
+        environment_name=display_name,
         run_id=context.run.run_id,
         version=plan.version_id,
         identities=plan.identity_count,
@@ -262,12 +267,12 @@ def publish_version(
 
 @dg.graph_multi_asset(
     name="segment_membership_bitmaps",
+    group_name="membership",  # (an AssetOut's own group_name is not applied to a graph's)
     outs={
         "segment_membership_bitmaps": dg.AssetOut(
             key=BITMAPS,
             io_manager_key="membership_io_manager",
             is_required=False,  # a run that loses the claim publishes nothing
-            group_name="membership",
             kinds={"python", "sql"},
             description="Roaring bitmaps of identity ids, one per segment, for one Flagsmith "
             "environment; computed in shards of consecutive identity ids, published as one "

@@ -16,6 +16,7 @@ GUARD_TAG = "membership/guard"
 CLAIMING, CLAIMED = "claiming", "claimed"
 GUARD_REASON_TAG = "membership/guard_reason"
 PARTITION_TAG = "dagster/partition"
+ENVIRONMENT_NAME_TAG = "membership/environment_name"  # "organisation / project / environment"
 
 
 def fail_backfill(

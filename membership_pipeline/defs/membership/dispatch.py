@@ -11,6 +11,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
+from membership_pipeline.defs.membership.backfill_events import ENVIRONMENT_NAME_TAG
 from membership_pipeline.defs.membership.jobs import BACKFILL_JOB, EDIT_JOB
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.dispatch.dispatcher import dispatch_tick
@@ -62,24 +63,31 @@ def enqueue_and_dispatch(
     queue = DatabaseQueue(store.database)
     queue.enqueue(requests, also)
     result = dispatch_tick(queue, store, policy.settings(), now or store.clock())
-    incremental = [r.environment for r in result.launches if r.segments is not None]
-    sizes = {}
-    if incremental:
+    found = {}
+    if result.launches:
         with store.database.reader.connect() as conn:
-            found = read_metadata_many(conn, incremental)
-        sizes = {key: m.published_identity_count for key, m in found.items()}
+            found = read_metadata_many(conn, [r.environment for r in result.launches])
     requests = []
     for launched in result.launches:
-        size = sizes.get(launched.environment)
-        small = size is not None and size <= policy.edit_job_max_identities
-        requests.append(run_request(launched, EDIT_JOB if small else BACKFILL_JOB))
+        known = found.get(launched.environment)
+        size = known.published_identity_count if known else None
+        small = (
+            launched.segments is not None
+            and size is not None
+            and size <= policy.edit_job_max_identities
+        )
+        job_name = EDIT_JOB if small else BACKFILL_JOB
+        requests.append(run_request(launched, job_name, known.display_name if known else None))
     return requests, result
 
 
-def run_request(request: BackfillRequest, job_name: str = BACKFILL_JOB) -> dg.RunRequest:
+def run_request(
+    request: BackfillRequest, job_name: str = BACKFILL_JOB, display_name: str | None = None
+) -> dg.RunRequest:
     """Run key = the request's job id (unique per request, never the environment); the request's
     fields as tags, so the run shows why it ran. ``job_name``: ``segment_membership_edit`` for
-    an incremental backfill that fits one shard (see jobs.py)."""
+    an incremental backfill that fits one shard (see jobs.py); ``display_name``: the
+    environment's name as the store last recorded it (its run's plan step tags it anyway)."""
     tags = {
         JOB_TAG: request.job_id,
         REASON_TAG: request.reason.value,
@@ -94,6 +102,8 @@ def run_request(request: BackfillRequest, job_name: str = BACKFILL_JOB) -> dg.Ru
     if request.coalesced:
         tags[f"{TAG_PREFIX}coalesced"] = str(len(request.coalesced))
     tags[MODE_TAG] = request.mode
+    if display_name:
+        tags[ENVIRONMENT_NAME_TAG] = display_name[:TAG_VALUE_CHARS]
     if request.segments is not None:
         listed = " ".join(request.segments)
         # A long list is left out (a retry then re-requests the mode only; the run itself

@@ -10,6 +10,7 @@ import dagster as dg
 
 from membership_pipeline.defs.membership.backfill_events import log
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
+from membership_pipeline.sources.flagsmith_source import EnvironmentInfo
 from membership_pipeline.storage import (
     PublishedMembership,
     SealedTotals,
@@ -30,8 +31,9 @@ class StagedVersion:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-class PublishingIOManager(dg.ConfigurableIOManager):
-    membership_store: dg.ResourceDependency[MembershipStoreResource]
+class PublishingIOManager(dg.IOManager):
+    def __init__(self, membership_store: MembershipStoreResource) -> None:
+        self.membership_store = membership_store
 
     def handle_output(self, context: dg.OutputContext, obj: StagedVersion) -> None:
         store, plan = self.membership_store.get(), obj.plan
@@ -62,6 +64,12 @@ class PublishingIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> PublishedMembership:
         return self.membership_store.get().reader().published(context.asset_partition_key)
+
+
+@dg.io_manager(required_resource_keys={"membership_store"})
+def publishing_io_manager(context: dg.InitResourceContext) -> PublishingIOManager:
+    """Over the shared store resource, as ``shadow_staging_io_manager`` (see there why)."""
+    return PublishingIOManager(context.resources.membership_store)
 
 
 def _metadata(
@@ -131,13 +139,14 @@ def _metadata(
     first_report = obj.shards[0].report if obj.shards else {}
     plan = obj.plan
     return {
+        "environment": EnvironmentInfo(**plan.environment).display_name,
         "version": published.version_id,
         "as_of": dg.MetadataValue.timestamp(plan.as_of),
         # Full, or incremental: new and edited segments re-evaluated, the rest shared.
         "mode": plan.mode,
         "mode_reason": plan.mode_reason,
         "base_version": plan.base_version_id,
-        "segments_reevaluated": dg.MetadataValue.json(sorted(evaluated)),
+        "segments_reevaluated": dg.MetadataValue.json(sorted(evaluated, key=_natural)),
         "segments_reused": totals.reused_segments,
         "segments_dropped": dg.MetadataValue.json(list(plan.dropped_segments)),
         "oldest_evaluated_as_of": dg.MetadataValue.timestamp(
@@ -157,3 +166,8 @@ def _metadata(
         "shard_table": shard_table,
         **{f"seconds_{step}": round(value, 3) for step, value in (summed | obj.seconds).items()},
     }
+
+
+def _natural(key: str) -> tuple[int, str]:
+    """Segment keys are Flagsmith's integer ids: "9" before "10"."""
+    return (len(key), key) if key.isdigit() else (1 << 30, key)

@@ -19,8 +19,9 @@ from membership_pipeline.sharding.shard_backfill import ShardOutcome, ShardTask,
 from membership_pipeline.storage import StagedPlan
 
 
-class ShadowStagingIOManager(dg.ConfigurableIOManager):
-    membership_store: dg.ResourceDependency[MembershipStoreResource]
+class ShadowStagingIOManager(dg.IOManager):
+    def __init__(self, membership_store: MembershipStoreResource) -> None:
+        self.membership_store = membership_store
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if isinstance(obj, ShardOutcome):
@@ -52,3 +53,10 @@ class ShadowStagingIOManager(dg.ConfigurableIOManager):
         raise TypeError(
             f"output {upstream.name!r} of {upstream.step_key} is not loaded as an input"
         )
+
+
+# A plain IO manager over the shared store resource (not a nested Pythonic resource, whose
+# initialisation in Dagster 1.13 reads the deprecated InitResourceContext.dagster_run).
+@dg.io_manager(required_resource_keys={"membership_store"})
+def shadow_staging_io_manager(context: dg.InitResourceContext) -> ShadowStagingIOManager:
+    return ShadowStagingIOManager(context.resources.membership_store)

@@ -1,6 +1,14 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +97,67 @@ def dagster_home(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 @pytest.fixture
 def resources(demo_source: DemoDataset, store_url: str) -> dict[str, object]:
     return build_resources(demo_source.url, store_url)
+
+
+@pytest.fixture
+def webserver(
+    tmp_path: Path, demo_source: DemoDataset
+) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """A real dagster-webserver on a free port over a scratch instance and an embedded store:
+    (port, store url, the environment its processes run with)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # The default run coordinator launches at once (the queued one needs dagster-daemon).
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\n"
+    )
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    migrate(store_url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MEMBERSHIP_SOURCE_URL": demo_source.url,
+        "MEMBERSHIP_STORE_URL": store_url,
+        "MEMBERSHIP_SHARD_IDENTITIES": "100",  # the environment's 375 identities in 4 shards
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
+         "-w", "workspace.yaml"],
+        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its group holds the code server it starts: stopped together
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+            break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "webserver did not start"
+            time.sleep(0.5)
+    yield port, store_url, environment
+    os.killpg(server.pid, signal.SIGINT)  # the webserver shuts down on SIGINT, then the rest
+    try:
+        server.wait(30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def add_environment_partition(dagster_home: str, env_key: str) -> None:
+    """Adds the environment's partition to the instance in ``dagster_home``."""
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = dagster_home
+    try:
+        with dg.DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions("environments", [env_key])
+    finally:
+        if previous is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = previous

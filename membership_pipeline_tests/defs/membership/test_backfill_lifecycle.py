@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 import structlog
 from pyroaring import BitMap
 
@@ -17,7 +18,7 @@ from membership_pipeline.defs.membership.assets import (
     segment_membership_bitmaps,
     segment_membership_counts,
 )
-from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
+from membership_pipeline.defs.membership.backfill_events import ENVIRONMENT_NAME_TAG, GUARD_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import FlagsmithSourceResource
 from membership_pipeline.evaluation import engine
@@ -65,6 +66,20 @@ def run_in_background(instance, resources, env_key: str, **kwargs):
     return thread, outcome
 
 
+def names_in_flagsmith(source_url: str, env_key: str) -> str:
+    """ "organisation / project / environment", straight from Flagsmith's tables."""
+    query = sa.text(
+        "SELECT o.name, p.name, e.name FROM environments_environment e"
+        " JOIN projects_project p ON p.id = e.project_id"
+        " JOIN organisations_organisation o ON o.id = p.organisation_id WHERE e.api_key = :key"
+    )
+    engine = sa.create_engine(source_url)
+    with engine.connect() as conn:
+        organisation, project, environment = conn.execute(query, {"key": env_key}).one()
+    engine.dispose()
+    return f"{organisation} / {project} / {environment}"
+
+
 def wait_for_status(store: MembershipStore, env_key: str, status: BackfillStatus) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -95,6 +110,9 @@ def test_first_backfill_is_running_then_succeeded_with_metadata(
 
     [materialization] = result.asset_materializations_for_node("segment_membership_bitmaps")
     metadata = materialization.metadata
+    name = names_in_flagsmith(resources["flagsmith"].url, env_key)
+    assert metadata["environment"].value == done.display_name == name
+    assert instance.get_run_by_id(result.run_id).tags[ENVIRONMENT_NAME_TAG] == name
     assert metadata["version"].value == done.published_version_id
     assert metadata["identities"].value == done.published_identity_count > 0
     assert metadata["bytes"].value > 0
@@ -127,17 +145,19 @@ def test_a_refresh_keeps_the_published_version_until_it_flips(instance, resource
 def test_a_failed_backfill_keeps_the_published_version(instance, resources, store, env_key):
     assert run(instance, resources, env_key).success
     before = store.metadata(env_key)
-    broken = {**resources, "flagsmith": FlagsmithSourceResource(url="sqlite:////nonexistent/x.db")}
+    # Under a file, so no machine can have it (once seen: /nonexistent existed on a CI machine).
+    broken = {**resources, "flagsmith": FlagsmithSourceResource(url="sqlite:////dev/null/x.db")}
     with structlog.testing.capture_logs() as events:
         result = run(instance, broken, env_key, force=True)
     assert not result.success
     after = store.metadata(env_key)
     assert after.last_backfill_status is BackfillStatus.FAILED
     assert after.published_version_id == before.published_version_id
-    assert "OperationalError" in after.last_error
+    unreachable = "DatabaseUnreachable: cannot reach the Flagsmith database at sqlite:////dev/null"
+    assert unreachable in after.last_error
     [failed] = [e for e in events if e["event"] == "segment_membership.backfill.failed"]
     assert failed["environment"] == env_key and failed["run_id"] == result.run_id
-    assert "OperationalError" in failed["error"]
+    assert unreachable in failed["error"]
     assert store.reader().count(env_key, next(iter(store.reader().published(env_key).segment_keys)))
 
 
@@ -187,7 +207,7 @@ def test_a_run_that_loses_the_claim_is_skipped_and_changes_nothing(
     assert instance.get_run_by_id(result.run_id).tags[GUARD_TAG] == "skipped: cooldown"
     assert store.metadata(env_key).claim_owner == "another-run"
     forced = run(instance, resources, env_key, force=True)
-    assert GUARD_TAG not in instance.get_run_by_id(forced.run_id).tags
+    assert instance.get_run_by_id(forced.run_id).tags[GUARD_TAG] == "claimed"
     assert store.metadata(env_key).claim_owner == forced.run_id
 
 

@@ -100,6 +100,30 @@ def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
     return failure.dagster_event.message
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_dg_launch_materializes_a_partition(
+    dagster_home, demo_source, store_url, store, env_key, monkeypatch
+):
+    """`dg launch` (pyproject's [tool.dg]): the same asset, partition and guard as the older
+    `dagster asset materialize`, and not a deprecation warning from our code."""
+    for name in dagster_home:
+        monkeypatch.delenv(name, raising=False)
+    instance = add_partition(dagster_home, env_key)
+    dg_command = os.path.join(os.path.dirname(sys.executable), "dg")
+    launched = subprocess.run(
+        [dg_command, "launch", "--assets", "segment_membership_bitmaps", "--partition", env_key],
+        cwd=ROOT, env=process_environment(dagster_home, demo_source, store_url),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    done = store.metadata(env_key)
+    assert done.last_backfill_status is BackfillStatus.SUCCEEDED
+    assert instance.get_run_by_id(done.claim_owner).status is dg.DagsterRunStatus.SUCCESS
+    assert "DeprecationWarning" not in launched.stderr
+    assert "superseded" not in launched.stderr  # (`dagster asset materialize` says it is)
+    instance.dispose()
+
+
 def test_a_killed_cli_run_is_reconciled_when_its_lease_lapses_and_its_run_ended(
     dagster_home, demo_source, store_url, store, monkeypatch, resources
 ):

@@ -11,7 +11,12 @@ import structlog
 from pyroaring import BitMap
 
 from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
-from membership_pipeline.defs.membership.dispatch import JOB_TAG, REASON_TAG
+from membership_pipeline.defs.membership.backfill_events import ENVIRONMENT_NAME_TAG
+from membership_pipeline.defs.membership.dispatch import (
+    JOB_TAG,
+    REASON_TAG,
+    enqueue_and_dispatch,
+)
 from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
@@ -23,6 +28,7 @@ from membership_pipeline.defs.membership.sensors import (
     backfill_retry_sensor,
 )
 from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 from membership_pipeline.sources.change_feed import ChangeFeed, TableMark, Watermarks
 from membership_pipeline.storage import Claim
 from membership_pipeline.storage.watermarks import save_watermarks
@@ -91,7 +97,7 @@ def test_a_failed_dispatched_run_is_retried_until_its_attempts_run_out(
     env_key = demo_source.environments[3]["api_key"]
     publish_stale(store, env_key, demo_source.url)
     [request] = sense(instance, resources).run_requests
-    broken = {**resources, "flagsmith": FlagsmithSourceResource(url="sqlite:////nonexistent/x.db")}
+    broken = {**resources, "flagsmith": FlagsmithSourceResource(url="sqlite:////dev/null/x.db")}
     instance.add_dynamic_partitions(environments_partitions.name, [env_key])
     for attempt in (1, 2, 3):
         failed = dg.materialize(
@@ -157,6 +163,7 @@ def test_a_dispatched_run_backfills_in_shards(instance, no_cooldown, store, demo
     env_key = demo_source.environments[2]["api_key"]
     publish_stale(store, env_key, demo_source.url)
     [request] = sense(instance, no_cooldown).run_requests
+    assert ENVIRONMENT_NAME_TAG not in request.tags  # no backfill has planned it: no name yet
     instance.add_dynamic_partitions(environments_partitions.name, [env_key])
     config = request.run_config["ops"]["segment_membership_bitmaps"]["config"]
     result = dg.materialize(
@@ -177,3 +184,15 @@ def test_a_dispatched_run_backfills_in_shards(instance, no_cooldown, store, demo
     [materialization] = result.asset_materializations_for_node("segment_membership_bitmaps")
     assert materialization.metadata["shards"].value == len(shards)
     assert len(materialization.metadata["shard_table"].value.records) == len(shards)
+
+    # The next dispatched run names the environment from the start, as its plan recorded it.
+    now = store.clock()
+    by_hand = BackfillRequest.new(
+        organisation=request.tags["membership/organisation"], environment=env_key,
+        window_start=now, window_end=now, reason=Reason.MANUAL, created_at=now,
+    )  # fmt: skip
+    [again], _ = enqueue_and_dispatch(
+        no_cooldown["membership_store"], no_cooldown["dispatch_policy"], [by_hand]
+    )
+    assert again.tags[ENVIRONMENT_NAME_TAG] == done.display_name
+    assert done.display_name.endswith(f" / {demo_source.environments[2]['name']}")

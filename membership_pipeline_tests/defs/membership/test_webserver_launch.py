@@ -3,23 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any
 
-import pytest
-
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
-from membership_pipeline.storage import BackfillStatus, migrate
-from membership_pipeline_tests.defs.membership.conftest import ROOT
+from membership_pipeline.storage import BackfillStatus
+from membership_pipeline_tests.defs.membership.conftest import add_environment_partition
 
 LAUNCH = """
 mutation Launch($params: ExecutionParams!) {
@@ -48,52 +39,6 @@ def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> d
         body = json.loads(response.read())
     assert "errors" not in body, body
     return body["data"]
-
-
-@pytest.fixture
-def webserver(tmp_path, demo_source):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    # The default run coordinator launches at once (the queued one needs dagster-daemon).
-    (home / "dagster.yaml").write_text(
-        "telemetry:\n  enabled: false\n"
-        "run_coordinator:\n  module: dagster._core.run_coordinator\n"
-        "  class: DefaultRunCoordinator\n"
-    )
-    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    migrate(store_url)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    environment = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "MEMBERSHIP_SOURCE_URL": demo_source.url,
-        "MEMBERSHIP_STORE_URL": store_url,
-        "MEMBERSHIP_SHARD_IDENTITIES": "100",  # the environment's 375 identities in 4 shards
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
-         "-w", "workspace.yaml"],
-        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its group holds the code server it starts: stopped together
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-            break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "webserver did not start"
-            time.sleep(0.5)
-    yield port, store_url, environment
-    os.killpg(server.pid, signal.SIGINT)  # the webserver shuts down on SIGINT, then the rest
-    try:
-        server.wait(30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def launch_and_wait(port: int, location: str, env_key: str) -> dict[str, Any]:
@@ -126,14 +71,7 @@ def test_the_materialize_button_backfills_then_guards(webserver, demo_source):
 
     port, store_url, environment = webserver
     env_key = demo_source.environments[1]["api_key"]
-    os.environ["DAGSTER_HOME"] = environment["DAGSTER_HOME"]
-    try:
-        import dagster as dg
-
-        with dg.DagsterInstance.get() as instance:
-            instance.add_dynamic_partitions("environments", [env_key])
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    add_environment_partition(environment["DAGSTER_HOME"], env_key)
     [repository] = graphql(port, LOCATIONS)["repositoriesOrError"]["nodes"]
     location = repository["location"]["name"]
 
