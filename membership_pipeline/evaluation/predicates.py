@@ -117,7 +117,12 @@ def _typed_comparison(compare: Callable[[Any, Any], Any], value: ConditionValue,
     try:
         if isinstance(cv, str) and _is_semver(value):
             cv = semver.Version.parse(cv)
-        return bool(compare(cv, _cast_like(cv, value)))
+        match = _cast_like(cv, value)
+        if isinstance(cv, semver.Version) and compare is not operator.contains:
+            # flag-engine compares the Version with the string, which semver parses: parsed
+            # here (semver 3 deprecates comparing with strings); unparsable: no match.
+            match = semver.Version.parse(match)
+        return bool(compare(cv, match))
     except (TypeError, ValueError):
         return False
 
