@@ -14,6 +14,9 @@
     membership enqueue ENV [--reason R] [--force]   queue a backfill request, print the decision
                                                 the next dispatch tick would take for it
     membership queue                            pending backfill requests
+    membership serve [--host H] [--port P]      the HTTP read API (see the README's "Read API")
+    membership api-key NAME --scope organisation:ID|project:ID|environment:KEY
+                                                create a key for it (shown once, stored hashed)
 
 The store is ``--store-url`` or ``$MEMBERSHIP_STORE_URL`` (default: the embedded SQLite file
 under ``.membership/``); ``enqueue`` looks the environment's organisation up in Flagsmith's
@@ -39,6 +42,7 @@ from membership_pipeline.dispatch.environment_settings import policy_settings_fr
 from membership_pipeline.dispatch.policy import Outcome, policy_settings
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
+from membership_pipeline.serving.command import add_commands as add_serving_commands
 from membership_pipeline.storage import (
     DEFAULT_STORE_URL,
     DatabaseUnreachable,
@@ -131,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         "backfill re-evaluates the edited segments and shares the rest)",
     )
     command("queue", _queue, "pending backfill requests")
+    add_serving_commands(command)
     return parser
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +38,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from membership_pipeline.evaluation import referenced_trait_keys
+from membership_pipeline.sources import flagsmith_tables as tables
 from membership_pipeline.sources.arrow_reader import (
     TRAIT_SCHEMA,
     ArrowSnapshotReader,
@@ -54,11 +55,13 @@ from membership_pipeline.sources.segment_tree import (
     SegmentRow,
     build_segment_trees,
 )
+from membership_pipeline.storage.errors import DatabaseUnreachable
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("source")
 
 DEFAULT_CHUNK_ROWS = 200_000
+IDENTIFIER_BATCH = 5_000  # ids per identifier lookup (bound parameters per statement)
 # An id span smaller than this is read on one connection.
 _MIN_IDS_PER_READ = 100_000
 # An environment whose id span holds at most this many identities per own identity reads its
@@ -148,6 +151,16 @@ class FlagsmithSource:
     def close(self) -> None:
         self.engine.dispose()
 
+    def require_reachable(self) -> FlagsmithSource:
+        """Itself once a connection was made; else closed, and ``DatabaseUnreachable``: one line
+        naming the URL (password masked) and the driver's reason."""
+        try:
+            self.engine.connect().close()
+        except sa.exc.OperationalError as error:
+            self.close()
+            raise DatabaseUnreachable("the Flagsmith database", self.url, error) from None
+        return self
+
     def environments(self) -> list[EnvironmentInfo]:
         """Live environments of live projects, with their organisation."""
         query = sa.text(
@@ -181,6 +194,29 @@ class FlagsmithSource:
             if info.api_key == api_key:
                 return info
         raise EnvironmentNotFound(f"no live environment has the api key {api_key!r}")
+
+    def identity_id(self, environment_id: int, identifier: str) -> int | None:
+        """The id of the environment's identity with this identifier (Flagsmith's unique
+        (environment, identifier) index: one index probe), or None."""
+        query = sa.select(tables.identities.c.id).where(
+            tables.identities.c.environment_id == environment_id,
+            tables.identities.c.identifier == identifier,
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    def identifiers(self, environment_id: int, ids: Sequence[int]) -> dict[int, str]:
+        """Identifier by id, for those of ``ids`` that are the environment's identities (primary
+        key probes, in batches)."""
+        found: dict[int, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), IDENTIFIER_BATCH):
+                query = sa.select(tables.identities.c.id, tables.identities.c.identifier).where(
+                    tables.identities.c.id.in_(ids[start : start + IDENTIFIER_BATCH]),
+                    tables.identities.c.environment_id == environment_id,
+                )
+                found.update(conn.execute(query).tuples().all())
+        return found
 
     def read_environment(self, api_key: str, *, all_traits: bool = False) -> EnvironmentSnapshot:
         """Identities, traits and segments of one environment, in one read transaction. Only

@@ -43,11 +43,13 @@ from membership_pipeline.storage.tables import (
     chunk_owner,
     chunks_of_bitmap,
     environment,
+    version,
 )
 from membership_pipeline.storage.versions import UNIVERSE_KEY
 
 DEFAULT_CACHE_BYTES = 256 << 20
 MAX_PAGE = 100_000
+MAX_PINNED_VERSIONS = 64  # earlier versions at_version keeps open (their directories only)
 MAX_IDENTITY_ID = 2**32 - 1
 T = TypeVar("T")
 ChunkKey = tuple[int, str, str, int]  # version, kind, key, chunk index
@@ -324,6 +326,7 @@ class MembershipReader:
         self.pointer_ttl = pointer_ttl
         self._monotonic = monotonic
         self._latest: dict[str, tuple[PublishedMembership, float]] = {}
+        self._pinned: dict[tuple[str, int], PublishedMembership] = {}  # at_version's, oldest first
         self._lock = threading.Lock()
 
     def published(self, environment_key: str) -> PublishedMembership:
@@ -353,6 +356,37 @@ class MembershipReader:
                 snapshot = held[0]
             self._latest[environment_key] = (snapshot, checked)
         return snapshot
+
+    def at_version(self, environment_key: str, version_id: int) -> PublishedMembership:
+        """A version this environment published, current or retired (a paged listing reads the
+        version of its first page); ``VersionCollected`` once it has been collected."""
+        current = self.published(environment_key)
+        if current.version_id == version_id:
+            return current
+        pointer = _version_pointer(environment_key, version_id)
+        with self._lock:
+            held = self._pinned.get((environment_key, version_id))
+        if held is not None:
+            # Still readable? (What it cached must not outlive its collection.)
+            with self._database.probe.connect() as conn:
+                if conn.execute(pointer).one_or_none() is not None:
+                    return held
+            with self._lock:
+                self._pinned.pop((environment_key, version_id), None)
+        with self._database.reader.connect() as conn, conn.begin():
+            row = conn.execute(pointer).one_or_none()
+            if row is None:
+                raise VersionCollected(
+                    f"version {version_id} of {environment_key!r} is not readable (collected, "
+                    "or never published)"
+                )
+            entries = _directory(conn, version_id)
+        pinned = PublishedMembership(environment_key, row, entries, self.chunks)
+        with self._lock:
+            if len(self._pinned) >= MAX_PINNED_VERSIONS:
+                self._pinned.pop(next(iter(self._pinned)))
+            self._pinned[(environment_key, version_id)] = pinned
+        return pinned
 
     # One-call conveniences: each reads the current publication, and retries once if the
     # version it found is collected under it.
@@ -391,6 +425,22 @@ def _pointer(environment_key: str) -> sa.Select:
         environment.c.published_as_of,
         environment.c.published_identity_count,
     ).where(environment.c.environment_key == environment_key)
+
+
+def _version_pointer(environment_key: str, version_id: int) -> sa.Select:
+    """A published or retired version's row, shaped as the environment's pointer columns."""
+    return sa.select(
+        version.c.state.label("last_backfill_status"),
+        version.c.version_id.label("published_version_id"),
+        sa.literal(0).label("publication"),
+        version.c.published_at,
+        version.c.as_of.label("published_as_of"),
+        version.c.identity_count.label("published_identity_count"),
+    ).where(
+        version.c.environment_key == environment_key,
+        version.c.version_id == version_id,
+        version.c.state.in_(("published", "retired")),
+    )
 
 
 def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], BitmapEntry]:

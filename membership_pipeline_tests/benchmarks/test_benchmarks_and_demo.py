@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -174,3 +175,24 @@ def test_incremental_benchmark_publishes_edits_incrementally() -> None:
     written = growth.split(": ")[1].split(";")[0]
     own = growth.split("the edited segments' own bytes: ")[1].split(";")[0]
     assert written == own  # an incremental version writes the edited segment's chunks only
+
+
+def test_serving_benchmark_loads_every_request_kind_without_errors() -> None:
+    """`membership serve` on a seeded environment, each request kind at two loads."""
+    out = _run(
+        "membership_pipeline.benchmarks.serving_benchmark",
+        "--identities", "2000", "--segments", "10", "--seconds", "0.5", "--concurrency", "1,2",
+    )  # fmt: skip
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("request"))
+    rows = [line.split() for line in itertools.takewhile(bool, lines[header + 1 :])]
+    kinds = {"is-member by id", "is-member by identifier", "count", "members page of 200"}
+    found = {}
+    for row in rows:
+        name = next((k for k in kinds if " ".join(row).startswith(k + " ")), None)
+        if name is not None:
+            in_flight, rate, errors = row[-5], row[-4], row[-1]
+            found[(name, in_flight)] = (int(rate.replace(",", "")), int(errors))
+    assert set(found) == {(k, c) for k in kinds for c in ("1", "2")}
+    assert all(rate > 0 and errors == 0 for rate, errors in found.values())
+    assert "is-member by id at " in out and "identifier resolution at 1 in flight" in out

@@ -4,13 +4,12 @@ SQLite or PostgreSQL, cooldowns) are configuration of these resources, never cod
 from datetime import timedelta
 
 import dagster as dg
-import sqlalchemy as sa
 from pydantic import PrivateAttr
 
 from membership_pipeline.dispatch.orphaned_runs import DEFAULT_ORPHANED_RUN_GRACE
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import DEFAULT_STORE_URL, DatabaseUnreachable, MembershipStore
+from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
 
 
 class FlagsmithSourceResource(dg.ConfigurableResource):
@@ -21,13 +20,7 @@ class FlagsmithSourceResource(dg.ConfigurableResource):
     def open(self) -> FlagsmithSource:
         """The source, once a connection to it was made: an unreachable database is one line
         naming its URL (password masked) and the driver's reason, at the start of the step."""
-        source = FlagsmithSource(self.url)
-        try:
-            source.engine.connect().close()
-        except sa.exc.OperationalError as error:
-            source.close()
-            raise DatabaseUnreachable("the Flagsmith database", self.url, error) from None
-        return source
+        return FlagsmithSource(self.url).require_reachable()
 
     def organisations(self) -> dict[str, str]:
         """Live environments (api key) → their organisation id."""

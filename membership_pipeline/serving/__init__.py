@@ -1,0 +1,1 @@
+"""The membership read API over HTTP: published versions, served to services in any language."""

@@ -1,0 +1,398 @@
+"""The HTTP read API (FastAPI): who is in a segment, for services in any language.
+
+Answers from the published version are in-memory work (the reader caches directories and
+chunks), so those endpoints are ``async``: no thread hop. What queries Flagsmith's database
+(identifiers) runs on worker threads.
+
+Every answer names the version and ``as_of`` it came from and says ``stale`` once ``as_of`` is
+older than the configured age. A members listing stays on the version of its first page (the
+cursor carries it); once that version is collected, the next page is a 410.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from membership_pipeline.serving.api_keys import ApiKey, KeyRing
+from membership_pipeline.serving.cursor import Cursor, CursorInvalid
+from membership_pipeline.serving.metrics import ServiceMetrics
+from membership_pipeline.serving.observability import ObserveRequests
+from membership_pipeline.serving.places import EnvironmentPlaces, KnownEnvironment
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.storage import MembershipStore
+from membership_pipeline.storage.errors import (
+    DatabaseUnreachable,
+    NotYetPublished,
+    SegmentUnavailable,
+    UnknownEnvironment,
+    UnknownIdentity,
+    UnknownSegment,
+    VersionCollected,
+)
+from membership_pipeline.storage.reader import (
+    MAX_IDENTITY_ID,
+    MembersPage,
+    PublishedMembership,
+)
+from membership_pipeline.storage.tables import environment
+
+MAX_LIMIT = 1000
+MAX_SAMPLE = 1000
+SEARCH_SCAN_IDS = 50_000  # ids a searching page looks at before it returns what it found
+SEARCH_BATCH = 5_000
+
+
+class ApiError(Exception):
+    """An answer other than 200, with a one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ServiceSettings:
+    store_url: str
+    source_url: str
+    keys: KeyRing
+    stale_after: timedelta = timedelta(hours=1)
+    pointer_ttl: float = 1.0  # a new publication is served at most this late
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: ApiKey
+
+
+async def _caller(request: Request) -> Caller:  # async: no thread hop for a hash
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    keys: KeyRing = request.app.state.keys
+    key = keys.authenticate(presented.strip() if scheme.lower() == "bearer" else "")
+    if key is None:
+        raise ApiError(401, "missing or unknown API key: send Authorization: Bearer <key>")
+    request.state.key_name = key.name
+    return Caller(key)
+
+
+Authorized = Annotated[Caller, Depends(_caller)]
+Env = Annotated[str, Path(max_length=255, description="the environment's api key")]
+Segment = Annotated[str, Path(max_length=255, description="the segment's key (its id)")]
+Identifier = Annotated[
+    str | None, Query(min_length=1, max_length=2000, description="Flagsmith identifier")
+]
+IdentityId = Annotated[
+    int | None, Query(ge=1, le=MAX_IDENTITY_ID, description="Flagsmith identity id")
+]
+
+
+@dataclass(frozen=True)
+class IdentityRef:
+    """An identity as the caller named it: by id or by identifier (exactly one)."""
+
+    identity_id: int | None
+    identifier: str | None
+
+
+async def _identity_ref(
+    identity_id: IdentityId = None, identifier: Identifier = None
+) -> IdentityRef:
+    if (identity_id is None) == (identifier is None):
+        raise ApiError(400, "give exactly one of identity_id and identifier")
+    return IdentityRef(identity_id, identifier)
+
+
+Identity = Annotated[IdentityRef, Depends(_identity_ref)]
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    store = MembershipStore(settings.store_url)
+    reader = store.reader(pointer_ttl=settings.pointer_ttl)
+    try:
+        source = FlagsmithSource(settings.source_url).require_reachable()
+    except DatabaseUnreachable:
+        store.close()
+        raise
+    places = EnvironmentPlaces(source.environments)
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+        source.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="membership_pipeline read API",
+        version="1",
+        summary="Exact, versioned segment membership of Flagsmith environments.",
+    )
+
+    app.state.keys = settings.keys
+
+    app.add_middleware(ObserveRequests, metrics=metrics)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_input(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        name = ".".join(str(part) for part in first["loc"][1:]) or "request"
+        given = first.get("input")
+        shown = "" if given is None or isinstance(given, dict) else f" (got {str(given)[:40]!r})"
+        return JSONResponse({"error": f"{name}: {first['msg']}{shown}"}, status_code=400)
+
+    def environment_for(caller: Caller, environment_key: str) -> KnownEnvironment:
+        known = places.get(environment_key)
+        if not caller.key.allows(known.place if known else None):
+            # The same answer whether or not the environment exists.
+            raise ApiError(403, f"this API key may not read environment {environment_key!r}")
+        assert known is not None
+        return known
+
+    def published(environment_key: str) -> PublishedMembership:
+        try:
+            return reader.published(environment_key)
+        except (UnknownEnvironment, NotYetPublished):
+            raise ApiError(
+                404, f"environment {environment_key!r} has no published version yet"
+            ) from None
+
+    def stamp(known: KnownEnvironment, version: PublishedMembership) -> dict[str, Any]:
+        as_of = version.as_of
+        stale = datetime.now(UTC) - as_of > settings.stale_after
+        metrics.served(known.place.environment_key, version.version_id)
+        return {
+            "environment": known.place.environment_key,
+            "environment_name": known.display_name,
+            "version": version.version_id,
+            "as_of": as_of.isoformat(),
+            "stale": stale,
+        }
+
+    def segment_answer(version: PublishedMembership, segment: str, ask: Callable[[], Any]) -> Any:
+        try:
+            return ask()
+        except UnknownSegment:
+            raise ApiError(
+                404, f"segment {segment!r} is not in version {version.version_id}"
+            ) from None
+        except SegmentUnavailable as error:
+            raise ApiError(409, f"segment {segment!r} could not be evaluated: {error}") from None
+
+    async def identity_of(known: KnownEnvironment, ref: IdentityRef) -> int:
+        if ref.identity_id is not None:
+            return ref.identity_id
+        # A query of Flagsmith's database: on a worker thread, the event loop keeps serving.
+        found = await run_in_threadpool(source.identity_id, known.flagsmith_id, ref.identifier)
+        if found is None:
+            raise ApiError(404, "no identity of this environment has that identifier")
+        return found
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> JSONResponse:
+        """200 when the membership store answers from its tables, 503 otherwise."""
+        try:
+            with store.database.probe.connect() as conn:
+                conn.execute(sa.select(sa.func.count()).select_from(environment))
+        except sa.exc.SQLAlchemyError as error:
+            reason = str(error).splitlines()[0]
+            return JSONResponse({"status": "unhealthy", "error": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus metrics: requests, latency, versions served."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/environments/{environment}", tags=["membership"])
+    async def summary(environment: Env, who: Authorized) -> dict[str, Any]:
+        """The published version: identities, segments with counts, failed segments."""
+        known = environment_for(who, environment)
+        version = published(environment)
+        counts = version.segment_counts()
+        return {
+            **stamp(known, version),
+            "identities": version.identity_count,
+            "segments": [
+                {"key": key, "name": version.segment_name(key), "count": count}
+                for key, count in sorted(counts.items(), key=lambda item: _natural(item[0]))
+            ],
+            "failed_segments": version.failed_segments,
+        }
+
+    @app.get("/v1/environments/{environment}/segments/{segment}", tags=["membership"])
+    async def count(environment: Env, segment: Segment, who: Authorized) -> dict[str, Any]:
+        """A segment's member count."""
+        known = environment_for(who, environment)
+        version = published(environment)
+        members = segment_answer(version, segment, lambda: version.count(segment))
+        return {
+            **stamp(known, version),
+            "segment": segment,
+            "name": version.segment_name(segment),
+            "count": members,
+        }
+
+    @app.get("/v1/environments/{environment}/segments/{segment}/members", tags=["membership"])
+    def members(
+        environment: Env,
+        segment: Segment,
+        who: Authorized,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 200,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        search: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    ) -> dict[str, Any]:
+        """A page of members in id order (ids and identifiers). Pass ``next_cursor`` for the
+        next page: every page reads the version of the first. ``search`` keeps identifiers that
+        contain it (a page then looks at up to 50,000 members and may hold fewer than
+        ``limit``: follow ``next_cursor`` until it is null)."""
+        known = environment_for(who, environment)
+        if cursor is None:
+            version, after = published(environment), 0
+        else:
+            try:
+                position = Cursor.decode(cursor)
+                version = reader.at_version(environment, position.version_id)
+            except CursorInvalid as error:
+                raise ApiError(400, str(error)) from None
+            except VersionCollected:
+                raise ApiError(
+                    410, "the listing's version has been collected: start again without cursor"
+                ) from None
+            after = position.after_id
+        if search is None:
+            page = segment_answer(
+                version, segment, lambda: version.members(segment, after or None, limit)
+            )
+            ids, next_after = page.ids, page.next_after
+            names = source.identifiers(known.flagsmith_id, ids)
+        else:
+            ids, names, next_after = _search(
+                lambda start, n: segment_answer(
+                    version, segment, lambda: version.members(segment, start or None, n)
+                ),
+                lambda batch: source.identifiers(known.flagsmith_id, batch),
+                after,
+                limit,
+                search,
+            )
+        next_cursor = None if next_after is None else Cursor(version.version_id, next_after)
+        return {
+            **stamp(known, version),
+            "segment": segment,
+            "members": [{"id": i, "identifier": names.get(i)} for i in ids],
+            "next_cursor": next_cursor.encode() if next_cursor else None,
+        }
+
+    @app.get("/v1/environments/{environment}/segments/{segment}/sample", tags=["membership"])
+    def sample(
+        environment: Env,
+        segment: Segment,
+        who: Authorized,
+        n: Annotated[int, Query(ge=1, le=MAX_SAMPLE)] = 10,
+        seed: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    ) -> dict[str, Any]:
+        """Up to ``n`` members at random (the same for the same version and seed)."""
+        known = environment_for(who, environment)
+        version = published(environment)
+        ids = segment_answer(version, segment, lambda: version.sample(segment, n, seed))
+        names = source.identifiers(known.flagsmith_id, ids)
+        return {
+            **stamp(known, version),
+            "segment": segment,
+            "members": [{"id": i, "identifier": names.get(i)} for i in ids],
+        }
+
+    @app.get("/v1/environments/{environment}/segments/{segment}/is-member", tags=["membership"])
+    async def is_member(
+        environment: Env,
+        segment: Segment,
+        who: Authorized,
+        identity: Identity,
+    ) -> dict[str, Any]:
+        """Whether an identity (by id, or by Flagsmith identifier) is in the segment."""
+        known = environment_for(who, environment)
+        wanted = await identity_of(known, identity)
+        version = published(environment)
+        member = segment_answer(version, segment, lambda: version.is_member(segment, wanted))
+        return {
+            **stamp(known, version),
+            "segment": segment,
+            "identity_id": wanted,
+            "member": member,
+        }
+
+    @app.get("/v1/environments/{environment}/segments-of", tags=["membership"])
+    async def segments_of(
+        environment: Env,
+        who: Authorized,
+        identity: Identity,
+    ) -> dict[str, Any]:
+        """The segments an identity (by id, or by identifier) is in."""
+        known = environment_for(who, environment)
+        wanted = await identity_of(known, identity)
+        version = published(environment)
+        try:
+            found = version.segments_of(wanted)
+        except UnknownIdentity:
+            raise ApiError(
+                404, f"identity {wanted} is not in version {version.version_id}"
+            ) from None
+        return {
+            **stamp(known, version),
+            "identity_id": wanted,
+            "segments": sorted(found.segments, key=_natural),
+            "unavailable": found.unavailable,
+        }
+
+    return app
+
+
+def _search(
+    page_of: Callable[[int, int], MembersPage],
+    identifiers: Callable[[list[int]], dict[int, str]],
+    after: int,
+    limit: int,
+    search: str,
+) -> tuple[list[int], dict[int, str], int | None]:
+    """Members after ``after`` whose identifiers contain ``search``: up to ``limit`` of them,
+    looking at no more than SEARCH_SCAN_IDS members; and where the next page starts."""
+    matched: list[int] = []
+    names: dict[int, str] = {}
+    position = after
+    for _ in range(SEARCH_SCAN_IDS // SEARCH_BATCH):
+        page = page_of(position, SEARCH_BATCH)
+        batch = identifiers(page.ids)
+        for identity_id in page.ids:
+            position = identity_id
+            if search in batch.get(identity_id, ""):
+                matched.append(identity_id)
+                names[identity_id] = batch[identity_id]
+                if len(matched) == limit:
+                    last = identity_id == page.ids[-1] and page.next_after is None
+                    return matched, names, None if last else identity_id
+        if page.next_after is None:
+            return matched, names, None
+    return matched, names, position
+
+
+def _natural(key: str) -> tuple[int, str]:
+    return (len(key), key) if key.isdigit() else (1 << 30, key)

@@ -1,0 +1,45 @@
+"""The service's Prometheus metrics: requests by route and status, latency, versions served."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Sub-millisecond answers are the point: buckets start at 0.1 ms.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2)
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "membership_http_requests",
+            "HTTP requests answered, by route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "membership_http_request_seconds",
+            "Time to answer, by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.version = Gauge(
+            "membership_served_version",
+            "The version id each environment was last answered from",
+            ["environment"],
+            registry=registry,
+        )
+        self.answers = Counter(
+            "membership_answers",
+            "Answers served from a published version, by environment",
+            ["environment"],
+            registry=registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def served(self, environment_key: str, version_id: int) -> None:
+        self.version.labels(environment_key).set(version_id)
+        self.answers.labels(environment_key).inc()
