@@ -48,6 +48,12 @@ from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore, NotYetPublished, migrate
 from membership_pipeline.storage.errors import UnknownEnvironment
 
+KINDS = {
+    "by-id": "is-member by id",
+    "by-identifier": "is-member by identifier",
+    "count": "count",
+    "members": "members page of 200",
+}
 TARGET_RPS = 3000
 TARGET_P99_MS = 10.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,10 +83,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segments", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument(
+        "--requests", help="comma-separated kinds to run (default all): by-id, by-identifier, "
+        "count, members",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="membership serve --workers")
     parser.add_argument("--source-url")
     parser.add_argument("--store-url")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    unknown = set(args.requests.split(",") if args.requests else ()) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown request kinds {sorted(unknown)}: use {', '.join(KINDS)}")
     with (
         ScratchDatabase("postgresql") as scratch_source,
         ScratchDatabase("postgresql") as scratch_store,
@@ -91,11 +105,19 @@ def main(argv: list[str] | None = None) -> None:
             seed_one_environment(source_url, args.identities, args.segments)
             analyze(source_url)
         store_url = args.store_url or scratch_store
-        rows = run(source_url, store_url, args.seconds, levels)
+        kinds = args.requests.split(",") if args.requests else list(KINDS)
+        rows = run(source_url, store_url, args.seconds, levels, kinds, args.workers)
     print_rows(rows)
 
 
-def run(source_url: str, store_url: str, seconds: float, levels: list[int]) -> list[Row]:
+def run(
+    source_url: str,
+    store_url: str,
+    seconds: float,
+    levels: list[int],
+    kinds: list[str],
+    workers: int = 1,
+) -> list[Row]:
     migrate(store_url)
     source = FlagsmithSource(source_url)
     info = source.environments()[0]
@@ -121,24 +143,25 @@ def run(source_url: str, store_url: str, seconds: float, levels: list[int]) -> l
         server = subprocess.Popen(
             [sys.executable, "-m", "membership_pipeline.cli", "--store-url", store_url,
              "--source-url", source_url, "serve", "--port", str(port),
-             "--api-keys", str(keys_file)],
+             "--api-keys", str(keys_file), "--workers", str(workers)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}/v1/environments/{env}"
             scenarios: list[tuple[str, Callable[[random.Random], str]]] = [
-                ("is-member by id", lambda r: f"{base}/segments/{r.choice(segments)}"
+                (KINDS["by-id"], lambda r: f"{base}/segments/{r.choice(segments)}"
                  f"/is-member?identity_id={r.choice(ids)}"),
-                ("is-member by identifier", lambda r: f"{base}/segments/{r.choice(segments)}"
+                (KINDS["by-identifier"], lambda r: f"{base}/segments/{r.choice(segments)}"
                  f"/is-member?identifier={r.choice(identifiers)}"),
-                ("count", lambda r: f"{base}/segments/{r.choice(segments)}"),
-                ("members page of 200", lambda r: f"{base}/segments/{r.choice(segments)}"
+                (KINDS["count"], lambda r: f"{base}/segments/{r.choice(segments)}"),
+                (KINDS["members"], lambda r: f"{base}/segments/{r.choice(segments)}"
                  "/members?limit=200"),
             ]  # fmt: skip
             asyncio.run(wait_until_up(f"http://127.0.0.1:{port}/healthz", server))
             rows = []
-            for name, target in scenarios:
+            wanted = {KINDS[kind] for kind in kinds}
+            for name, target in (s for s in scenarios if s[0] in wanted):
                 for concurrency in levels:
                     progress(f"{name}, concurrency {concurrency}")
                     rows.append(

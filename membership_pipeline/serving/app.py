@@ -129,11 +129,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
 
+    def close() -> None:
+        store.close()
+        source.close()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        store.close()
-        source.close()
+        close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -143,6 +146,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
 
     app.state.keys = settings.keys
+    app.state.close = close
 
     app.add_middleware(ObserveRequests, metrics=metrics)
 
@@ -175,17 +179,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 404, f"environment {environment_key!r} has no published version yet"
             ) from None
 
-    def stamp(known: KnownEnvironment, version: PublishedMembership) -> dict[str, Any]:
-        as_of = version.as_of
-        stale = datetime.now(UTC) - as_of > settings.stale_after
+    def answer(
+        known: KnownEnvironment, version: PublishedMembership, fields: dict[str, Any]
+    ) -> JSONResponse:
+        """The answer, stamped with its version; a JSONResponse as is (no re-encoding)."""
+        stale = datetime.now(UTC) - version.as_of > settings.stale_after
         metrics.served(known.place.environment_key, version.version_id)
-        return {
+        stamp = {
             "environment": known.place.environment_key,
             "environment_name": known.display_name,
             "version": version.version_id,
-            "as_of": as_of.isoformat(),
+            "as_of": version.as_of.isoformat(),
             "stale": stale,
         }
+        return JSONResponse({**stamp, **fields})
 
     def segment_answer(version: PublishedMembership, segment: str, ask: Callable[[], Any]) -> Any:
         try:
@@ -223,33 +230,39 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/environments/{environment}", tags=["membership"])
-    async def summary(environment: Env, who: Authorized) -> dict[str, Any]:
+    async def summary(environment: Env, who: Authorized) -> JSONResponse:
         """The published version: identities, segments with counts, failed segments."""
         known = environment_for(who, environment)
         version = published(environment)
         counts = version.segment_counts()
-        return {
-            **stamp(known, version),
-            "identities": version.identity_count,
-            "segments": [
-                {"key": key, "name": version.segment_name(key), "count": count}
-                for key, count in sorted(counts.items(), key=lambda item: _natural(item[0]))
-            ],
-            "failed_segments": version.failed_segments,
-        }
+        return answer(
+            known,
+            version,
+            {
+                "identities": version.identity_count,
+                "segments": [
+                    {"key": key, "name": version.segment_name(key), "count": count}
+                    for key, count in sorted(counts.items(), key=lambda item: _natural(item[0]))
+                ],
+                "failed_segments": version.failed_segments,
+            },
+        )
 
     @app.get("/v1/environments/{environment}/segments/{segment}", tags=["membership"])
-    async def count(environment: Env, segment: Segment, who: Authorized) -> dict[str, Any]:
+    async def count(environment: Env, segment: Segment, who: Authorized) -> JSONResponse:
         """A segment's member count."""
         known = environment_for(who, environment)
         version = published(environment)
         members = segment_answer(version, segment, lambda: version.count(segment))
-        return {
-            **stamp(known, version),
-            "segment": segment,
-            "name": version.segment_name(segment),
-            "count": members,
-        }
+        return answer(
+            known,
+            version,
+            {
+                "segment": segment,
+                "name": version.segment_name(segment),
+                "count": members,
+            },
+        )
 
     @app.get("/v1/environments/{environment}/segments/{segment}/members", tags=["membership"])
     def members(
@@ -259,7 +272,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 200,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         search: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """A page of members in id order (ids and identifiers). Pass ``next_cursor`` for the
         next page: every page reads the version of the first. ``search`` keeps identifiers that
         contain it (a page then looks at up to 50,000 members and may hold fewer than
@@ -295,12 +308,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 search,
             )
         next_cursor = None if next_after is None else Cursor(version.version_id, next_after)
-        return {
-            **stamp(known, version),
-            "segment": segment,
-            "members": [{"id": i, "identifier": names.get(i)} for i in ids],
-            "next_cursor": next_cursor.encode() if next_cursor else None,
-        }
+        return answer(
+            known,
+            version,
+            {
+                "segment": segment,
+                "members": [{"id": i, "identifier": names.get(i)} for i in ids],
+                "next_cursor": next_cursor.encode() if next_cursor else None,
+            },
+        )
 
     @app.get("/v1/environments/{environment}/segments/{segment}/sample", tags=["membership"])
     def sample(
@@ -309,17 +325,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         who: Authorized,
         n: Annotated[int, Query(ge=1, le=MAX_SAMPLE)] = 10,
         seed: Annotated[int, Query(ge=0, le=2**31)] = 0,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Up to ``n`` members at random (the same for the same version and seed)."""
         known = environment_for(who, environment)
         version = published(environment)
         ids = segment_answer(version, segment, lambda: version.sample(segment, n, seed))
         names = source.identifiers(known.flagsmith_id, ids)
-        return {
-            **stamp(known, version),
-            "segment": segment,
-            "members": [{"id": i, "identifier": names.get(i)} for i in ids],
-        }
+        return answer(
+            known,
+            version,
+            {
+                "segment": segment,
+                "members": [{"id": i, "identifier": names.get(i)} for i in ids],
+            },
+        )
 
     @app.get("/v1/environments/{environment}/segments/{segment}/is-member", tags=["membership"])
     async def is_member(
@@ -327,25 +346,28 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         segment: Segment,
         who: Authorized,
         identity: Identity,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Whether an identity (by id, or by Flagsmith identifier) is in the segment."""
         known = environment_for(who, environment)
         wanted = await identity_of(known, identity)
         version = published(environment)
         member = segment_answer(version, segment, lambda: version.is_member(segment, wanted))
-        return {
-            **stamp(known, version),
-            "segment": segment,
-            "identity_id": wanted,
-            "member": member,
-        }
+        return answer(
+            known,
+            version,
+            {
+                "segment": segment,
+                "identity_id": wanted,
+                "member": member,
+            },
+        )
 
     @app.get("/v1/environments/{environment}/segments-of", tags=["membership"])
     async def segments_of(
         environment: Env,
         who: Authorized,
         identity: Identity,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """The segments an identity (by id, or by identifier) is in."""
         known = environment_for(who, environment)
         wanted = await identity_of(known, identity)
@@ -356,12 +378,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise ApiError(
                 404, f"identity {wanted} is not in version {version.version_id}"
             ) from None
-        return {
-            **stamp(known, version),
-            "identity_id": wanted,
-            "segments": sorted(found.segments, key=_natural),
-            "unavailable": found.unavailable,
-        }
+        return answer(
+            known,
+            version,
+            {
+                "identity_id": wanted,
+                "segments": sorted(found.segments, key=_natural),
+                "unavailable": found.unavailable,
+            },
+        )
 
     return app
 

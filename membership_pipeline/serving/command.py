@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from membership_pipeline.serving.api_keys import Scope, add_key, load_key_file
 from membership_pipeline.serving.app import ServiceSettings, create_app
 from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
 from membership_pipeline.structured_logging import log_to_stderr
+
+OPTIONS_VARIABLE = "MEMBERSHIP_SERVE_OPTIONS"  # how worker processes get serve's options
 
 
 def add_commands(command: Any) -> None:
@@ -27,6 +33,10 @@ def add_commands(command: Any) -> None:
     serve_parser.add_argument(
         "--stale-after", type=float, default=3600.0,
         help="seconds after which an answer's as_of is reported stale",
+    )  # fmt: skip
+    serve_parser.add_argument(
+        "--workers", type=int, default=1,
+        help="server processes sharing the port (each with its own cache)",
     )  # fmt: skip
     serve_parser.add_argument(
         "--pointer-ttl", type=float, default=1.0,
@@ -49,18 +59,46 @@ def _scope(text: str) -> Scope:
 
 
 def serve(args: argparse.Namespace) -> tuple[Any, str]:
-    settings = ServiceSettings(
-        store_url=args.store_url,
-        source_url=args.source_url or DEMO_SOURCE_URL,
-        keys=load_key_file(args.api_keys),
-        stale_after=timedelta(seconds=args.stale_after),
-        pointer_ttl=args.pointer_ttl,
+    options = {
+        "store_url": args.store_url,
+        "source_url": args.source_url or DEMO_SOURCE_URL,
+        "api_keys": str(args.api_keys),
+        "stale_after": args.stale_after,
+        "pointer_ttl": args.pointer_ttl,
+    }
+    # Built here first even with workers: bad keys or an unreachable database is one line now.
+    app = app_from_options(options)
+    where = f"http://{args.host}:{args.port}"
+    print(
+        f"serving memberships on {where} (OpenAPI: /docs), {args.workers} process(es)", flush=True
     )
-    log_to_stderr()  # the access events and the store's, one JSON object per line
-    app = create_app(settings)
-    print(f"serving memberships on http://{args.host}:{args.port} (OpenAPI: /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    sys.stdout.flush()
+    run = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False}
+    if args.workers == 1:
+        uvicorn.run(app, **run)
+    else:  # each worker process builds its own app (and reader cache) from the same options
+        app.state.close()
+        os.environ[OPTIONS_VARIABLE] = json.dumps(options)
+        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=args.workers, **run)
     return {"stopped": True}, "stopped"
+
+
+def app_from_options(options: dict[str, Any]) -> FastAPI:
+    log_to_stderr()  # the access events and the store's, one JSON object per line
+    return create_app(
+        ServiceSettings(
+            store_url=options["store_url"],
+            source_url=options["source_url"],
+            keys=load_key_file(Path(options["api_keys"])),
+            stale_after=timedelta(seconds=options["stale_after"]),
+            pointer_ttl=options["pointer_ttl"],
+        )
+    )
+
+
+def app_from_environment() -> FastAPI:
+    """A worker process's app (uvicorn imports this by name)."""
+    return app_from_options(json.loads(os.environ[OPTIONS_VARIABLE]))
 
 
 def create_key(args: argparse.Namespace) -> tuple[Any, str]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ class ObserveRequests:
     def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.pid = os.getpid()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -46,4 +48,5 @@ class ObserveRequests:
                 status=status,
                 ms=round(seconds * 1000, 3),
                 key=scope.get("state", {}).get("key_name"),
+                pid=self.pid,  # which worker process (membership serve --workers)
             )

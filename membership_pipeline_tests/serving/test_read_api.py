@@ -3,6 +3,7 @@ stores: every endpoint against the store's own answers, the auth matrix, bad inp
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from membership_pipeline.serving.cursor import Cursor
@@ -225,3 +226,21 @@ def test_health_follows_the_store_and_answers_turn_stale(store, store_url, flags
         with store.database.writer.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE moved_away RENAME TO membership_environment")
         assert service.get("/healthz", key=None).status_code == 200
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_workers_share_the_port_and_answer_alike(store, store_url, flagsmith, tmp_path):
+    from membership_pipeline_tests.serving.conftest import running_service
+
+    env = flagsmith.environments[0]["api_key"]
+    version = store.reader().published(env).version_id
+    with running_service(store_url, flagsmith, tmp_path, "--workers", "2") as service:
+        answers = [service.get(SUMMARY.format(env=env)) for _ in range(20)]
+        assert {a.status_code for a in answers} == {200}
+        assert {a.json()["version"] for a in answers} == {version}
+        workers = {
+            line.split('"pid": ')[1].split(",")[0]
+            for line in service.log.read_text().splitlines()
+            if "segment_membership.serving.request" in line and '"pid": ' in line
+        }
+        assert len(workers) == 2, workers  # both processes answered
