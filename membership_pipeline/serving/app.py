@@ -47,6 +47,7 @@ from membership_pipeline.storage.reader import (
 )
 from membership_pipeline.storage.tables import environment
 
+COLLECTED = "the listing's version has been collected: start again without cursor"
 MAX_LIMIT = 1000
 MAX_SAMPLE = 1000
 SEARCH_SCAN_IDS = 50_000  # ids a searching page looks at before it returns what it found
@@ -203,6 +204,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             ) from None
         except SegmentUnavailable as error:
             raise ApiError(409, f"segment {segment!r} could not be evaluated: {error}") from None
+        except VersionCollected:  # collected between the cursor's check and the chunks' read
+            raise ApiError(410, COLLECTED) from None
 
     async def identity_of(known: KnownEnvironment, ref: IdentityRef) -> int:
         if ref.identity_id is not None:
@@ -287,9 +290,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             except CursorInvalid as error:
                 raise ApiError(400, str(error)) from None
             except VersionCollected:
-                raise ApiError(
-                    410, "the listing's version has been collected: start again without cursor"
-                ) from None
+                raise ApiError(410, COLLECTED) from None
             after = position.after_id
         if search is None:
             page = segment_answer(
