@@ -28,7 +28,7 @@ def add_commands(command: Any) -> None:
     serve_parser.add_argument("--port", type=int, default=8085)
     serve_parser.add_argument(
         "--api-keys", type=Path, default=Path(".membership/api_keys.json"),
-        help="the keys file `membership api-key create` writes (hashes only)",
+        help="the keys file `membership api-key` writes (digests only)",
     )  # fmt: skip
     serve_parser.add_argument(
         "--stale-after", type=float, default=3600.0,
