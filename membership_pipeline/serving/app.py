@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from membership_pipeline.serving.api_keys import ApiKey, KeyRing
 from membership_pipeline.serving.cursor import Cursor, CursorInvalid
+from membership_pipeline.serving.identifier_cache import IdentifierCache
 from membership_pipeline.serving.metrics import ServiceMetrics
 from membership_pipeline.serving.observability import ObserveRequests
 from membership_pipeline.serving.places import EnvironmentPlaces, KnownEnvironment
@@ -127,6 +128,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         store.close()
         raise
     places = EnvironmentPlaces(source.environments)
+    identifiers = IdentifierCache()
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
 
@@ -207,13 +209,24 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         except VersionCollected:  # collected between the cursor's check and the chunks' read
             raise ApiError(410, COLLECTED) from None
 
-    async def identity_of(known: KnownEnvironment, ref: IdentityRef) -> int:
+    async def identity_of(
+        known: KnownEnvironment, ref: IdentityRef, version: PublishedMembership
+    ) -> int:
         if ref.identity_id is not None:
             return ref.identity_id
+        assert ref.identifier is not None
+        remembered = identifiers.remembered(
+            known.flagsmith_id, ref.identifier, version.has_identity
+        )
+        if remembered is not None:
+            metrics.identifier_resolved("remembered")
+            return remembered
+        metrics.identifier_resolved("queried")
         # A query of Flagsmith's database: on a worker thread, the event loop keeps serving.
         found = await run_in_threadpool(source.identity_id, known.flagsmith_id, ref.identifier)
         if found is None:
             raise ApiError(404, "no identity of this environment has that identifier")
+        identifiers.remember(known.flagsmith_id, ref.identifier, found)
         return found
 
     @app.get("/healthz", tags=["operations"])
@@ -350,8 +363,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     ) -> JSONResponse:
         """Whether an identity (by id, or by Flagsmith identifier) is in the segment."""
         known = environment_for(who, environment)
-        wanted = await identity_of(known, identity)
         version = published(environment)
+        wanted = await identity_of(known, identity, version)
         member = segment_answer(version, segment, lambda: version.is_member(segment, wanted))
         return answer(
             known,
@@ -371,8 +384,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     ) -> JSONResponse:
         """The segments an identity (by id, or by identifier) is in."""
         known = environment_for(who, environment)
-        wanted = await identity_of(known, identity)
         version = published(environment)
+        wanted = await identity_of(known, identity, version)
         try:
             found = version.segments_of(wanted)
         except UnknownIdentity:

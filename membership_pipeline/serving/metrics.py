@@ -29,12 +29,21 @@ class ServiceMetrics:
             ["environment"],
             registry=registry,
         )
+        self.identifier_lookups = Counter(
+            "membership_identifier_lookups",
+            "Identifiers resolved to identity ids: remembered, or queried in Flagsmith's database",
+            ["how"],
+            registry=registry,
+        )
         self.answers = Counter(
             "membership_answers",
             "Answers served from a published version, by environment",
             ["environment"],
             registry=registry,
         )
+
+    def identifier_resolved(self, how: str) -> None:
+        self.identifier_lookups.labels(how).inc()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

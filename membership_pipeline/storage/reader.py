@@ -256,9 +256,12 @@ class PublishedMembership:
         loaded = dict(zip(by_chunk, self._load(entry, needed), strict=True))
         return [loaded[p][local] for p, locals_ in by_chunk.items() for local in locals_]
 
+    def has_identity(self, identity_id: int) -> bool:
+        """Whether the identity is one of this version's (its universe holds it)."""
+        return self._contains(self._entries[("universe", UNIVERSE_KEY)], _identity(identity_id))
+
     def segments_of(self, identity_id: int) -> IdentitySegments:
-        universe = self._entries[("universe", UNIVERSE_KEY)]
-        if not self._contains(universe, _identity(identity_id)):
+        if not self.has_identity(identity_id):
             raise UnknownIdentity(self.environment_key, identity_id, self.version_id)
         evaluated = [e for e in self._segments() if e.error_code is None]
         holding = [(e, c) for e in evaluated if (c := e.chunk_holding(identity_id)) is not None]

@@ -186,7 +186,13 @@ def test_serving_benchmark_loads_every_request_kind_without_errors() -> None:
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("request"))
     rows = [line.split() for line in itertools.takewhile(bool, lines[header + 1 :])]
-    kinds = {"is-member by id", "is-member by identifier", "count", "members page of 200"}
+    kinds = {
+        "is-member by id",
+        "is-member by identifier",
+        "is-member by hot identifier",
+        "count",
+        "members page of 200",
+    }
     found = {}
     for row in rows:
         name = next((k for k in kinds if " ".join(row).startswith(k + " ")), None)

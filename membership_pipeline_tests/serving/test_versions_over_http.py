@@ -4,11 +4,18 @@ versions."""
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import threading
 from datetime import timedelta
 
+import pytest
+import sqlalchemy as sa
 from pyroaring import BitMap
 
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline_tests.serving.conftest import running_service
+from membership_pipeline_tests.sharding.conftest import plain_backfill
 from membership_pipeline_tests.storage.conftest import backfill
 
 
@@ -100,3 +107,57 @@ def test_reads_during_50_publishes_never_mix_versions(service, store, flagsmith)
         else:
             assert first is (k > 59)
     assert len(versions_seen) > 5, versions_seen  # the reads did overlap the publishes
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_remembered_identifier_is_used_while_the_version_holds_its_id(
+    store, store_url, flagsmith, tmp_path
+):
+    """Flagsmith deletes an identity and creates it again (a new id, the same identifier): the
+    published version still knows the identifier by the old id; the next version by the new."""
+    copy = tmp_path / "source_copy.sqlite"
+    with (
+        sqlite3.connect(flagsmith.url.removeprefix("sqlite:///")) as original,
+        sqlite3.connect(copy) as copied,
+    ):
+        original.backup(copied)  # (a WAL database is not one file: no plain copy)
+    source = dataclasses.replace(flagsmith, url=f"sqlite:///{copy}")
+    env = flagsmith.environments[0]
+    engine = sa.create_engine(source.url)
+    with engine.connect() as conn:
+        old_id, identifier = conn.execute(
+            sa.text(
+                "SELECT id, identifier FROM environments_identity WHERE environment_id = :e"
+                " ORDER BY id LIMIT 1"
+            ),
+            {"e": env["id"]},
+        ).one()
+    segments_of = f"/v1/environments/{env['api_key']}/segments-of"
+    with running_service(store_url, source, tmp_path) as service:
+        assert service.get(segments_of, identifier=identifier).json()["identity_id"] == old_id
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("DELETE FROM environments_trait WHERE identity_id = :i"), {"i": old_id}
+            )
+            conn.execute(sa.text("DELETE FROM environments_identity WHERE id = :i"), {"i": old_id})
+            new_id = conn.execute(sa.text("SELECT max(id) + 1 FROM environments_identity")).scalar()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO environments_identity (id, identifier, environment_id)"
+                    " VALUES (:i, :identifier, :e)"
+                ),
+                {"i": new_id, "identifier": identifier, "e": env["id"]},
+            )
+        again = service.get(segments_of, identifier=identifier).json()
+        assert (again["identity_id"], again["version"]) == (
+            old_id,
+            store.metadata(env["api_key"]).published_version_id,
+        )
+
+        plain_backfill(FlagsmithSource(source.url), store, env["api_key"])
+        after = service.get(segments_of, identifier=identifier).json()
+        assert after["identity_id"] == new_id  # the new version does not hold the old id
+        metrics = service.get("/metrics", key=None).text
+        assert 'membership_identifier_lookups_total{how="remembered"} 1.0' in metrics
+        assert 'membership_identifier_lookups_total{how="queried"} 2.0' in metrics
+    engine.dispose()
