@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -73,23 +73,33 @@ class ServiceSettings:
     pointer_ttl: float = 1.0  # a new publication is served at most this late
 
 
-@dataclass(frozen=True)
-class Caller:
-    key: ApiKey
+class Authenticate:
+    """Every ``/v1/`` request needs a known API key (``Authorization: Bearer``); the key's entry
+    goes to ``request.state.api_key``. A plain ASGI middleware: no per-request dependency to
+    solve for what every answer needs."""
+
+    def __init__(self, app: Any, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, presented = header.partition(" ")
+            key = self.keys.authenticate(presented.strip() if scheme.lower() == "bearer" else "")
+            if key is None:
+                refused = JSONResponse(
+                    {"error": "missing or unknown API key: send Authorization: Bearer <key>"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await refused(scope, receive, send)
+                return
+            state = scope.setdefault("state", {})
+            state["api_key"], state["key_name"] = key, key.name
+        await self.app(scope, receive, send)
 
 
-async def _caller(request: Request) -> Caller:  # async: no thread hop for a hash
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    keys: KeyRing = request.app.state.keys
-    key = keys.authenticate(presented.strip() if scheme.lower() == "bearer" else "")
-    if key is None:
-        raise ApiError(401, "missing or unknown API key: send Authorization: Bearer <key>")
-    request.state.key_name = key.name
-    return Caller(key)
-
-
-Authorized = Annotated[Caller, Depends(_caller)]
 Env = Annotated[str, Path(max_length=255, description="the environment's api key")]
 Segment = Annotated[str, Path(max_length=255, description="the segment's key (its id)")]
 Identifier = Annotated[
@@ -100,23 +110,10 @@ IdentityId = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class IdentityRef:
-    """An identity as the caller named it: by id or by identifier (exactly one)."""
-
-    identity_id: int | None
-    identifier: str | None
-
-
-async def _identity_ref(
-    identity_id: IdentityId = None, identifier: Identifier = None
-) -> IdentityRef:
+def _identity_ref(identity_id: int | None, identifier: str | None) -> tuple[int | None, str]:
     if (identity_id is None) == (identifier is None):
         raise ApiError(400, "give exactly one of identity_id and identifier")
-    return IdentityRef(identity_id, identifier)
-
-
-Identity = Annotated[IdentityRef, Depends(_identity_ref)]
+    return identity_id, identifier or ""
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -148,10 +145,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         summary="Exact, versioned segment membership of Flagsmith environments.",
     )
 
-    app.state.keys = settings.keys
     app.state.close = close
 
-    app.add_middleware(ObserveRequests, metrics=metrics)
+    app.add_middleware(Authenticate, keys=settings.keys)
+    app.add_middleware(ObserveRequests, metrics=metrics)  # outermost: sees the 401s too
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -166,9 +163,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         shown = "" if given is None or isinstance(given, dict) else f" (got {str(given)[:40]!r})"
         return JSONResponse({"error": f"{name}: {first['msg']}{shown}"}, status_code=400)
 
-    def environment_for(caller: Caller, environment_key: str) -> KnownEnvironment:
+    def environment_for(key: ApiKey, environment_key: str) -> KnownEnvironment:
         known = places.get(environment_key)
-        if not caller.key.allows(known.place if known else None):
+        if not key.allows(known.place if known else None):
             # The same answer whether or not the environment exists.
             raise ApiError(403, f"this API key may not read environment {environment_key!r}")
         assert known is not None
@@ -210,23 +207,24 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise ApiError(410, COLLECTED) from None
 
     async def identity_of(
-        known: KnownEnvironment, ref: IdentityRef, version: PublishedMembership
+        known: KnownEnvironment,
+        version: PublishedMembership,
+        identity_id: int | None,
+        identifier: str | None,
     ) -> int:
-        if ref.identity_id is not None:
-            return ref.identity_id
-        assert ref.identifier is not None
-        remembered = identifiers.remembered(
-            known.flagsmith_id, ref.identifier, version.has_identity
-        )
+        identity_id, identifier = _identity_ref(identity_id, identifier)
+        if identity_id is not None:
+            return identity_id
+        remembered = identifiers.remembered(known.flagsmith_id, identifier, version.has_identity)
         if remembered is not None:
             metrics.identifier_resolved("remembered")
             return remembered
         metrics.identifier_resolved("queried")
         # A query of Flagsmith's database: on a worker thread, the event loop keeps serving.
-        found = await run_in_threadpool(source.identity_id, known.flagsmith_id, ref.identifier)
+        found = await run_in_threadpool(source.identity_id, known.flagsmith_id, identifier)
         if found is None:
             raise ApiError(404, "no identity of this environment has that identifier")
-        identifiers.remember(known.flagsmith_id, ref.identifier, found)
+        identifiers.remember(known.flagsmith_id, identifier, found)
         return found
 
     @app.get("/healthz", tags=["operations"])
@@ -246,9 +244,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/environments/{environment}", tags=["membership"])
-    async def summary(environment: Env, who: Authorized) -> JSONResponse:
+    async def summary(environment: Env, request: Request) -> JSONResponse:
         """The published version: identities, segments with counts, failed segments."""
-        known = environment_for(who, environment)
+        known = environment_for(request.state.api_key, environment)
         version = published(environment)
         counts = version.segment_counts()
         return answer(
@@ -265,9 +263,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
 
     @app.get("/v1/environments/{environment}/segments/{segment}", tags=["membership"])
-    async def count(environment: Env, segment: Segment, who: Authorized) -> JSONResponse:
+    async def count(environment: Env, segment: Segment, request: Request) -> JSONResponse:
         """A segment's member count."""
-        known = environment_for(who, environment)
+        known = environment_for(request.state.api_key, environment)
         version = published(environment)
         members = segment_answer(version, segment, lambda: version.count(segment))
         return answer(
@@ -284,7 +282,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def members(
         environment: Env,
         segment: Segment,
-        who: Authorized,
+        request: Request,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 200,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         search: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
@@ -293,7 +291,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         next page: every page reads the version of the first. ``search`` keeps identifiers that
         contain it (a page then looks at up to 50,000 members and may hold fewer than
         ``limit``: follow ``next_cursor`` until it is null)."""
-        known = environment_for(who, environment)
+        known = environment_for(request.state.api_key, environment)
         if cursor is None:
             version, after = published(environment), 0
         else:
@@ -336,12 +334,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def sample(
         environment: Env,
         segment: Segment,
-        who: Authorized,
+        request: Request,
         n: Annotated[int, Query(ge=1, le=MAX_SAMPLE)] = 10,
         seed: Annotated[int, Query(ge=0, le=2**31)] = 0,
     ) -> JSONResponse:
         """Up to ``n`` members at random (the same for the same version and seed)."""
-        known = environment_for(who, environment)
+        known = environment_for(request.state.api_key, environment)
         version = published(environment)
         ids = segment_answer(version, segment, lambda: version.sample(segment, n, seed))
         names = source.identifiers(known.flagsmith_id, ids)
@@ -358,13 +356,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def is_member(
         environment: Env,
         segment: Segment,
-        who: Authorized,
-        identity: Identity,
+        request: Request,
+        identity_id: IdentityId = None,
+        identifier: Identifier = None,
     ) -> JSONResponse:
         """Whether an identity (by id, or by Flagsmith identifier) is in the segment."""
-        known = environment_for(who, environment)
+        known = environment_for(request.state.api_key, environment)
         version = published(environment)
-        wanted = await identity_of(known, identity, version)
+        wanted = await identity_of(known, version, identity_id, identifier)
         member = segment_answer(version, segment, lambda: version.is_member(segment, wanted))
         return answer(
             known,
@@ -379,13 +378,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/v1/environments/{environment}/segments-of", tags=["membership"])
     async def segments_of(
         environment: Env,
-        who: Authorized,
-        identity: Identity,
+        request: Request,
+        identity_id: IdentityId = None,
+        identifier: Identifier = None,
     ) -> JSONResponse:
         """The segments an identity (by id, or by identifier) is in."""
-        known = environment_for(who, environment)
+        known = environment_for(request.state.api_key, environment)
         version = published(environment)
-        wanted = await identity_of(known, identity, version)
+        wanted = await identity_of(known, version, identity_id, identifier)
         try:
             found = version.segments_of(wanted)
         except UnknownIdentity:
