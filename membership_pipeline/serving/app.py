@@ -45,6 +45,7 @@ from membership_pipeline.storage.reader import (
     MAX_IDENTITY_ID,
     MembersPage,
     PublishedMembership,
+    segment_order,
 )
 from membership_pipeline.storage.tables import environment
 
@@ -256,7 +257,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "identities": version.identity_count,
                 "segments": [
                     {"key": key, "name": version.segment_name(key), "count": count}
-                    for key, count in sorted(counts.items(), key=lambda item: _natural(item[0]))
+                    for key, count in sorted(
+                        counts.items(), key=lambda item: segment_order(item[0])
+                    )
                 ],
                 "failed_segments": version.failed_segments,
             },
@@ -397,7 +400,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             version,
             {
                 "identity_id": wanted,
-                "segments": sorted(found.segments, key=_natural),
+                "segments": sorted(found.segments, key=segment_order),
                 "unavailable": found.unavailable,
             },
         )
@@ -431,7 +434,3 @@ def _search(
         if page.next_after is None:
             return matched, names, None
     return matched, names, position
-
-
-def _natural(key: str) -> tuple[int, str]:
-    return (len(key), key) if key.isdigit() else (1 << 30, key)

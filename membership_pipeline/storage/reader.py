@@ -419,6 +419,11 @@ class MembershipReader:
             return query(self.published(environment_key))
 
 
+def segment_order(segment_key: str) -> tuple[int, str]:
+    """Sort key for segment keys, which are Flagsmith's integer ids: "9" before "10"."""
+    return (len(segment_key), segment_key) if segment_key.isdigit() else (1 << 30, segment_key)
+
+
 def _pointer(environment_key: str) -> sa.Select:
     return sa.select(
         environment.c.last_backfill_status,

@@ -17,6 +17,7 @@ from membership_pipeline.storage import (
     ShardReport,
     StagedPlan,
 )
+from membership_pipeline.storage.reader import segment_order
 
 MAX_TABLE_ROWS = 500
 PHASES = ("read", "evaluate", "audit", "write")
@@ -146,7 +147,7 @@ def _metadata(
         "mode": plan.mode,
         "mode_reason": plan.mode_reason,
         "base_version": plan.base_version_id,
-        "segments_reevaluated": dg.MetadataValue.json(sorted(evaluated, key=_natural)),
+        "segments_reevaluated": dg.MetadataValue.json(sorted(evaluated, key=segment_order)),
         "segments_reused": totals.reused_segments,
         "segments_dropped": dg.MetadataValue.json(list(plan.dropped_segments)),
         "oldest_evaluated_as_of": dg.MetadataValue.timestamp(
@@ -166,8 +167,3 @@ def _metadata(
         "shard_table": shard_table,
         **{f"seconds_{step}": round(value, 3) for step, value in (summed | obj.seconds).items()},
     }
-
-
-def _natural(key: str) -> tuple[int, str]:
-    """Segment keys are Flagsmith's integer ids: "9" before "10"."""
-    return (len(key), key) if key.isdigit() else (1 << 30, key)

@@ -1,10 +1,10 @@
 """Ends the Dagster runs of backfills whose process is gone, with the store's verdict.
 
-A run's guard tag (``membership/guard: claiming`` or ``claimed``) marks it as one that (tried
-to) claim its environment;
-``dispatch.orphaned_runs`` decides from the store whether such a run, still "started" in Dagster,
-can only be a dead one. Ending it is Dagster's own ``report_run_failed`` (the run failure sensor
-then retries a dispatched backfill that did not publish), with ``membership/store_verdict``.
+A run's guard tag (``membership/guard``: ``claiming``, then ``claimed``) marks a run that tried
+to claim its environment; ``dispatch.orphaned_runs`` decides from the store whether such a run,
+still "started" in Dagster, can only be a dead one. Ending it is Dagster's own
+``report_run_failed`` (the run failure sensor then retries a dispatched backfill that did not
+publish), with ``membership/store_verdict``.
 """
 
 from __future__ import annotations
