@@ -172,6 +172,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         assert known is not None
         return known
 
+    def reading(
+        request: Request, environment_key: str
+    ) -> tuple[KnownEnvironment, PublishedMembership]:
+        """The environment, if the request's key may read it, and its published version."""
+        return environment_for(request.state.api_key, environment_key), published(environment_key)
+
     def published(environment_key: str) -> PublishedMembership:
         try:
             return reader.published(environment_key)
@@ -247,8 +253,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/v1/environments/{environment}", tags=["membership"])
     async def summary(environment: Env, request: Request) -> JSONResponse:
         """The published version: identities, segments with counts, failed segments."""
-        known = environment_for(request.state.api_key, environment)
-        version = published(environment)
+        known, version = reading(request, environment)
         counts = version.segment_counts()
         return answer(
             known,
@@ -268,8 +273,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/v1/environments/{environment}/segments/{segment}", tags=["membership"])
     async def count(environment: Env, segment: Segment, request: Request) -> JSONResponse:
         """A segment's member count."""
-        known = environment_for(request.state.api_key, environment)
-        version = published(environment)
+        known, version = reading(request, environment)
         members = segment_answer(version, segment, lambda: version.count(segment))
         return answer(
             known,
@@ -342,8 +346,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         seed: Annotated[int, Query(ge=0, le=2**31)] = 0,
     ) -> JSONResponse:
         """Up to ``n`` members at random (the same for the same version and seed)."""
-        known = environment_for(request.state.api_key, environment)
-        version = published(environment)
+        known, version = reading(request, environment)
         ids = segment_answer(version, segment, lambda: version.sample(segment, n, seed))
         names = source.identifiers(known.flagsmith_id, ids)
         return answer(
@@ -364,8 +367,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         identifier: Identifier = None,
     ) -> JSONResponse:
         """Whether an identity (by id, or by Flagsmith identifier) is in the segment."""
-        known = environment_for(request.state.api_key, environment)
-        version = published(environment)
+        known, version = reading(request, environment)
         wanted = await identity_of(known, version, identity_id, identifier)
         member = segment_answer(version, segment, lambda: version.is_member(segment, wanted))
         return answer(
@@ -386,8 +388,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         identifier: Identifier = None,
     ) -> JSONResponse:
         """The segments an identity (by id, or by identifier) is in."""
-        known = environment_for(request.state.api_key, environment)
-        version = published(environment)
+        known, version = reading(request, environment)
         wanted = await identity_of(known, version, identity_id, identifier)
         try:
             found = version.segments_of(wanted)
