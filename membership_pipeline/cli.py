@@ -35,21 +35,19 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
+from membership_pipeline.database.schema import migrate
 from membership_pipeline.dispatch.dispatcher import preview_tick
-from membership_pipeline.dispatch.environment_settings import policy_settings_from_environment
-from membership_pipeline.dispatch.policy import Outcome, policy_settings
+from membership_pipeline.dispatch.intake import RequestIntake
+from membership_pipeline.dispatch.policy import Outcome
 from membership_pipeline.dispatch.queue import DatabaseQueue
-from membership_pipeline.dispatch.requests import BackfillRequest, Reason
+from membership_pipeline.dispatch.requests import Reason
+from membership_pipeline.dispatch.settings import policy_settings, policy_values_from_environment
+from membership_pipeline.model.errors import StoreError
 from membership_pipeline.serving.command import add_commands as add_serving_commands
 from membership_pipeline.storage import (
     DEFAULT_STORE_URL,
-    DatabaseUnreachable,
     EnvironmentMembershipMetadata,
     MembershipStore,
-    StoreError,
-    migrate,
 )
 
 Command = Callable[[argparse.Namespace], tuple[Any, str]]  # (JSON document, text)
@@ -302,23 +300,21 @@ def _reconcile(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _enqueue(args: argparse.Namespace) -> tuple[Any, str]:
     organisation = args.organisation or _organisation_of(args.source_url, args.environment)
+    settings = policy_values_from_environment(os.environ)
     with _store(args) as store:
         now = store.clock()
-        request = BackfillRequest.new(
-            organisation=organisation,
-            environment=args.environment,
-            window_start=now,
-            window_end=now,
+        request = RequestIntake(int(settings["max_attempts"])).manual(
+            organisation,
+            args.environment,
+            now,
             reason=Reason(args.reason),
-            created_at=now,
             force=args.force,
             segments=_segment_keys(args.segments),
             segment_total=_published_segments(store, args.environment),
         )
         queue = DatabaseQueue(store.database)
         queue.enqueue([request])
-        settings = policy_settings(policy_settings_from_environment())
-        decisions = preview_tick(queue, store, settings, now)[1].decisions
+        decisions = preview_tick(queue, store, policy_settings(settings), now)[1].decisions
     by_job = {d.job_id: d for d in decisions}
     decision = by_job[request.job_id]
     if decision.outcome is Outcome.COALESCED:  # what happens to it is its keeper's decision
@@ -361,17 +357,12 @@ def _published_segments(store: MembershipStore, environment_key: str) -> int | N
 
 
 def _organisation_of(source_url: str | None, environment_key: str) -> str:
-    from membership_pipeline.sources.demo_dataset import DEFAULT_URL  # pandas: only when needed
-    from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+    # pandas and pyarrow load with the source: only when needed.
+    from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL, FlagsmithSource
 
-    source_url = source_url or DEFAULT_URL
-    source = FlagsmithSource(source_url)
-    try:
+    source_url = source_url or EMBEDDED_SOURCE_URL
+    with FlagsmithSource(source_url).require_reachable() as source:
         found = {i.api_key: i.organisation_id for i in source.environments()}
-    except sa.exc.OperationalError as error:
-        raise DatabaseUnreachable("the Flagsmith database", source_url, error) from None
-    finally:
-        source.close()
     if environment_key not in found:
         raise StoreError(
             f"environment {environment_key!r} is not a live environment in {source_url}"

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from pyroaring import BitMap
 
-from membership_pipeline.storage import MembershipStore, migrate
-from membership_pipeline.storage.schema import head_revision
+from membership_pipeline.database.schema import head_revision, migrate
+from membership_pipeline.storage import MembershipStore
 from membership_pipeline_tests.storage.conftest import backfill
 
 
@@ -88,7 +88,7 @@ def test_an_unmigrated_store_says_what_to_run(database_url):
 
 
 def test_enqueue_prints_the_next_decision_and_queue_lists_requests(database_url, tmp_path):
-    from membership_pipeline.sources.demo_dataset import write_demo_dataset
+    from membership_pipeline.demo.dataset import write_demo_dataset
 
     source = f"sqlite:///{tmp_path / 'flagsmith.sqlite'}"
     env_key = write_demo_dataset(source, identities=300, segments_per_project=5).environments[0][

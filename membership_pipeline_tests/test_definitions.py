@@ -1,4 +1,5 @@
-"""The Dagster entry point loads, in-process and through the CLI with the project's workspace."""
+"""The Dagster entry point loads, in-process and through the CLI with the project's workspace;
+importing it builds, reads and starts nothing; a deployment's variables shape what it builds."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from pathlib import Path
 
 import dagster as dg
 
-from membership_pipeline.definitions import build_resources, defs
-from membership_pipeline.defs.membership.shadow_io_manager import shadow_staging_io_manager
+from membership_pipeline.definitions import defs
+from membership_pipeline.defs.membership.definitions import build_resources
+from membership_pipeline.defs.membership.staging_io_manager import (
+    STAGING_IO_MANAGER,
+    staging_io_manager,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_definitions_object_loads() -> None:
-    assert isinstance(defs, dg.Definitions)
-    repository = defs.get_repository_def()
+    loaded = defs()  # what Dagster does when it loads the code location
+    assert isinstance(loaded, dg.Definitions)
+    repository = loaded.get_repository_def()
     assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == {
         "segment_membership_bitmaps",
         "segment_membership_counts",
@@ -36,10 +42,10 @@ def test_definitions_object_loads() -> None:
         "flagsmith",
         "membership_store",
         "membership_io_manager",
-        "io_manager",  # the store-backed staging IO manager of the backfill's inner steps
+        STAGING_IO_MANAGER,  # the store-backed IO manager of the backfill's inner steps
         "dispatch_policy",
     }
-    assert build_resources()["io_manager"] is shadow_staging_io_manager
+    assert build_resources()[STAGING_IO_MANAGER] is staging_io_manager
     groups = {
         key.to_user_string(): assets.group_names_by_key[key]
         for key, assets in repository.assets_defs_by_key.items()
@@ -48,7 +54,7 @@ def test_definitions_object_loads() -> None:
         "segment_membership_bitmaps": "membership",
         "segment_membership_counts": "membership",
     }
-    job = defs.resolve_implicit_global_asset_job_def()
+    job = loaded.resolve_implicit_global_asset_job_def()
     assert job.executor_def.name == "multiprocess"  # shards run in parallel by default
     assert set(job.graph.node_dict["segment_membership_bitmaps"].definition.node_dict) == {
         "plan_shards",

@@ -32,15 +32,16 @@ from membership_pipeline.benchmarks.scratch_database import (
     progress,
     seed_one_environment,
 )
-from membership_pipeline.defs.membership.dispatch import DispatchPolicyResource
+from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.resources import (
+    DispatchPolicyResource,
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
 from membership_pipeline.defs.membership.sensors import backfill_dispatch_sensor
 from membership_pipeline.sources import flagsmith_tables as tables
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import Claim, MembershipStore, migrate
+from membership_pipeline.storage import Claim, MembershipStore
 
 TARGET_QUIET_MS = 100
 TARGET_CHANGED_MS = 200

@@ -1,5 +1,7 @@
 """Running ``dagster asset materialize`` of one environment in a fresh process, for the
-benchmarks: wall time, time to the flip, and the peak RSS of every process of the run."""
+benchmarks: wall time, time to the flip, and the peak RSS of every process of the run. Every
+command goes through ``membership-run`` (the step server, or the steps' imports, start with the
+command: see ``defs/membership/step_server.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ from pathlib import Path
 from membership_pipeline.benchmarks.scratch_database import progress
 from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.storage import MembershipStore
+
+
+def dagster_command(*args: str, in_process: bool = False) -> list[str]:
+    """``dagster ARGS`` through ``membership-run``, from this environment's scripts."""
+    membership_run = str(Path(sys.executable).with_name("membership-run"))
+    return [membership_run, *(["--in-process"] if in_process else []), "dagster", *args]
 
 
 def materialize(
@@ -47,9 +55,11 @@ def materialize(
     )
     started = time.time()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "asset", "materialize",
-         "-m", "membership_pipeline.definitions", "--select", "segment_membership_bitmaps",
-         "--partition", env_key, "--config-json", config],
+        dagster_command(
+            "asset", "materialize", "-m", "membership_pipeline.definitions",
+            "--select", "segment_membership_bitmaps", "--partition", env_key,
+            "--config-json", config, in_process=executor == "in_process",
+        ),
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     peaks: dict[int, float] = {}

@@ -22,12 +22,14 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from membership_pipeline.benchmarks.scratch_database import ScratchDatabase, progress
+from membership_pipeline.database.schema import migrate
 from membership_pipeline.dispatch.dispatcher import dispatch_tick
 from membership_pipeline.dispatch.policy import PolicySettings
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
-from membership_pipeline.storage import MembershipStore, migrate
-from membership_pipeline.storage.tables import backfill_request, dedup_lock, environment, launch
+from membership_pipeline.dispatch.tables import backfill_request, dedup_lock, launch
+from membership_pipeline.storage import MembershipStore
+from membership_pipeline.storage.tables import environment
 
 TARGET_SECONDS = 2.0
 

@@ -24,9 +24,9 @@ from typing import Any
 import psutil
 from pyroaring import BitMap
 
+from membership_pipeline.demo.synthetic import SyntheticEnvironment, synthetic_environment
 from membership_pipeline.evaluation.reference_audit import audit_against_flag_engine
 from membership_pipeline.process_memory import peak_rss_mb, reset_peak_rss
-from membership_pipeline.sources.synthetic import SyntheticEnvironment, synthetic_environment
 
 TARGET_SECONDS = 2.5
 TARGET_PEAK_RSS_MB = 1024

@@ -36,15 +36,17 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
+from membership_pipeline.benchmarks.dagster_runs import dagster_command
 from membership_pipeline.benchmarks.scratch_database import (
     ScratchDatabase,
     analyze,
     progress,
     seed_one_environment,
 )
+from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.jobs import EDIT_JOB
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import MembershipStore, migrate
+from membership_pipeline.storage import MembershipStore
 from membership_pipeline.storage.tables import bitmap, version
 
 TARGET_SECONDS = 2.0
@@ -143,9 +145,10 @@ class Launcher:
             command = ["job", "execute", "-j", job, "--config", str(config_file),
                        "--tags", json.dumps({"dagster/partition": self.env_key})]  # fmt: skip
         started = time.time()
+        in_process = job == EDIT_JOB or self.environment["MEMBERSHIP_EXECUTOR"] == "in_process"
         done = subprocess.run(
-            [sys.executable, "-m", "dagster", *command[:2], "-m",
-             "membership_pipeline.definitions", *command[2:]],
+            dagster_command(*command[:2], "-m", "membership_pipeline.definitions", *command[2:],
+                            in_process=in_process),
             env=self.environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         if done.returncode != 0:

@@ -29,9 +29,9 @@ from membership_pipeline.benchmarks.scratch_database import (
     progress,
     seed_one_environment,
 )
-from membership_pipeline.sharding.shard_plan import DEFAULT_SHARD_IDENTITIES
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.model.shard_plan import DEFAULT_SHARD_IDENTITIES
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import migrate
 
 TARGET_SECONDS = 10.0
 TARGET_PEAK_RSS_MB = 1024

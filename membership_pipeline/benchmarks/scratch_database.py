@@ -11,7 +11,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
+from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
 
 POSTGRES_URL = os.environ.get(
     "MEMBERSHIP_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"

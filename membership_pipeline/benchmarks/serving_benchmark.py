@@ -44,10 +44,11 @@ from membership_pipeline.benchmarks.scratch_database import (
     progress,
     seed_one_environment,
 )
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.model.errors import NotYetPublished, UnknownEnvironment
 from membership_pipeline.serving.api_keys import Scope, add_key
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import MembershipStore, NotYetPublished, migrate
-from membership_pipeline.storage.errors import UnknownEnvironment
+from membership_pipeline.storage import MembershipStore
 
 KINDS = {
     "by-id": "is-member by id",
@@ -185,7 +186,7 @@ def run(
 def backfill(source_url: str, store_url: str, env: str) -> None:
     import dagster as dg
 
-    from membership_pipeline.definitions import materialize_environment
+    from membership_pipeline.defs.membership.materialize import materialize_environment
 
     with dg.DagsterInstance.ephemeral() as instance:
         result = materialize_environment(instance, env, source_url=source_url, store_url=store_url)

@@ -34,7 +34,7 @@ from membership_pipeline.benchmarks.scratch_database import (
     seed_one_environment,
 )
 from membership_pipeline.benchmarks.scratch_database import analyze as _analyze
-from membership_pipeline.storage import migrate
+from membership_pipeline.database.schema import migrate
 
 TARGET_RATIO = 0.6
 TARGET_STEP_RSS_MB = 1536

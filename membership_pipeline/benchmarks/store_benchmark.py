@@ -26,21 +26,17 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from membership_pipeline.backfill.staging import stage_membership_result
 from membership_pipeline.benchmarks.scratch_database import (
     ScratchDatabase,
     progress,
     seed_one_environment,
 )
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.demo.synthetic import synthetic_environment
 from membership_pipeline.evaluation import MembershipResult, evaluate_environment
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.sources.synthetic import synthetic_environment
-from membership_pipeline.storage import (
-    Claim,
-    MembershipReader,
-    MembershipStore,
-    migrate,
-    stage_membership_result,
-)
+from membership_pipeline.storage import Claim, MembershipReader, MembershipStore
 
 FLIP_RATIO_TARGET = 1.5
 WARM_P99_TARGET_MS = 2.0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from itertools import groupby
-from typing import Any, Literal
+from typing import Literal
 
 from membership_pipeline.dispatch.requests import BackfillRequest
 
@@ -74,18 +74,6 @@ class PolicySettings:
 
     def cap(self, organisation: str) -> int:
         return self.organisation_caps.get(organisation, self.launches_per_organisation_per_minute)
-
-
-def policy_settings(values: Mapping[str, Any]) -> PolicySettings:
-    """From the flat, seconds-based form of the resource and the environment variables."""
-    return PolicySettings(
-        coalesce_window=timedelta(seconds=values["coalesce_seconds"]),
-        dedup_ttl=timedelta(seconds=values["dedup_ttl_seconds"]),
-        launches_per_organisation_per_minute=values["launches_per_organisation_per_minute"],
-        organisation_caps=dict(values["organisation_caps"]),
-        max_age=timedelta(seconds=values["max_request_age_seconds"]),
-        incremental_max_share=values.get("incremental_max_share", 0.5),
-    )
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.dispatch.policy import RATE_WINDOW, TickResult
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
-from membership_pipeline.storage.database import StoreDatabase
-from membership_pipeline.storage.tables import backfill_request, dedup_lock, launch
+from membership_pipeline.dispatch.tables import backfill_request, dedup_lock, launch
 
 LAUNCH_LOG_KEPT = timedelta(hours=1)
 

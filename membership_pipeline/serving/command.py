@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from membership_pipeline.serving.api_keys import Scope, add_key, load_key_file
 from membership_pipeline.serving.app import ServiceSettings, create_app
-from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
+from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL
 from membership_pipeline.structured_logging import log_to_stderr
 
 OPTIONS_VARIABLE = "MEMBERSHIP_SERVE_OPTIONS"  # how worker processes get serve's options
@@ -61,7 +61,7 @@ def _scope(text: str) -> Scope:
 def serve(args: argparse.Namespace) -> tuple[Any, str]:
     options = {
         "store_url": args.store_url,
-        "source_url": args.source_url or DEMO_SOURCE_URL,
+        "source_url": args.source_url or EMBEDDED_SOURCE_URL,
         "api_keys": str(args.api_keys),
         "stale_after": args.stale_after,
         "pointer_ttl": args.pointer_ttl,

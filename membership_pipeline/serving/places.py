@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from membership_pipeline.model.environment import EnvironmentInfo
 from membership_pipeline.serving.api_keys import EnvironmentPlace
-from membership_pipeline.sources.flagsmith_source import EnvironmentInfo
 
 
 @dataclass(frozen=True)

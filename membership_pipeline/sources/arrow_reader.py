@@ -1,4 +1,4 @@
-"""PostgreSQL identities and traits as Arrow columns, through ADBC.
+"""The PostgreSQL range reader: identities and traits as Arrow columns, through ADBC.
 
 ADBC's PostgreSQL driver runs a query as ``COPY (...) TO STDOUT (FORMAT binary)`` and decodes the
 stream into Arrow arrays in C: no Python object per row or per value (pandas ``read_sql`` made
@@ -22,32 +22,22 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
-
-IdRange = tuple[int, int] | None
+from membership_pipeline.sources.range_readers import (
+    TRAIT_SCHEMA,
+    IdRange,
+    RangeQuery,
+    RawRange,
+    identity_schema,
+    known_identities,
+)
 
 # The identity / trait hash join of a large environment fits in memory instead of spilling.
 _WORK_MEM = "256MB"
-
-_IDENTITY_FIELDS = [("id", pa.int64()), ("identifier", pa.string())]
-_SYSTEM_TRAITS_FIELD = ("system_traits", pa.string())  # JSON text; a column not every schema has
-
-
-def identity_schema(system_traits: bool) -> pa.Schema:
-    return pa.schema([*_IDENTITY_FIELDS, *([_SYSTEM_TRAITS_FIELD] if system_traits else [])])
-
-
-TRAIT_SCHEMA = pa.schema(
-    [
-        ("identity_id", pa.int64()),
-        # Few distinct keys: dictionary-encoded (one key per query needs no string per row).
-        ("trait_key", pa.dictionary(pa.int32(), pa.string())),
-        ("value_type", pa.dictionary(pa.int32(), pa.string())),
-        ("string_value", pa.string()),
-        ("integer_value", pa.int64()),
-        ("float_value", pa.float64()),
-        ("boolean_value", pa.bool_()),
-    ]
-)
+# An id span smaller than this is read on one connection.
+_MIN_IDS_PER_READ = 100_000
+# An environment whose id span holds at most this many identities per own identity reads its
+# traits without a join: a few foreign rows cost the server less than the join.
+OWN_SPAN_SHARE = 1.25
 
 
 def libpq_uri(url: str) -> str:
@@ -205,6 +195,74 @@ class ArrowSnapshotReader:
                 cursor.close()
 
 
+class ArrowRangeReader:
+    """The environment's id span (within the query's range) split into ``parallel_reads`` spans,
+    each read on its own connection in the caller's exported snapshot."""
+
+    path = "adbc"
+
+    def __init__(self, url: str, own_span_share: float = OWN_SPAN_SHARE) -> None:
+        self.snapshot_reader = ArrowSnapshotReader(url)
+        self.own_span_share = own_span_share
+
+    def read(self, conn: sa.Connection, query: RangeQuery) -> RawRange:
+        snapshot_id = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+        known = query.known_ids
+        ranges, own_span = self._ranges(
+            conn, query, span=None if known is None else _span_of(known)
+        )
+        identities, traits, checksum = self.snapshot_reader.read_parts(
+            snapshot_id,
+            query.info.id,
+            ranges,
+            query.system_traits,
+            query.trait_keys,
+            join=not own_span,
+            identifiers=query.identifiers,
+            known_ids=known,
+            checksum_range=query.id_range,
+        )
+        return RawRange(identities, traits, checksum)
+
+    def _ranges(
+        self,
+        conn: sa.Connection,
+        query: RangeQuery,
+        span: tuple[int | None, int | None, int] | None = None,
+    ) -> tuple[list[tuple[int, int]], bool]:
+        """The environment's id span (within the query's range) split into ``parallel_reads``
+        equal spans (ids of one environment are spread about evenly; one span when small), and
+        whether the span is (almost) the environment's own: then its traits are read without
+        a join (see ``ArrowSnapshotReader.read_parts``). ``span``: its (min, max, count) when
+        known."""
+        id_range = query.id_range
+        if span is None:
+            span = conn.execute(
+                sa.text(
+                    "SELECT min(id), max(id), count(*) FROM environments_identity "
+                    f"WHERE environment_id = :environment_id{_between('id', id_range)}"
+                ),
+                {"environment_id": query.info.id},
+            ).one()
+        low, high, count = span
+        if low is None:
+            return [id_range or (0, 0)], False
+        ranges = split_id_span(int(low), int(high), query.parallel_reads, _MIN_IDS_PER_READ)
+        if high - low + 1 <= self.own_span_share * count:  # ids are unique: dense enough
+            return ranges, True
+        in_span = conn.execute(
+            sa.text("SELECT count(*) FROM environments_identity WHERE id BETWEEN :low AND :high"),
+            {"low": low, "high": high},
+        ).scalar_one()
+        return ranges, in_span <= self.own_span_share * count
+
+
+def _span_of(ids: np.ndarray) -> tuple[int | None, int | None, int]:
+    if not len(ids):
+        return None, None, 0
+    return int(ids[0]), int(ids[-1]), len(ids)
+
+
 class SnapshotReads:
     def __init__(self, cursor: Any) -> None:  # an ADBC DB-API cursor
         self.cursor = cursor
@@ -330,26 +388,6 @@ def _typed_traits(compact: pa.Table) -> pa.Table:
         text = value if typed == rows else pc.if_else(of_type, value, pa.scalar(None, pa.string()))
         columns[column] = text if wanted == pa.string() else pc.cast(text, wanted)
     return pa.table(columns).cast(TRAIT_SCHEMA)
-
-
-def known_identities(ids: np.ndarray, system_traits: pa.Table | None) -> pa.Table:
-    """Identity rows from known ids: empty identifiers, and the system traits read for the
-    identities that have them (one not among ``ids`` is left out: the checksum tells)."""
-    count = len(ids)
-    no_text = pa.py_buffer(np.zeros(count + 1, dtype=np.int32))  # every offset 0: all ""
-    columns: dict[str, pa.Array] = {
-        "id": pa.array(ids, pa.int64()),
-        "identifier": pa.StringArray.from_buffers(count, no_text, pa.py_buffer(b"")),
-    }
-    if system_traits is not None:
-        found = system_traits["id"].to_numpy()
-        at = np.searchsorted(ids, found)
-        inside = (at < count) & (ids[np.minimum(at, max(count - 1, 0))] == found)
-        which = np.full(count, -1, dtype=np.int64)
-        which[at[inside]] = np.flatnonzero(inside)
-        texts = system_traits["system_traits"].combine_chunks()
-        columns["system_traits"] = texts.take(pa.array(which, mask=which < 0))
-    return pa.table(columns)
 
 
 def _ordered_by_id(table: pa.Table) -> pa.Table:

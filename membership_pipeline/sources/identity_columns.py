@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from membership_pipeline.evaluation.environment_data import TRAIT_COLUMNS, VALUE_COLUMN_BY_TYPE
 from membership_pipeline.evaluation.trait_frames import traits_frame_from_rows
-from membership_pipeline.sources.arrow_reader import TRAIT_SCHEMA
+from membership_pipeline.sources.range_readers import TRAIT_SCHEMA
 
 _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 

@@ -13,10 +13,10 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pyroaring import BitMap, FrozenBitMap
 
+from membership_pipeline.database.engines import StoreDatabase
+from membership_pipeline.model.errors import InvalidVersion
 from membership_pipeline.storage.binary_copy import copy_rows
 from membership_pipeline.storage.chunking import split_bitmap
-from membership_pipeline.storage.database import StoreDatabase
-from membership_pipeline.storage.errors import InvalidVersion
 from membership_pipeline.storage.tables import bitmap_chunk
 
 BitmapKind = Literal["universe", "segment", "atom"]

@@ -17,13 +17,13 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from membership_pipeline.storage.database import StoreDatabase, insert_if_absent
+from membership_pipeline.database.engines import StoreDatabase, insert_if_absent
+from membership_pipeline.model.errors import ClaimLost
 from membership_pipeline.storage.environment_metadata import (
     BackfillStatus,
     EnvironmentMembershipMetadata,
     read_metadata,
 )
-from membership_pipeline.storage.errors import ClaimLost
 from membership_pipeline.storage.tables import environment, version
 from membership_pipeline.structured_logging import get_logger
 

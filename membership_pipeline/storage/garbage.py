@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from membership_pipeline.storage.database import StoreDatabase
+from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.storage.tables import bitmap, bitmap_chunk, environment, version
 from membership_pipeline.structured_logging import get_logger
 

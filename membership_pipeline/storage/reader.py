@@ -27,9 +27,8 @@ import sqlalchemy as sa
 from cachetools import LRUCache
 from pyroaring import BitMap, FrozenBitMap
 
-from membership_pipeline.storage.chunking import load_chunk
-from membership_pipeline.storage.database import StoreDatabase
-from membership_pipeline.storage.errors import (
+from membership_pipeline.database.engines import StoreDatabase
+from membership_pipeline.model.errors import (
     NotYetPublished,
     SegmentUnavailable,
     UnknownEnvironment,
@@ -37,6 +36,7 @@ from membership_pipeline.storage.errors import (
     UnknownSegment,
     VersionCollected,
 )
+from membership_pipeline.storage.chunking import load_chunk
 from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,

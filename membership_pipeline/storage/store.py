@@ -11,19 +11,20 @@ settings (cooldown, lease, chunk size, retention) in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from pyroaring import BitMap
 
-from membership_pipeline.sharding.refresh_mode import BaseVersion, RefreshDecision, SourceMarks
-from membership_pipeline.sharding.shard_plan import ShardSpec
-from membership_pipeline.storage import claims, garbage, versions
-from membership_pipeline.storage import shards as shards_module
+from membership_pipeline.database.engines import StoreDatabase, open_database
+from membership_pipeline.database.schema import require_current_schema, require_reachable
+from membership_pipeline.database.timestamps import Clock, utc_now
+from membership_pipeline.model.backfill_plan import BackfillPlan
+from membership_pipeline.model.refresh_mode import BaseVersion
+from membership_pipeline.model.shard_plan import ShardSpec
+from membership_pipeline.storage import base_versions, claims, garbage, plans, sealing, versions
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
 from membership_pipeline.storage.claims import Claim, ClaimRefused, ReconciledClaim
-from membership_pipeline.storage.database import StoreDatabase, open_database
 from membership_pipeline.storage.environment_metadata import (
     EnvironmentMembershipMetadata,
     read_all_metadata,
@@ -31,10 +32,10 @@ from membership_pipeline.storage.environment_metadata import (
     read_metadata_many,
 )
 from membership_pipeline.storage.garbage import GarbageReport
+from membership_pipeline.storage.plans import StagedPlan
 from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, MembershipReader
-from membership_pipeline.storage.schema import require_current_schema, require_reachable
-from membership_pipeline.storage.shards import SealedTotals, ShardReport, ShardWriter, StagedPlan
-from membership_pipeline.storage.timestamps import Clock, utc_now
+from membership_pipeline.storage.sealing import SealedTotals
+from membership_pipeline.storage.shard_writer import ShardReport, ShardWriter, shard_reports
 from membership_pipeline.storage.versions import Publication, ShadowVersion
 
 DEFAULT_STORE_URL = "sqlite:///.membership/membership_store.sqlite"  # the embedded default
@@ -140,44 +141,18 @@ class MembershipStore:
         return versions.publish(self.database, held, version_id, now=self.clock())
 
     # Sharded versions: one plan, a writer per shard attempt, one seal, then ``publish``
-    def stage_plan(
-        self,
-        held: Claim,
-        *,
-        as_of: datetime,
-        environment_info: Mapping[str, Any],
-        display_name: str | None = None,
-        segments: Sequence[Mapping[str, Any]],
-        identity_count: int,
-        shard_identities: int,
-        shards: Sequence[ShardSpec],
-        refresh: RefreshDecision | None = None,
-        marks: SourceMarks | None = None,
-    ) -> StagedPlan:
-        return shards_module.stage_plan(
-            self.database,
-            held,
-            as_of=as_of,
-            now=self.clock(),
-            environment_info=environment_info,
-            display_name=display_name,
-            segments=segments,
-            identity_count=identity_count,
-            shard_identities=shard_identities,
-            shards=shards,
-            refresh=refresh,
-            marks=marks,
-        )
+    def stage_plan(self, held: Claim, plan: BackfillPlan) -> StagedPlan:
+        return plans.stage_plan(self.database, held, plan, now=self.clock())
 
     def refresh_base(self, environment_key: str) -> BaseVersion | None:
         """The published version as an incremental backfill's base (None: none published)."""
-        return shards_module.refresh_base(self.database, environment_key)
+        return base_versions.refresh_base(self.database, environment_key)
 
     def universe_between(self, version_id: int, first_id: int, last_id: int) -> BitMap:
-        return shards_module.universe_between(self.database, version_id, first_id, last_id)
+        return base_versions.universe_between(self.database, version_id, first_id, last_id)
 
     def load_plan(self, environment_key: str, owner: str) -> StagedPlan:
-        return shards_module.load_plan(self.database, environment_key, owner)
+        return plans.load_plan(self.database, environment_key, owner)
 
     def shard_writer(self, plan: StagedPlan, spec: ShardSpec) -> ShardWriter:
         return ShardWriter(
@@ -185,10 +160,10 @@ class MembershipStore:
         )
 
     def seal_shards(self, plan: StagedPlan) -> SealedTotals:
-        return shards_module.seal_shards(self.database, plan, now=self.clock())
+        return sealing.seal_shards(self.database, plan, now=self.clock())
 
     def shard_reports(self, version_id: int) -> list[ShardReport]:
-        return shards_module.shard_reports(self.database, version_id)
+        return shard_reports(self.database, version_id)
 
     def fail(self, held: Claim, error: str) -> bool:
         return claims.fail(self.database, held, error, now=self.clock())

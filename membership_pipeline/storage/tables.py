@@ -1,5 +1,6 @@
-"""The store's tables. The migrations in ``migrations/versions`` create exactly these (a test
-compares them), so a change here needs a new migration.
+"""The bitmap store's tables, on the store database's one ``MetaData``. The migrations in
+``database/migrations/versions`` create exactly these (a test compares them), so a change here
+needs a new migration.
 
 - ``membership_environment``: one row per environment — EnvironmentMembershipMetadata (backfill
   lifecycle, the claim and its lease) and the **pointer** to the published version. Publishing
@@ -23,12 +24,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from membership_pipeline.storage.timestamps import UtcDateTime
-
-metadata = sa.MetaData()
-
-# SQLite only autoincrements an INTEGER PRIMARY KEY.
-VersionId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+from membership_pipeline.database.metadata import VersionId, metadata
+from membership_pipeline.database.timestamps import UtcDateTime
 
 environment = sa.Table(
     "membership_environment",
@@ -188,66 +185,6 @@ shard_bitmap = sa.Table(
         ["membership_shard.version_id", "membership_shard.shard_index"],
         ondelete="CASCADE",
     ),
-)
-
-# The dispatcher's durable state (migration 0002).
-backfill_request = sa.Table(
-    "membership_backfill_request",
-    metadata,
-    sa.Column("job_id", sa.String(64), primary_key=True),
-    sa.Column("dedup_key", sa.String(512), nullable=False),
-    sa.Column("organisation", sa.String(255), nullable=False),
-    sa.Column("environment_key", sa.String(255), nullable=False, index=True),
-    sa.Column("window_start", UtcDateTime(), nullable=False),
-    sa.Column("window_end", UtcDateTime(), nullable=False),
-    sa.Column("reason", sa.String(32), nullable=False),
-    sa.Column("attempt", sa.Integer(), nullable=False),
-    sa.Column("max_attempts", sa.Integer(), nullable=False),
-    sa.Column("force", sa.Boolean(), nullable=False),
-    sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.Column("coalesced", sa.Text(), nullable=False),  # space-separated job ids merged in
-    # Segment keys (space-separated) a segments-only request concerns; null: a full backfill.
-    sa.Column("segments", sa.Text()),
-    sa.Column("segment_total", sa.Integer()),  # segments of the environment when requested
-)
-
-dedup_lock = sa.Table(
-    "membership_dedup_lock",
-    metadata,
-    sa.Column("dedup_key", sa.String(512), primary_key=True),
-    sa.Column("expires_at", UtcDateTime(), nullable=False),
-    sa.Column("job_id", sa.String(64), nullable=False),
-)
-
-launch = sa.Table(
-    "membership_launch",
-    metadata,
-    sa.Column("job_id", sa.String(64), primary_key=True),
-    sa.Column("organisation", sa.String(255), nullable=False),
-    sa.Column("environment_key", sa.String(255), nullable=False),
-    sa.Column("launched_at", UtcDateTime(), nullable=False, index=True),
-)
-
-# Change detection's watermarks (migration 0005; see sources/change_feed.py): per append-only
-# source table, the highest id seen and where the next scan starts; per project, the signature
-# of its segment tables. They advance in the transaction that queues the changes they saw.
-source_watermark = sa.Table(
-    "membership_source_watermark",
-    metadata,
-    sa.Column("table_name", sa.String(64), primary_key=True),
-    sa.Column("last_id", sa.BigInteger(), nullable=False),
-    sa.Column("scan_from", sa.BigInteger(), nullable=False),
-    sa.Column("updated_at", UtcDateTime(), nullable=False),
-)
-
-segment_signature = sa.Table(
-    "membership_segment_signature",
-    metadata,
-    sa.Column("project_id", sa.BigInteger(), primary_key=True, autoincrement=False),
-    sa.Column("row_count", sa.BigInteger(), nullable=False),
-    sa.Column("latest_change", UtcDateTime()),
-    sa.Column("digest", sa.String(32), nullable=False),
-    sa.Column("segment_digests", sa.Text()),  # JSON: segment key → digest (migration 0006)
 )
 
 

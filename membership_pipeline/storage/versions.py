@@ -16,12 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from membership_pipeline.database.engines import StoreDatabase
+from membership_pipeline.model.errors import ClaimLost, InvalidVersion, RollbackUnavailable
 from membership_pipeline.storage.bitmap_writer import UNIVERSE_KEY, BitmapWriter
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
 from membership_pipeline.storage.claims import RUNNING, Claim, end_claim
-from membership_pipeline.storage.database import StoreDatabase
 from membership_pipeline.storage.environment_metadata import BackfillStatus
-from membership_pipeline.storage.errors import ClaimLost, InvalidVersion, RollbackUnavailable
 from membership_pipeline.storage.tables import bitmap, environment, version
 from membership_pipeline.structured_logging import get_logger
 

@@ -80,7 +80,7 @@ def test_demo_materializes_every_environment_through_dagster(tmp_path) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    demo = ("membership_pipeline.demo", "--url", url, "--store-url", store_url)
+    demo = ("membership_pipeline.demo.run", "--url", url, "--store-url", store_url)
     out = _run(*demo, "--identities", "3000", DAGSTER_HOME=str(home))
     assert out.count(" succeeded in ") == 8
     assert f"seeded {url}: 8 environments" in out

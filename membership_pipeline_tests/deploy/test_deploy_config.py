@@ -17,12 +17,13 @@ from dagster_celery.cli import get_validated_config
 from dagster_k8s import K8sRunLauncher
 from dagster_postgres import DagsterPostgresStorage
 
-from membership_pipeline.definitions import build_resources
 from membership_pipeline.defs.membership.assets import (
     segment_membership_bitmaps,
     segment_membership_counts,
 )
-from membership_pipeline.defs.membership.executors import executor_from_environment
+from membership_pipeline.defs.membership.definitions import build_resources
+from membership_pipeline.defs.membership.deployment import Deployment
+from membership_pipeline.defs.membership.executors import executor_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PG_ENV = {
@@ -56,8 +57,8 @@ def test_the_kubernetes_instance_validates(monkeypatch):
 
 def test_the_definitions_run_steps_as_kubernetes_jobs(monkeypatch):
     monkeypatch.setenv("MEMBERSHIP_EXECUTOR", "k8s")
-    monkeypatch.setenv("MEMBERSHIP_K8S_STEP_MEMORY", "3Gi")
-    executor = executor_from_environment()
+    monkeypatch.setenv("MEMBERSHIP_K8S_STEP_MEMORY", "3Gi")  # read when the run starts
+    executor = executor_for(Deployment.current())
     assert executor.name == "k8s"
     defs = dg.Definitions(
         assets=[segment_membership_bitmaps, segment_membership_counts],
@@ -74,7 +75,7 @@ def test_the_definitions_run_steps_as_kubernetes_jobs(monkeypatch):
 def test_an_unknown_executor_is_named(monkeypatch):
     monkeypatch.setenv("MEMBERSHIP_EXECUTOR", "slurm")
     with pytest.raises(ValueError, match=r"MEMBERSHIP_EXECUTOR must be multiprocess.*got 'slurm'"):
-        executor_from_environment()
+        executor_for(Deployment.current())
 
 
 def test_the_helm_values_match_the_instance_and_the_code():

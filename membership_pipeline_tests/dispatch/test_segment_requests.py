@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from membership_pipeline.defs.membership.dispatch import MODE_TAG, SEGMENTS_TAG, run_request
 from membership_pipeline.dispatch.dispatcher import dispatch_tick
 from membership_pipeline.dispatch.policy import Outcome, PolicySettings, WorldView, decide
 from membership_pipeline.dispatch.queue import DatabaseQueue
@@ -62,18 +61,6 @@ def test_most_of_the_environment_escalates_to_full():
     assert published.mode_detail == "full: 11 of 20 segments changed (more than 50%)"
     kept, _ = launched(request(10, many[:6]), request(9, many[6:]), share=0.6)
     assert kept.mode == "incremental"
-
-
-def test_the_run_request_carries_the_mode_and_segments():
-    incremental = run_request(request(5, ("8", "21")))
-    assert incremental.tags[MODE_TAG] == "incremental"
-    assert incremental.tags[SEGMENTS_TAG] == "8 21"
-    config = incremental.run_config["ops"]["segment_membership_bitmaps"]["config"]
-    assert config == {"force": False, "mode": "incremental"}
-    full = run_request(request(5, None))
-    assert full.tags[MODE_TAG] == "full" and SEGMENTS_TAG not in full.tags
-    many = run_request(request(5, tuple(str(10_000 + k) for k in range(100)), total=500))
-    assert many.tags[MODE_TAG] == "incremental" and SEGMENTS_TAG not in many.tags  # too long
 
 
 def test_segment_sets_survive_the_durable_queue_and_are_reported(store, clock):

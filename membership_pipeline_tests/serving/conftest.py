@@ -20,11 +20,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.serving.api_keys import Scope, add_key
-from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import MembershipStore, migrate
-from membership_pipeline_tests.sharding.conftest import plain_backfill
+from membership_pipeline.storage import MembershipStore
+from membership_pipeline_tests.backfill.conftest import plain_backfill
 
 ROOT = Path(__file__).resolve().parents[2]
 

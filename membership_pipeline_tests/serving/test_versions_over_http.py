@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from pyroaring import BitMap
 
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline_tests.backfill.conftest import plain_backfill
 from membership_pipeline_tests.serving.conftest import running_service
-from membership_pipeline_tests.sharding.conftest import plain_backfill
 from membership_pipeline_tests.storage.conftest import backfill
 
 

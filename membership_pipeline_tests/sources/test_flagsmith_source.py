@@ -13,11 +13,12 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
+from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.evaluation import MalformedRuleTree, UnknownOperator, evaluate_environment
 from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
+from membership_pipeline.model.errors import EnvironmentNotFound
 from membership_pipeline.sources import flagsmith_tables as tables
-from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
-from membership_pipeline.sources.flagsmith_source import EnvironmentNotFound, FlagsmithSource
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline_tests.evaluation.flag_engine_oracle import mismatches, reference_members
 
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pyroaring import BitMap
 
-from membership_pipeline.storage import Claim, MembershipStore, Publication, migrate
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.storage import Claim, MembershipStore, Publication
 
 
 class FakeClock:

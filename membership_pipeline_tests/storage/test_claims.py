@@ -9,13 +9,8 @@ import pytest
 import structlog
 from pyroaring import BitMap
 
-from membership_pipeline.storage import (
-    BackfillStatus,
-    Claim,
-    ClaimLost,
-    ClaimRefused,
-    MembershipStore,
-)
+from membership_pipeline.model.errors import ClaimLost
+from membership_pipeline.storage import BackfillStatus, Claim, ClaimRefused, MembershipStore
 from membership_pipeline_tests.storage.conftest import backfill, write_version
 
 

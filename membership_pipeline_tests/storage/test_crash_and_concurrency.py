@@ -12,12 +12,8 @@ from datetime import timedelta
 import psutil
 from pyroaring import BitMap
 
-from membership_pipeline.storage import (
-    BackfillStatus,
-    Claim,
-    MembershipStore,
-    VersionCollected,
-)
+from membership_pipeline.model.errors import VersionCollected
+from membership_pipeline.storage import BackfillStatus, Claim, MembershipStore
 from membership_pipeline_tests.storage.conftest import write_version
 
 ROUNDS = 50
@@ -52,7 +48,7 @@ def _publish_round(store: MembershipStore, round_: int, may_publish: list[int]) 
 
 
 def test_readers_see_only_whole_versions_while_fifty_are_published(database_url):
-    from membership_pipeline.storage import migrate
+    from membership_pipeline.database.schema import migrate
 
     migrate(database_url)
     store = MembershipStore(database_url, cooldown=timedelta(0), chunk_bytes=256, pool_size=8)

@@ -10,8 +10,7 @@ import pytest
 import sqlalchemy as sa
 from pyroaring import BitMap
 
-from membership_pipeline.storage import (
-    MembershipReader,
+from membership_pipeline.model.errors import (
     NotYetPublished,
     SegmentUnavailable,
     UnknownEnvironment,
@@ -19,6 +18,7 @@ from membership_pipeline.storage import (
     UnknownSegment,
     VersionCollected,
 )
+from membership_pipeline.storage import MembershipReader
 from membership_pipeline.storage.tables import environment
 from membership_pipeline_tests.storage.conftest import backfill
 

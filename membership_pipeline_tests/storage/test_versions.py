@@ -10,15 +10,11 @@ import pytest
 import sqlalchemy as sa
 from pyroaring import BitMap
 
+from membership_pipeline.backfill.staging import stage_membership_result
+from membership_pipeline.demo.synthetic import synthetic_environment
 from membership_pipeline.evaluation import evaluate_environment
-from membership_pipeline.sources.synthetic import synthetic_environment
-from membership_pipeline.storage import (
-    BackfillStatus,
-    InvalidVersion,
-    MembershipStore,
-    RollbackUnavailable,
-    stage_membership_result,
-)
+from membership_pipeline.model.errors import InvalidVersion, RollbackUnavailable
+from membership_pipeline.storage import BackfillStatus, MembershipStore
 from membership_pipeline.storage.tables import bitmap, bitmap_chunk, version
 from membership_pipeline_tests.storage.conftest import backfill
 

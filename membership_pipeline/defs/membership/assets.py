@@ -6,12 +6,12 @@ that environment's backfill, sharded by identity-id range into Dagster steps:
                 └─► backfill_shard[...]     ─┘
 
 - ``plan_shards`` claims the environment (the guard), reads its segments and id boundaries in
-  one snapshot, decides full or incremental (config ``mode``; see sharding/refresh_mode.py) and
+  one snapshot, decides full or incremental (config ``mode``; see model/refresh_mode.py) and
   records the plan with a new shadow version (an incremental plan holds only the new and edited
   segments, and which of the published version's bitmaps the new version shares);
 - each ``backfill_shard`` reads its id range, evaluates the planned segments, audits its share
   of the sample against flag-engine; its output is staged into the shadow version by
-  ``ShadowStagingIOManager`` (retried attempts replace earlier ones);
+  the staging IO manager (retried attempts replace earlier ones);
 - ``publish_version`` reports the combined audit as the asset check and hands the staged version
   to ``PublishingIOManager``, which seals it and flips the pointer: one version, one flip.
 
@@ -22,82 +22,92 @@ Kubernetes) schedules, retries and shows in the UI.
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
+from pydantic import Field
 
+from membership_pipeline.backfill.audit import AuditFailed, combined_audit
+from membership_pipeline.backfill.lease import LeaseHeartbeat
+from membership_pipeline.backfill.planning import (
+    DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
+    plan_backfill,
+)
+from membership_pipeline.backfill.shards import (
+    ShardOutcome,
+    ShardTask,
+    compute_shard,
+    expected_identities,
+)
 from membership_pipeline.defs.membership.backfill_events import (
     CLAIMED,
     CLAIMING,
-    ENVIRONMENT_NAME_TAG,
     GUARD_TAG,
     fail_backfill_on_step_failure,
     log,
     skip_by_guard,
 )
-from membership_pipeline.defs.membership.io_manager import StagedVersion
-from membership_pipeline.defs.membership.lease import LeaseHeartbeat
+from membership_pipeline.defs.membership.deployment import DEFAULT_SHARD_RETRIES
 from membership_pipeline.defs.membership.partitions import environments_partitions
+from membership_pipeline.defs.membership.publishing_io_manager import (
+    PUBLISHING_IO_MANAGER,
+    StagedVersion,
+)
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.defs.membership.staging_io_manager import STAGING_IO_MANAGER
 from membership_pipeline.defs.membership.step_server import preload_in_background
-from membership_pipeline.sharding.refresh_mode import DEFAULT_MAX_CHANGED_SHARE, RefreshMode
-from membership_pipeline.sharding.shard_backfill import (
-    DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
-    ShardOutcome,
-    ShardTask,
-    combined_audit,
-    compute_shard,
-    expected_identities,
-    plan_backfill,
-)
-from membership_pipeline.sharding.shard_plan import shard_identities_from_environment
-from membership_pipeline.sources.flagsmith_source import EnvironmentInfo
+from membership_pipeline.dispatch.run_tags import ENVIRONMENT_NAME_TAG
+from membership_pipeline.model.refresh_mode import DEFAULT_MAX_CHANGED_SHARE, RefreshMode
+from membership_pipeline.model.shard_plan import DEFAULT_SHARD_IDENTITIES
 from membership_pipeline.storage import Claim, PublishedMembership, StagedPlan
 
 BITMAPS = dg.AssetKey("segment_membership_bitmaps")
 AUDIT_CHECK = "agrees_with_flag_engine"
-# The steps' values go through the default IO manager, which is the store-backed
-# ShadowStagingIOManager (see definitions.py): nothing is pickled to a local disk, so any host runs
-# any step.
-STAGING_IO_MANAGER = "io_manager"
-# A shard step that fails is retried this many times (a new attempt replaces what the failed one
-# staged) before the backfill fails.
-SHARD_RETRIES = int(os.environ.get("MEMBERSHIP_SHARD_RETRIES", "2"))
-
-
-class AuditFailed(RuntimeError):
-    """The bitmaps disagree with flag-engine on the audited sample: nothing is published."""
+SHARD_IDENTITIES_HELP = (
+    "Identities per shard step (the deployment's default: $MEMBERSHIP_SHARD_IDENTITIES, else "
+    "500,000; a 500,000-identity step peaks at about 0.7 GB)."
+)
 
 
 class BackfillConfig(dg.Config):
-    force: bool = False  # skip the cooldown (never the guard against a running backfill)
-    # "incremental": re-evaluate only new and edited segments and share the published version's
-    # other bitmaps, when nothing but segment definitions changed (else it runs as "full").
-    mode: str = RefreshMode.FULL.value
-    # Identities per shard of an incremental backfill (it evaluates a few segments).
-    incremental_shard_identities: int = DEFAULT_INCREMENTAL_SHARD_IDENTITIES
-    # More than this share of the segments changed: a full backfill instead.
-    incremental_max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE
-    audit_sample_size: int = 200  # identities re-evaluated by flag-engine before the flip
-    audit_seed: int = 0
-    # Identities per shard step (default: MEMBERSHIP_SHARD_IDENTITIES, else 500,000).
-    shard_identities: int = shard_identities_from_environment()
+    """The backfill's settings (``ops: segment_membership_bitmaps: config:``)."""
+
+    force: bool = Field(
+        default=False,
+        description="Skip the cooldown (never the guard against a running backfill).",
+    )
+    mode: Literal["full", "incremental"] = Field(
+        default="full",
+        description="incremental: re-evaluate only new and edited segments and share the "
+        "published version's other bitmaps, when nothing but segment definitions changed "
+        "(else it runs as full, and the materialization says why).",
+    )
+    incremental_shard_identities: int = Field(
+        default=DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
+        description="Identities per shard of an incremental backfill (it evaluates a few "
+        "segments, so a shard holds more identities in the same memory).",
+    )
+    incremental_max_changed_share: float = Field(
+        default=DEFAULT_MAX_CHANGED_SHARE,
+        description="More than this share of the segments changed: a full backfill instead.",
+    )
+    audit_sample_size: int = Field(
+        default=200,
+        description="Identities re-evaluated by flag-engine before the flip, spread over the "
+        "shards; a disagreement fails the backfill.",
+    )
+    audit_seed: int = Field(default=0, description="Seed of the audit's sample.")
+    shard_identities: int = Field(
+        default=DEFAULT_SHARD_IDENTITIES, description=SHARD_IDENTITIES_HELP
+    )
 
 
 class ShardConfig(dg.Config):
-    audit_sample_size: int = 200
-    audit_seed: int = 0
-
-
-def refresh_mode(value: str) -> RefreshMode:
-    try:
-        return RefreshMode(value)
-    except ValueError:
-        known = ", ".join(m.value for m in RefreshMode)
-        raise dg.Failure(f"unknown backfill mode {value!r}: use one of {known}") from None
+    audit_sample_size: int = Field(default=200, description="The backfill's audit sample size.")
+    audit_seed: int = Field(default=0, description="Seed of the audit's sample.")
 
 
 def _inner_config(outer: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +132,6 @@ def plan_shards(
     membership_store: MembershipStoreResource,
 ) -> Iterator[dg.Output[StagedPlan] | dg.DynamicOutput[ShardTask]]:
     environment_key = context.partition_key
-    mode = refresh_mode(config.mode)
     if context.job_def.executor_def.name == "in_process":
         preload_in_background()  # the shard step runs next in this process: load its engine now
     store = membership_store.get()
@@ -139,21 +148,17 @@ def plan_shards(
         run_id=context.run.run_id,
         forced=config.force,
     )
-    with LeaseHeartbeat(store, claim):
-        source = flagsmith.open()
-        try:
-            plan = plan_backfill(
-                source,
-                store,
-                claim,
-                config.shard_identities,
-                mode=mode,
-                incremental_shard_identities=config.incremental_shard_identities,
-                max_changed_share=config.incremental_max_changed_share,
-            )
-        finally:
-            source.close()
-    display_name = EnvironmentInfo(**plan.environment).display_name
+    with LeaseHeartbeat(store, claim), flagsmith.open() as source:
+        plan = plan_backfill(
+            source,
+            store,
+            claim,
+            config.shard_identities,
+            mode=RefreshMode(config.mode),
+            incremental_shard_identities=config.incremental_shard_identities,
+            max_changed_share=config.incremental_max_changed_share,
+        )
+    display_name = plan.environment.display_name
     context.instance.add_run_tags(context.run.run_id, {ENVIRONMENT_NAME_TAG: display_name[:255]})
     log.info(
         "segment_membership.backfill.planned",
@@ -164,14 +169,14 @@ def plan_shards(
         identities=plan.identity_count,
         shards=len(plan.shards),
         shard_identities=plan.shard_identities,
-        mode=plan.mode,
+        mode=plan.mode.value,
     )
     yield dg.Output(
         plan,
         "plan",
         metadata={
             "version": plan.version_id,
-            "mode": plan.mode,
+            "mode": plan.mode.value,
             "mode_reason": plan.mode_reason,
             "identities": plan.identity_count,
             "segments_evaluated": len(plan.segments),
@@ -188,7 +193,6 @@ def plan_shards(
 
 @dg.op(
     out=dg.Out(ShardOutcome, io_manager_key=STAGING_IO_MANAGER),
-    retry_policy=dg.RetryPolicy(max_retries=SHARD_RETRIES, delay=1),
     description="One shard: reads its identity-id range, evaluates the planned segments, audits "
     "its share of the sample against flag-engine; its bitmaps are staged into the shadow "
     "version.",
@@ -212,19 +216,15 @@ def backfill_shard(
         attempt=context.retry_number + 1,
         pid=os.getpid(),  # the step's process: what an operator (or a test) would kill
     )
-    with LeaseHeartbeat(store, plan.claim):
-        source = flagsmith.open()
-        try:
-            return compute_shard(
-                source,
-                plan,
-                shard,
-                audit_sample_size=config.audit_sample_size,
-                audit_seed=config.audit_seed,
-                expected_identities=expected_identities(store, plan, shard),
-            )
-        finally:
-            source.close()
+    with LeaseHeartbeat(store, plan.claim), flagsmith.open() as source:
+        return compute_shard(
+            source,
+            plan,
+            shard,
+            audit_sample_size=config.audit_sample_size,
+            audit_seed=config.audit_seed,
+            expected_identities=expected_identities(store, plan, shard),
+        )
 
 
 @dg.op(
@@ -233,8 +233,8 @@ def backfill_shard(
     out={
         # Not required: a launch that does not select the check (the UI's button) still audits,
         # but Dagster then yields no output for it.
-        "audit": dg.Out(io_manager_key=STAGING_IO_MANAGER, is_required=False),
-        "bitmaps": dg.Out(StagedVersion, io_manager_key="membership_io_manager"),
+        "audit": dg.Out(dg.Nothing, is_required=False),
+        "bitmaps": dg.Out(StagedVersion, io_manager_key=PUBLISHING_IO_MANAGER),
     },
     description="Combines the shards' audits into the asset check (a disagreement fails the "
     "backfill before the flip) and hands the staged version to the publishing IO manager.",
@@ -265,45 +265,67 @@ def publish_version(
         yield dg.Output(StagedVersion(plan, reports), "bitmaps")
 
 
-@dg.graph_multi_asset(
-    name="segment_membership_bitmaps",
-    group_name="membership",  # (an AssetOut's own group_name is not applied to a graph's)
-    outs={
-        "segment_membership_bitmaps": dg.AssetOut(
-            key=BITMAPS,
-            io_manager_key="membership_io_manager",
-            is_required=False,  # a run that loses the claim publishes nothing
-            kinds={"python", "sql"},
-            description="Roaring bitmaps of identity ids, one per segment, for one Flagsmith "
-            "environment; computed in shards of consecutive identity ids, published as one "
-            "version with one flip.",
+def bitmaps_asset(
+    shard_identities: int = DEFAULT_SHARD_IDENTITIES, shard_retries: int = DEFAULT_SHARD_RETRIES
+) -> dg.AssetsDefinition:
+    """The asset with a deployment's shape: its run config's default shard size, and how often
+    a failed shard step is retried (a new attempt replaces what the failed one staged)."""
+
+    default_shard_identities = shard_identities  # (the class body cannot see the argument)
+
+    class DeploymentBackfillConfig(BackfillConfig):
+        shard_identities: int = Field(
+            default=default_shard_identities, description=SHARD_IDENTITIES_HELP
         )
-    },
-    partitions_def=environments_partitions,
-    # Lets the run that loses the claim end without the asset or its check (not subsetting).
-    can_subset=True,
-    check_specs=[
-        dg.AssetCheckSpec(
-            AUDIT_CHECK,
-            asset=BITMAPS,
-            description="A sample of identities (spread over the shards) re-evaluated by "
-            "flag-engine agrees with the bitmaps; checked before the flip, and a disagreement "
-            "fails the backfill.",
-        )
-    ],
-    config=dg.ConfigMapping(
-        config_schema=BackfillConfig.to_config_schema(), config_fn=_inner_config
-    ),
-    hooks={fail_backfill_on_step_failure},
-)
-def segment_membership_bitmaps() -> dict[str, Any]:
-    plan, shards = plan_shards()
-    staged = shards.map(backfill_shard).collect()
-    published = publish_version(plan=plan, staged=staged)
-    return {
-        "segment_membership_bitmaps": published.bitmaps,
-        f"segment_membership_bitmaps_{AUDIT_CHECK}": published.audit,
-    }
+
+    retried_shard = backfill_shard.with_retry_policy(
+        dg.RetryPolicy(max_retries=shard_retries, delay=1)
+    )
+
+    @dg.graph_multi_asset(
+        name="segment_membership_bitmaps",
+        group_name="membership",  # (an AssetOut's own group_name is not applied to a graph's)
+        outs={
+            "segment_membership_bitmaps": dg.AssetOut(
+                key=BITMAPS,
+                io_manager_key=PUBLISHING_IO_MANAGER,
+                is_required=False,  # a run that loses the claim publishes nothing
+                kinds={"python", "sql"},
+                description="Roaring bitmaps of identity ids, one per segment, for one Flagsmith "
+                "environment; computed in shards of consecutive identity ids, published as one "
+                "version with one flip.",
+            )
+        },
+        partitions_def=environments_partitions,
+        # Lets the run that loses the claim end without the asset or its check (not subsetting).
+        can_subset=True,
+        check_specs=[
+            dg.AssetCheckSpec(
+                AUDIT_CHECK,
+                asset=BITMAPS,
+                description="A sample of identities (spread over the shards) re-evaluated by "
+                "flag-engine agrees with the bitmaps; checked before the flip, and a disagreement "
+                "fails the backfill.",
+            )
+        ],
+        config=dg.ConfigMapping(
+            config_schema=DeploymentBackfillConfig.to_config_schema(), config_fn=_inner_config
+        ),
+        hooks={fail_backfill_on_step_failure},
+    )
+    def segment_membership_bitmaps() -> dict[str, Any]:
+        plan, shards = plan_shards()
+        staged = shards.map(retried_shard).collect()
+        published = publish_version(plan=plan, staged=staged)
+        return {
+            "segment_membership_bitmaps": published.bitmaps,
+            f"segment_membership_bitmaps_{AUDIT_CHECK}": published.audit,
+        }
+
+    return segment_membership_bitmaps
+
+
+segment_membership_bitmaps = bitmaps_asset()  # with the embedded defaults
 
 
 @dg.asset(

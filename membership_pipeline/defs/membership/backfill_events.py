@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from membership_pipeline.storage import Claim, ClaimRefused, MembershipStore
+from membership_pipeline.backfill.failures import fail_backfill
+from membership_pipeline.dispatch.run_tags import PARTITION_TAG
+from membership_pipeline.storage import ClaimRefused
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("backfill")
@@ -15,35 +17,6 @@ GUARD_TAG = "membership/guard"
 # GUARD_TAG while a run claims its environment, then once it holds the claim (else "skipped: …")
 CLAIMING, CLAIMED = "claiming", "claimed"
 GUARD_REASON_TAG = "membership/guard_reason"
-PARTITION_TAG = "dagster/partition"
-ENVIRONMENT_NAME_TAG = "membership/environment_name"  # "organisation / project / environment"
-
-
-def fail_backfill(
-    store: MembershipStore, claim: Claim, run_id: str, error: BaseException, step: str | None
-) -> None:
-    """Mark the environment failed (its published version stays, the shadow is discarded) and
-    say so; a step failing after the claim already ended (a sibling shard failed first) says
-    that instead."""
-    summary = f"{type(error).__name__}: {error}"
-    where = f"step {step}: " if step else ""
-    if store.fail(claim, f"{where}{summary}"):
-        log.error(
-            "segment_membership.backfill.failed",
-            environment=claim.environment_key,
-            run_id=run_id,
-            step=step,
-            error=summary,
-            error_type=type(error).__name__,
-        )
-    else:
-        log.warning(
-            "segment_membership.backfill.step_failed_after_claim_ended",
-            environment=claim.environment_key,
-            run_id=run_id,
-            step=step,
-            error=summary,
-        )
 
 
 @dg.failure_hook(required_resource_keys={"membership_store"})

@@ -1,8 +1,9 @@
 """The jobs that materialize ``segment_membership_bitmaps`` partitions: both are the same asset,
 and differ only in the executor.
 
-- ``segment_membership_backfill``: the definitions' executor (``MEMBERSHIP_EXECUTOR``:
-  multiprocess, Celery, Kubernetes), for every backfill whose shards are worth a process each;
+- ``segment_membership_backfill``: the definitions' executor (the deployment's
+  ``MEMBERSHIP_EXECUTOR``: multiprocess, Celery, Kubernetes), for every backfill whose shards are
+  worth a process each;
 - ``segment_membership_edit``: Dagster's in-process executor, for an incremental backfill that
   fits one shard (a segment edit in an environment of up to a few million identities). Its three
   steps run one after another in the run's process: launching three step processes would cost
@@ -14,10 +15,9 @@ from __future__ import annotations
 import dagster as dg
 
 from membership_pipeline.defs.membership.assets import BITMAPS
-from membership_pipeline.defs.membership.step_server import IN_PROCESS_JOBS
 
 BACKFILL_JOB = "segment_membership_backfill"
-[EDIT_JOB] = IN_PROCESS_JOBS  # the step server stays off for it
+EDIT_JOB = "segment_membership_edit"
 
 bitmaps_job = dg.define_asset_job(BACKFILL_JOB, selection=[BITMAPS])
 edit_job = dg.define_asset_job(

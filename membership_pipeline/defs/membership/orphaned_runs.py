@@ -15,13 +15,9 @@ from datetime import timedelta
 
 import dagster as dg
 
-from membership_pipeline.defs.membership.backfill_events import (
-    CLAIMED,
-    CLAIMING,
-    GUARD_TAG,
-    PARTITION_TAG,
-)
+from membership_pipeline.defs.membership.backfill_events import CLAIMED, CLAIMING, GUARD_TAG
 from membership_pipeline.dispatch.orphaned_runs import StoreVerdict, verdict_for_quiet_run
+from membership_pipeline.dispatch.run_tags import PARTITION_TAG
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline.structured_logging import get_logger
 

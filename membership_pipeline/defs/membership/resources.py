@@ -1,21 +1,34 @@
-"""Where environments come from and where their bitmaps go. Environment differences (embedded
-SQLite or PostgreSQL, cooldowns) are configuration of these resources, never code branches."""
+"""Where environments come from and where their bitmaps go, and the dispatcher's policy.
+Environment differences (embedded SQLite or PostgreSQL, cooldowns, caps) are configuration of
+these resources, never code branches. Every field has a default (the embedded one) and a
+description, both shown in the launchpad; a deployment sets a field by its ``MEMBERSHIP_*``
+variable, which ``deployment.py`` binds as a ``dg.EnvVar`` (read by Dagster at launch)."""
+
+from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
+from membership_pipeline.backfill.planning import DEFAULT_INCREMENTAL_SHARD_IDENTITIES
 from membership_pipeline.dispatch.orphaned_runs import DEFAULT_ORPHANED_RUN_GRACE
-from membership_pipeline.sources.demo_dataset import DEFAULT_URL as DEMO_SOURCE_URL
-from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.dispatch.policy import PolicySettings
+from membership_pipeline.dispatch.settings import POLICY_SETTINGS, policy_settings
+from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL, FlagsmithSource
 from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
+from membership_pipeline.storage.store import DEFAULT_COOLDOWN, DEFAULT_LEASE
 
 
 class FlagsmithSourceResource(dg.ConfigurableResource):
     """Flagsmith's core database, read-only."""
 
-    url: str = DEMO_SOURCE_URL
+    url: str = Field(
+        default=EMBEDDED_SOURCE_URL,
+        description="Flagsmith's core database, as an SQLAlchemy URL (postgresql+psycopg2://... "
+        "or sqlite:///...); read-only. Deployment: $MEMBERSHIP_SOURCE_URL.",
+    )
 
     def open(self) -> FlagsmithSource:
         """The source, once a connection to it was made: an unreachable database is one line
@@ -24,21 +37,33 @@ class FlagsmithSourceResource(dg.ConfigurableResource):
 
     def organisations(self) -> dict[str, str]:
         """Live environments (api key) → their organisation id."""
-        source = self.open()
-        try:
+        with self.open() as source:
             return {info.api_key: str(info.organisation_id) for info in source.environments()}
-        finally:
-            source.close()
 
 
 class MembershipStoreResource(dg.ConfigurableResource):
     """The bitmap store and the backfill guard's settings."""
 
-    url: str = DEFAULT_STORE_URL
-    cooldown_seconds: float = 60.0
-    lease_seconds: float = 600.0
-    # A run whose claim ended and whose log has been quiet this long is ended as failed.
-    orphaned_run_grace_seconds: float = DEFAULT_ORPHANED_RUN_GRACE.total_seconds()
+    url: str = Field(
+        default=DEFAULT_STORE_URL,
+        description="The membership store, as an SQLAlchemy URL (postgresql+psycopg2://... in "
+        "production, sqlite:///... embedded). Deployment: $MEMBERSHIP_STORE_URL.",
+    )
+    cooldown_seconds: int = Field(
+        default=int(DEFAULT_COOLDOWN.total_seconds()),
+        description="After a backfill of an environment ends, no other starts for this many "
+        "seconds (force: true skips it). Deployment: $MEMBERSHIP_COOLDOWN_SECONDS.",
+    )
+    lease_seconds: int = Field(
+        default=int(DEFAULT_LEASE.total_seconds()),
+        description="A backfill's claim lapses this many seconds after its last renewal (each "
+        "step renews it every third of it). Deployment: $MEMBERSHIP_LEASE_SECONDS.",
+    )
+    orphaned_run_grace_seconds: int = Field(
+        default=int(DEFAULT_ORPHANED_RUN_GRACE.total_seconds()),
+        description="A started run whose claim has ended and whose log has been quiet this many "
+        "seconds is ended as failed. Deployment: $MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS.",
+    )
     _store: MembershipStore | None = PrivateAttr(default=None)
 
     def get(self) -> MembershipStore:
@@ -51,7 +76,45 @@ class MembershipStoreResource(dg.ConfigurableResource):
             )
         return self._store
 
+    @property
+    def orphaned_run_grace(self) -> timedelta:
+        return timedelta(seconds=self.orphaned_run_grace_seconds)
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _policy_field(name: str) -> Any:
+    setting = POLICY_SETTINGS[name]
+    return Field(
+        default=setting.default,
+        description=f"{setting.description} Deployment: ${setting.variable}.",
+    )
+
+
+class DispatchPolicyResource(dg.ConfigurableResource):
+    """The dispatcher's policy settings (see ``dispatch/settings.py``)."""
+
+    coalesce_seconds: int = _policy_field("coalesce_seconds")
+    dedup_ttl_seconds: int = _policy_field("dedup_ttl_seconds")
+    launches_per_organisation_per_minute: int = _policy_field(
+        "launches_per_organisation_per_minute"
+    )
+    organisation_caps: str = _policy_field("organisation_caps")
+    max_request_age_seconds: int = _policy_field("max_request_age_seconds")
+    max_attempts: int = _policy_field("max_attempts")
+    incremental_max_share: float = Field(
+        default=0.5,
+        description="A segments-only request naming more than this share of the environment's "
+        "segments runs as a full backfill.",
+    )
+    edit_job_max_identities: int = Field(
+        default=DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
+        description="An incremental backfill of an environment of at most this many identities "
+        "(one shard) runs as segment_membership_edit: every step in the run's process.",
+    )
+
+    def settings(self) -> PolicySettings:
+        return policy_settings(self.model_dump())

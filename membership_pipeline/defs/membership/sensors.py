@@ -4,40 +4,31 @@ them (a SIGKILL, a lost worker)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import dagster as dg
 
-from membership_pipeline.defs.membership.dispatch import (
-    MODE_TAG,
-    SEGMENTS_TAG,
-    TAG_PREFIX,
-    DispatchPolicyResource,
-    enqueue_and_dispatch,
-    skip_reason,
-)
+from membership_pipeline.changes.detection import detect_changes
 from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
 from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG, end_orphaned_runs
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
+    DispatchPolicyResource,
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
-from membership_pipeline.dispatch.change_requests import LiveEnvironment, change_requests
+from membership_pipeline.defs.membership.run_requests import enqueue_and_dispatch, skip_reason
+from membership_pipeline.dispatch.intake import RequestIntake
 from membership_pipeline.dispatch.queue import DatabaseQueue
-from membership_pipeline.dispatch.requests import BackfillRequest, Reason
-from membership_pipeline.sources.change_feed import (
-    IDENTITIES,
-    TRAITS,
-    ChangeFeed,
-    DetectedChanges,
+from membership_pipeline.dispatch.run_tags import (
+    JOB_TAG,
+    PARTITION_TAG,
+    is_dispatched,
+    request_from_tags,
 )
-from membership_pipeline.storage.watermarks import load_watermarks, save_watermarks
+from membership_pipeline.model.changes import IDENTITIES, TRAITS
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("backfill")
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FINISHED = {
     dg.DagsterRunStatus.SUCCESS,
     dg.DagsterRunStatus.FAILURE,
@@ -62,18 +53,7 @@ def environment_discovery_sensor(
     known = set(context.instance.get_dynamic_partitions(environments_partitions.name))
     added, removed = sorted(set(live) - known), sorted(known - set(live))
     now = membership_store.get().clock()
-    requests = [
-        BackfillRequest.new(
-            organisation=live[key],
-            environment=key,
-            window_start=EPOCH,
-            window_end=now,
-            reason=Reason.NEW_ENVIRONMENT,
-            created_at=now,
-            max_attempts=dispatch_policy.max_attempts,
-        )
-        for key in added
-    ]
+    requests = RequestIntake(dispatch_policy.max_attempts).new_environments(live, added, now)
     run_requests, result = enqueue_and_dispatch(membership_store, dispatch_policy, requests, now)
     partition_requests: list[
         dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest
@@ -108,44 +88,31 @@ def backfill_dispatch_sensor(
 ) -> dg.SensorResult:
     store = membership_store.get()
     now = store.clock()
-    marks = load_watermarks(store.database)
-    source = flagsmith.open()
-    try:
-        live = [
-            LiveEnvironment(i.id, i.api_key, i.project_id, str(i.organisation_id))
-            for i in source.environments()
-        ]
-        feed = ChangeFeed(source.engine)
-        # The first tick only sets the watermarks: one max(id) per table, no scan.
-        detected = None if marks is None else feed.since(marks)
-        keep = feed.current() if detected is None else detected.watermarks
-    finally:
-        source.close()
+    with flagsmith.open() as source:
+        detection = detect_changes(source, store.database)
     requests = []
-    if detected is not None and _anything(detected):
+    if detection.anything:
+        assert detection.changes is not None
         published = {m.environment_key: m.published_as_of for m in store.all_metadata()}
-        requests = change_requests(detected, live, published, now, dispatch_policy.max_attempts)
+        intake = RequestIntake(dispatch_policy.max_attempts)
+        requests = intake.changes(detection.changes, detection.live, published, now)
     run_requests, result = enqueue_and_dispatch(
         membership_store,
         dispatch_policy,
         requests,
         now,
-        also=lambda conn: save_watermarks(conn, keep, marks, now),
+        also=lambda conn: detection.save(conn, now),
     )
     log.debug(
         "segment_membership.changes.detected",
-        first_tick=marks is None,
+        first_tick=detection.previous is None,
         requested=sorted(r.environment for r in requests),
-        identity_last_id=keep.tables[IDENTITIES].last_id,
-        trait_last_id=keep.tables[TRAITS].last_id,
+        identity_last_id=detection.keep.tables[IDENTITIES].last_id,
+        trait_last_id=detection.keep.tables[TRAITS].last_id,
     )
     return dg.SensorResult(
         run_requests=run_requests, skip_reason=None if run_requests else skip_reason(result)
     )
-
-
-def _anything(detected: DetectedChanges) -> bool:
-    return bool(detected.identities or detected.traits or detected.segment_projects)
 
 
 @dg.run_failure_sensor(
@@ -161,32 +128,19 @@ def backfill_retry_sensor(
     dispatch_policy: DispatchPolicyResource,
 ) -> None:
     tags = context.dagster_run.tags
-    if f"{TAG_PREFIX}job_id" not in tags:
+    if not is_dispatched(tags):
         return  # not a dispatched run (the UI, the CLI): nothing to retry
     if tags.get(VERDICT_TAG) == "published":
         log.info(
             "segment_membership.dispatch.retry_not_needed",
-            environment=tags["dagster/partition"],
-            job_id=tags[f"{TAG_PREFIX}job_id"],
+            environment=tags[PARTITION_TAG],
+            job_id=tags[JOB_TAG],
             reason="its version was published before its process died",
         )
         return
-    failed = BackfillRequest(
-        job_id=tags[f"{TAG_PREFIX}job_id"],
-        dedup_key=tags[f"{TAG_PREFIX}dedup_key"],
-        organisation=tags[f"{TAG_PREFIX}organisation"],
-        environment=tags["dagster/partition"],
-        window_start=datetime.fromisoformat(tags[f"{TAG_PREFIX}window_start"]),
-        window_end=datetime.fromisoformat(tags[f"{TAG_PREFIX}window_end"]),
-        reason=Reason(tags[f"{TAG_PREFIX}reason"]),
-        created_at=membership_store.get().clock(),
-        attempt=int(tags[f"{TAG_PREFIX}attempt"]),
-        max_attempts=int(tags[f"{TAG_PREFIX}max_attempts"]),
-        segments=tuple(tags.get(SEGMENTS_TAG, "").split())
-        if tags.get(MODE_TAG) == "incremental"
-        else None,
-    )
-    retry = failed.retry(membership_store.get().clock())
+    now = membership_store.get().clock()
+    failed = request_from_tags(tags, created_at=now)
+    retry = RequestIntake(dispatch_policy.max_attempts).retry(failed, now)
     DatabaseQueue(membership_store.get().database).enqueue([retry])
     log.warning(
         "segment_membership.dispatch.retry_enqueued",
@@ -227,8 +181,7 @@ def backfill_reconcile_sensor(
             run_id=claim.owner,
             reason=claim.reason,
         )
-    grace = timedelta(seconds=membership_store.orphaned_run_grace_seconds)
-    ended = end_orphaned_runs(instance, store, grace)
+    ended = end_orphaned_runs(instance, store, membership_store.orphaned_run_grace)
     said = [f"{c.environment_key} ({c.reason}, run {c.owner})" for c in reconciled]
     ended_said = [f"run {e.run_id} of {e.environment_key} ({e.verdict.kind})" for e in ended]
     if not said and not ended_said:

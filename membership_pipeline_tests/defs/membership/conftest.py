@@ -17,9 +17,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from membership_pipeline.definitions import build_resources
-from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
-from membership_pipeline.storage import MembershipStore, migrate
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.defs.membership.definitions import build_resources
+from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
+from membership_pipeline.storage import MembershipStore
 from membership_pipeline_tests.conftest import POSTGRES_URL
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -12,17 +12,18 @@ import sqlalchemy as sa
 import structlog
 from pyroaring import BitMap
 
+from membership_pipeline.backfill import staging
 from membership_pipeline.defs.membership.assets import (
     AUDIT_CHECK,
     BITMAPS,
     segment_membership_bitmaps,
     segment_membership_counts,
 )
-from membership_pipeline.defs.membership.backfill_events import ENVIRONMENT_NAME_TAG, GUARD_TAG
+from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import FlagsmithSourceResource
+from membership_pipeline.dispatch.run_tags import ENVIRONMENT_NAME_TAG
 from membership_pipeline.evaluation import engine
-from membership_pipeline.sharding import shard_backfill
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import BackfillStatus, Claim, MembershipStore
 
@@ -237,7 +238,7 @@ def test_a_failure_in_the_io_manager_publishes_nothing(
         shadow.add_universe(result.universe)  # part of the shadow is written, then it breaks
         raise OSError("disk full")
 
-    monkeypatch.setattr(shard_backfill, "stage_membership_result", store_breaks)
+    monkeypatch.setattr(staging, "stage_membership_result", store_breaks)
     with structlog.testing.capture_logs() as events:
         result = run(instance, resources, env_key, force=True)
     assert not result.success
@@ -263,7 +264,7 @@ def test_a_failure_in_the_io_manager_publishes_nothing(
 def test_an_unreachable_source_fails_the_run_in_one_line(instance, store, store_url, env_key):
     """The source's database is gone: the plan step fails with one line naming the URL
     (password masked) and the reason, and the environment is marked failed, not running."""
-    from membership_pipeline.definitions import build_resources
+    from membership_pipeline.defs.membership.definitions import build_resources
 
     unreachable = "postgresql+psycopg2://flagsmith:s3cret@127.0.0.1:1/flagsmith"
     result = run(instance, build_resources(unreachable, store_url), env_key, force=True)
@@ -271,7 +272,7 @@ def test_an_unreachable_source_fails_the_run_in_one_line(instance, store, store_
     [failure] = [e for e in result.all_events if e.is_step_failure]
     cause = failure.step_failure_data.error.cause  # what the UI shows under Dagster's wrapper
     [message] = cause.message.strip().splitlines()
-    assert message.startswith("membership_pipeline.storage.errors.DatabaseUnreachable: ")
+    assert message.startswith("membership_pipeline.model.errors.DatabaseUnreachable: ")
     assert "cannot reach the Flagsmith database at " in message
     assert "flagsmith:***@127.0.0.1:1/flagsmith" in message and "s3cret" not in message
     failed = store.metadata(env_key)

@@ -15,10 +15,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from membership_pipeline.definitions import build_resources
+from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
+from membership_pipeline.defs.membership.definitions import build_resources
 from membership_pipeline.defs.membership.partitions import environments_partitions
-from membership_pipeline.storage import BackfillStatus, MembershipStore, migrate
+from membership_pipeline.storage import BackfillStatus, MembershipStore
 from membership_pipeline_tests.defs.membership.conftest import ROOT
 from membership_pipeline_tests.membership_answers import assert_same_answers
 

@@ -12,24 +12,20 @@ import pytest
 import sqlalchemy as sa
 from pyroaring import BitMap
 
-from membership_pipeline.defs.membership.dispatch import REASON_TAG, DispatchPolicyResource
+from membership_pipeline.changes.watermarks import load_watermarks
 from membership_pipeline.defs.membership.resources import (
+    DispatchPolicyResource,
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
 from membership_pipeline.defs.membership.sensors import backfill_dispatch_sensor
+from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.dispatch.run_tags import REASON_TAG
+from membership_pipeline.model.changes import IDENTITIES, TRAITS
 from membership_pipeline.sources import flagsmith_tables as tables
-from membership_pipeline.sources.change_feed import (
-    IDENTITIES,
-    IDENTITY_CHANGES,
-    TRAIT_CHANGES,
-    TRAITS,
-    ChangeFeed,
-)
-from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
+from membership_pipeline.sources.change_feed import IDENTITY_CHANGES, TRAIT_CHANGES, ChangeFeed
 from membership_pipeline.storage import Claim, MembershipStore
-from membership_pipeline.storage.watermarks import load_watermarks
 
 PUBLISHED_AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = datetime(2026, 6, 1, tzinfo=UTC)

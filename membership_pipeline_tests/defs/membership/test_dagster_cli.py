@@ -1,5 +1,6 @@
-"""``dagster asset materialize`` from a fresh process with the project's workspace, on the
-embedded default and on PostgreSQL; and a CLI run killed mid-backfill, reconciled by its lease."""
+"""``dagster asset materialize`` (through ``membership-run``) from a fresh process with the
+project's workspace, on the embedded default and on PostgreSQL; ``dg launch``; and a CLI run
+killed mid-backfill, reconciled by its lease."""
 
 from __future__ import annotations
 
@@ -14,23 +15,26 @@ import time
 import dagster as dg
 import pytest
 
+from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
 from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.defs.membership.sensors import backfill_reconcile_sensor
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
-from membership_pipeline.storage import BackfillStatus, MembershipStore, migrate
+from membership_pipeline.storage import BackfillStatus, MembershipStore
+from membership_pipeline_tests.backfill.conftest import plain_backfill
 from membership_pipeline_tests.defs.membership.conftest import ROOT
 from membership_pipeline_tests.membership_answers import assert_same_answers
-from membership_pipeline_tests.sharding.conftest import plain_backfill
 
+# The documented way to run a backfill from the command line: the step server starts with it.
+MEMBERSHIP_RUN = os.path.join(os.path.dirname(sys.executable), "membership-run")
 SHARD_STARTED = re.compile(r'"pid": (\d+).*"event": "segment_membership.backfill.shard_started"')
 
 
 def materialize_command(env_key: str, *config: str) -> list[str]:
     return [
-        sys.executable, "-m", "dagster", "asset", "materialize",
+        MEMBERSHIP_RUN, "dagster", "asset", "materialize",
         "-m", "membership_pipeline.definitions",
         "--select", "segment_membership_bitmaps", "--partition", env_key, *config,
     ]  # fmt: skip
@@ -336,8 +340,8 @@ def test_the_edit_job_publishes_a_segment_edit_in_the_run_process(
     edited segment re-evaluated."""
     import random
 
-    from membership_pipeline.sources.demo_dataset import write_demo_dataset
-    from membership_pipeline_tests.sharding.segment_edits import apply_edit
+    from membership_pipeline.demo.dataset import write_demo_dataset
+    from membership_pipeline_tests.backfill.segment_edits import apply_edit
 
     source = write_demo_dataset(
         f"sqlite:///{tmp_path / 'flagsmith.sqlite'}", identities=300, organisations=1,

@@ -10,28 +10,25 @@ import sqlalchemy as sa
 import structlog
 from pyroaring import BitMap
 
+from membership_pipeline.changes.watermarks import save_watermarks
 from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
-from membership_pipeline.defs.membership.backfill_events import ENVIRONMENT_NAME_TAG
-from membership_pipeline.defs.membership.dispatch import (
-    JOB_TAG,
-    REASON_TAG,
-    enqueue_and_dispatch,
-)
 from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.defs.membership.run_requests import enqueue_and_dispatch
 from membership_pipeline.defs.membership.sensors import (
     backfill_dispatch_sensor,
     backfill_retry_sensor,
 )
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
-from membership_pipeline.sources.change_feed import ChangeFeed, TableMark, Watermarks
+from membership_pipeline.dispatch.run_tags import ENVIRONMENT_NAME_TAG, JOB_TAG, REASON_TAG
+from membership_pipeline.model.changes import TableMark, Watermarks
+from membership_pipeline.sources.change_feed import ChangeFeed
 from membership_pipeline.storage import Claim
-from membership_pipeline.storage.watermarks import save_watermarks
 
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 

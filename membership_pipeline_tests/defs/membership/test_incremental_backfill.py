@@ -13,16 +13,17 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from membership_pipeline.definitions import build_resources
+from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
-from membership_pipeline.defs.membership.dispatch import MODE_TAG, SEGMENTS_TAG
+from membership_pipeline.defs.membership.definitions import build_resources
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.defs.membership.sensors import backfill_dispatch_sensor
-from membership_pipeline.sources.demo_dataset import DemoDataset, write_demo_dataset
-from membership_pipeline.storage import MembershipStore, migrate
+from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
+from membership_pipeline.dispatch.run_tags import MODE_TAG, SEGMENTS_TAG
+from membership_pipeline.storage import MembershipStore
+from membership_pipeline_tests.backfill.segment_edits import apply_edit
 from membership_pipeline_tests.membership_answers import assert_same_answers
-from membership_pipeline_tests.sharding.segment_edits import apply_edit
 
 
 @pytest.fixture
@@ -123,16 +124,21 @@ def test_an_edited_segment_is_published_incrementally(
     }
 
 
-def test_a_bad_mode_fails_in_one_line_before_claiming(instance, store, store_url, editable_source):
+def test_a_bad_mode_is_refused_at_launch_before_claiming(
+    instance, store, store_url, editable_source
+):
+    """``mode`` is a typed choice: Dagster refuses another value before any run or claim, and
+    says which values it takes."""
     env_key = editable_source.environments[0]["api_key"]
-    result = materialize(
-        instance, build_resources(editable_source.url, store_url), env_key, mode="partial"
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        materialize(
+            instance, build_resources(editable_source.url, store_url), env_key, mode="partial"
+        )
+    assert "config:mode not in enum type Literal['full', 'incremental'] got partial" in str(
+        refused.value
     )
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    message = failure.step_failure_data.error.message
-    assert "unknown backfill mode 'partial': use one of full, incremental" in message
     assert store.metadata(env_key) is None  # never claimed
+    assert instance.get_runs() == []
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

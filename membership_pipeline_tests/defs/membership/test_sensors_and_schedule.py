@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from membership_pipeline.defs.membership.dispatch import JOB_TAG, REASON_TAG
 from membership_pipeline.defs.membership.partitions import environments_partitions
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
 from membership_pipeline.defs.membership.schedules import membership_refresh_schedule
@@ -16,6 +15,7 @@ from membership_pipeline.defs.membership.sensors import (
     backfill_reconcile_sensor,
     environment_discovery_sensor,
 )
+from membership_pipeline.dispatch.run_tags import JOB_TAG, REASON_TAG
 from membership_pipeline.storage import BackfillStatus, Claim
 from membership_pipeline_tests.storage.conftest import write_version
 

@@ -1,5 +1,6 @@
-"""The multiprocess executor's step server starts with a command that runs steps, and only
-then (the CLI's end-to-end runs in test_dagster_cli.py run on it)."""
+"""The multiprocess executor's step server starts with ``membership-run`` (an explicit switch),
+never as a side effect of importing the definitions (the CLI's end-to-end runs in
+test_dagster_cli.py run through it)."""
 
 from __future__ import annotations
 
@@ -8,65 +9,36 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
-import pytest
 
-from membership_pipeline.defs.membership.step_server import FORKSERVER_PRELOAD, runs_steps_here
+from membership_pipeline.defs.membership.step_server import PRELOADED
 
-# Imports the definitions as the given command line would, then reports the forkserver's pid
-# and command line (None when none was started).
+MEMBERSHIP_RUN = str(Path(sys.executable).with_name("membership-run"))
+
+# Runs a command line as the given process would, then reports the forkserver's pid and
+# command line (None when none was started).
 PROBE = """
 import json, sys
-sys.argv = json.loads(sys.argv[1])
-import membership_pipeline.definitions  # noqa: F401
+{run}
 from multiprocessing import forkserver
 import psutil
 pid = forkserver._forkserver._forkserver_pid
-print(json.dumps(pid and {"pid": pid, "cmdline": psutil.Process(pid).cmdline()}))
+print(json.dumps(pid and {{"pid": pid, "cmdline": psutil.Process(pid).cmdline()}}))
 """
 
 
-def _probe(argv: list[str], executor: str = "multiprocess") -> dict | None:
-    env = {**os.environ, "MEMBERSHIP_EXECUTOR": executor}
+def _probe(run: str, **env: str) -> dict | None:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(argv)],
-        env=env,
+        [sys.executable, "-c", PROBE.format(run=run)],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        (["dagster", "asset", "materialize", "--select", "x"], True),
-        (["dagster", "job", "execute", "-j", "x"], True),
-        (["dagster", "api", "execute_run", "{}"], True),
-        # The in-process edit job forks no step (a run worker's arguments name its job).
-        (["dagster", "job", "execute", "-j", "segment_membership_edit"], False),
-        (["dagster", "api", "execute_run", '{"job_name": "segment_membership_edit"}'], False),
-        (["dagster", "api", "grpc", "--port", "1"], False),
-        (["dagster-webserver", "-p", "3000"], False),
-        (["dagster-daemon", "run"], False),
-        (["-c"], False),  # the forkserver itself and every step it forks
-        ([], False),
-    ],
-)
-def test_only_commands_that_run_steps_start_the_server(argv: list[str], expected: bool) -> None:
-    assert runs_steps_here(argv) is expected
-
-
-def test_a_materialize_command_starts_the_server_with_the_preload_list() -> None:
-    started = _probe(["dagster", "asset", "materialize", "--select", "x"])
-    assert started is not None
-    command = " ".join(started["cmdline"])
-    assert "forkserver" in command
-    assert all(module in command for module in FORKSERVER_PRELOAD)
-    assert _ends(started["pid"])  # with the command that started it
 
 
 def _ends(pid: int, seconds: float = 15.0) -> bool:
@@ -81,6 +53,36 @@ def _ends(pid: int, seconds: float = 15.0) -> bool:
     return False
 
 
-def test_no_server_for_the_code_location_or_another_executor() -> None:
-    assert _probe(["dagster", "api", "grpc", "--port", "1"]) is None
-    assert _probe(["dagster", "asset", "materialize"], executor="in_process") is None
+def test_importing_the_definitions_starts_no_server_whatever_the_command_line():
+    materialize = ["dagster", "asset", "materialize", "--select", "x"]
+    imported = f"sys.argv = {materialize!r}\nimport membership_pipeline.definitions"
+    assert _probe(imported) is None
+    # Not even a deployment's settings are read on import: bad ones do not fail it.
+    assert _probe(imported, MEMBERSHIP_EXECUTOR="slurm", MEMBERSHIP_SHARD_IDENTITIES="x") is None
+
+
+def test_the_switch_starts_the_server_with_the_preload_list():
+    started = _probe(
+        "from membership_pipeline.defs.membership.step_server import start_step_server\n"
+        "start_step_server()"
+    )
+    assert started is not None
+    command = " ".join(started["cmdline"])
+    assert "forkserver" in command
+    assert all(module in command for module in PRELOADED)
+    assert not any(module.startswith("dagster.") for module in PRELOADED)  # no private path
+    assert _ends(started["pid"])  # with the command that started it
+
+
+def test_membership_run_runs_the_dagster_command_it_is_given():
+    done = subprocess.run(
+        [MEMBERSHIP_RUN, "dagster", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("dagster, version ")
+
+
+def test_membership_run_refuses_anything_but_a_dagster_command():
+    done = subprocess.run([MEMBERSHIP_RUN, "ls", "-l"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: membership-run [--in-process] {dagster|dg} ARGS...")

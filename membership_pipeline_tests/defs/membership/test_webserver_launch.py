@@ -8,6 +8,8 @@ import time
 import urllib.request
 from typing import Any
 
+import yaml
+
 from membership_pipeline.defs.membership.backfill_events import GUARD_TAG
 from membership_pipeline.storage import BackfillStatus
 from membership_pipeline_tests.defs.membership.conftest import add_environment_partition
@@ -94,3 +96,78 @@ def test_the_materialize_button_backfills_then_guards(webserver, demo_source):
     assert {"key": GUARD_TAG, "value": "skipped: cooldown"} in second["tags"]
     with MembershipStore(store_url) as store:
         assert store.metadata(env_key) == done
+
+
+CONFIG_SCHEMA = """
+query Schema($selector: PipelineSelector!) {
+  runConfigSchemaOrError(selector: $selector) {
+    __typename
+    ... on RunConfigSchema {
+      rootDefaultYaml
+      allConfigTypes {
+        key
+        ... on CompositeConfigType { fields { name description defaultValueAsJson } }
+        ... on EnumConfigType { values { value } }
+      }
+    }
+    ... on PythonError { message }
+  }
+}"""
+# Every setting a run or a deployment may set, and the variable a deployment sets it by.
+SETTINGS = {
+    "url": ("MEMBERSHIP_SOURCE_URL", "MEMBERSHIP_STORE_URL"),
+    "cooldown_seconds": ("MEMBERSHIP_COOLDOWN_SECONDS",),
+    "lease_seconds": ("MEMBERSHIP_LEASE_SECONDS",),
+    "orphaned_run_grace_seconds": ("MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS",),
+    "coalesce_seconds": ("MEMBERSHIP_COALESCE_SECONDS",),
+    "dedup_ttl_seconds": ("MEMBERSHIP_DEDUP_TTL_SECONDS",),
+    "launches_per_organisation_per_minute": ("MEMBERSHIP_ORG_LAUNCHES_PER_MINUTE",),
+    "organisation_caps": ("MEMBERSHIP_ORG_CAPS",),
+    "max_request_age_seconds": ("MEMBERSHIP_MAX_REQUEST_AGE_SECONDS",),
+    "max_attempts": ("MEMBERSHIP_MAX_ATTEMPTS",),
+    "shard_identities": ("MEMBERSHIP_SHARD_IDENTITIES",),
+    "mode": (),
+    "force": (),
+    "audit_sample_size": (),
+    "incremental_shard_identities": (),
+    "max_concurrent": (),
+}
+
+
+def test_the_launchpad_shows_every_setting_with_its_default_and_description(webserver):
+    """What the launchpad scaffolds and explains: the deployment's values as the defaults (the
+    webserver runs with MEMBERSHIP_SHARD_IDENTITIES=100 and both URLs set, which the launchpad
+    shows as the variables they come from, not their values)."""
+    port, _, _ = webserver
+    [repository] = graphql(port, LOCATIONS)["repositoriesOrError"]["nodes"]
+    selector = {
+        "repositoryLocationName": repository["location"]["name"],
+        "repositoryName": "__repository__",
+        "pipelineName": "segment_membership_backfill",
+    }
+    schema = graphql(port, CONFIG_SCHEMA, {"selector": selector})["runConfigSchemaOrError"]
+    assert schema["__typename"] == "RunConfigSchema", schema
+    defaults = yaml.safe_load(schema["rootDefaultYaml"])
+    backfill = defaults["ops"]["segment_membership_bitmaps"]["config"]
+    assert (backfill["shard_identities"], backfill["mode"], backfill["force"]) == (
+        100,
+        "full",
+        False,
+    )
+    store = defaults["resources"]["membership_store"]["config"]
+    assert store["url"] == {"env": "MEMBERSHIP_STORE_URL"}  # the variable, never its value
+    assert (store["cooldown_seconds"], store["lease_seconds"]) == (60, 600)
+    assert defaults["resources"]["flagsmith"]["config"]["url"] == {"env": "MEMBERSHIP_SOURCE_URL"}
+    assert defaults["execution"]["config"] == {"max_concurrent": 0}
+    fields: dict[str, list[dict[str, Any]]] = {}
+    for config_type in schema["allConfigTypes"]:
+        for field in config_type.get("fields") or []:
+            fields.setdefault(field["name"], []).append(field)
+    for name, variables in SETTINGS.items():
+        assert fields[name], name
+        for field in fields[name]:
+            assert field["description"] and field["defaultValueAsJson"] is not None, field
+        described = " ".join(field["description"] for field in fields[name])
+        assert all(f"${variable}" in described for variable in variables), (name, described)
+    modes = [t["values"] for t in schema["allConfigTypes"] if t.get("values")]
+    assert [{"value": "full"}, {"value": "incremental"}] in modes  # a typed choice, not a string

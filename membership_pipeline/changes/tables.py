@@ -1,0 +1,30 @@
+"""Change detection's tables, on the store database's one ``MetaData`` (migration 0005): per
+append-only source table, the highest id seen and where the next scan starts; per project, the
+signature of its segment tables. They advance in the transaction that queues the changes they
+saw."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from membership_pipeline.database.metadata import metadata
+from membership_pipeline.database.timestamps import UtcDateTime
+
+source_watermark = sa.Table(
+    "membership_source_watermark",
+    metadata,
+    sa.Column("table_name", sa.String(64), primary_key=True),
+    sa.Column("last_id", sa.BigInteger(), nullable=False),
+    sa.Column("scan_from", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+segment_signature = sa.Table(
+    "membership_segment_signature",
+    metadata,
+    sa.Column("project_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("row_count", sa.BigInteger(), nullable=False),
+    sa.Column("latest_change", UtcDateTime()),
+    sa.Column("digest", sa.String(32), nullable=False),
+    sa.Column("segment_digests", sa.Text()),  # JSON: segment key → digest (migration 0006)
+)

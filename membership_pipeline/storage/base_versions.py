@@ -1,0 +1,68 @@
+"""Reads of the published version an incremental backfill builds on: its source marks and
+definition digests (what decides full or incremental), and its universe within a shard's id
+range (what an incremental shard checks the source against)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from pyroaring import BitMap
+
+from membership_pipeline.database.engines import StoreDatabase
+from membership_pipeline.model.refresh_mode import BaseVersion, SourceMarks
+from membership_pipeline.storage.tables import (
+    bitmap,
+    bitmap_chunk,
+    chunks_of_bitmap,
+    environment,
+    version,
+)
+
+
+def refresh_base(database: StoreDatabase, environment_key: str) -> BaseVersion | None:
+    """The published version of ``environment_key`` as an incremental backfill's base: its
+    source marks and its segments' definition digests."""
+    with database.reader.connect() as conn:
+        row = conn.execute(
+            sa.select(version)
+            .join(environment, environment.c.published_version_id == version.c.version_id)
+            .where(environment.c.environment_key == environment_key)
+        ).one_or_none()
+        if row is None:
+            return None
+        digests = conn.execute(
+            sa.select(bitmap.c.key, bitmap.c.definition_digest).where(
+                bitmap.c.version_id == row.version_id, bitmap.c.kind == "segment"
+            )
+        ).all()
+    marks = None
+    if row.source_identity_count is not None and row.environment_digest is not None:
+        marks = SourceMarks(
+            row.source_identity_count,
+            row.source_max_identity_id,
+            row.source_max_trait_id,
+            row.environment_digest,
+        )
+    return BaseVersion(row.version_id, marks, {key: digest for key, digest in digests})
+
+
+def universe_between(
+    database: StoreDatabase, version_id: int, first_id: int, last_id: int
+) -> BitMap:
+    """The ids of ``version_id``'s universe in ``[first_id, last_id]`` (from the chunks that
+    hold them, wherever they were written)."""
+    with database.reader.connect() as conn:
+        payloads = conn.execute(
+            sa.select(bitmap_chunk.c.payload)
+            .select_from(bitmap.join(bitmap_chunk, chunks_of_bitmap()))
+            .where(
+                bitmap.c.version_id == version_id,
+                bitmap.c.kind == "universe",
+                bitmap_chunk.c.max_id >= first_id,
+                bitmap_chunk.c.min_id <= last_id,
+            )
+        ).scalars()
+        ids = BitMap.union(BitMap(), *(BitMap.deserialize(p) for p in payloads))
+    in_range = BitMap()
+    if last_id >= first_id:
+        in_range.add_range(first_id, last_id + 1)
+    return ids & in_range

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from membership_pipeline.backfill.planning import plan_backfill
+from membership_pipeline.backfill.shards import compute_shard, expected_identities
+from membership_pipeline.backfill.staging import stage_membership_result, stage_shard
+from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
+from membership_pipeline.evaluation import evaluate_environment
+from membership_pipeline.model.refresh_mode import RefreshMode
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.storage import Claim, MembershipStore, StagedPlan
+
+
+@pytest.fixture(scope="session")
+def small_source(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
+    """Two environments of a few hundred identities, 25 segments (every operator)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sharding') / 'flagsmith.sqlite'}"
+    return write_demo_dataset(
+        url,
+        identities=160,
+        organisations=1,
+        projects_per_organisation=1,
+        environments_per_project=2,
+        segments_per_project=25,
+    )
+
+
+def sharded_backfill(
+    source: FlagsmithSource,
+    store: MembershipStore,
+    env_key: str,
+    shard_identities: int,
+    *,
+    between_plan_and_shards=lambda plan: None,
+    mode: RefreshMode = RefreshMode.FULL,
+    plans: list[StagedPlan] | None = None,
+) -> int:
+    """A sharded backfill without Dagster, shard by shard: plan, compute + stage each, seal,
+    publish. Returns the published version (and appends the plan to ``plans``)."""
+    held = store.claim(env_key, owner=f"test-{uuid.uuid4().hex[:8]}", force=True)
+    assert isinstance(held, Claim)
+    plan = plan_backfill(
+        source,
+        store,
+        held,
+        shard_identities,
+        mode=mode,
+        incremental_shard_identities=shard_identities,
+    )
+    if plans is not None:
+        plans.append(plan)
+    between_plan_and_shards(plan)
+    for spec in plan.shards:
+        outcome = compute_shard(
+            source,
+            plan,
+            spec,
+            audit_sample_size=20,
+            audit_seed=0,
+            expected_identities=expected_identities(store, plan, spec),
+        )
+        stage_shard(store, outcome)
+    store.seal_shards(plan)
+    return store.publish(held, plan.version_id).version_id
+
+
+def plain_backfill(source: FlagsmithSource, store: MembershipStore, env_key: str) -> int:
+    """The plain full backfill: the whole environment in one evaluation, one shadow version."""
+    held = store.claim(env_key, owner=f"plain-{uuid.uuid4().hex[:8]}", force=True)
+    assert isinstance(held, Claim)
+    snapshot = source.read_environment(env_key)
+    result = evaluate_environment(
+        snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
+    )
+    shadow = store.stage(held, as_of=snapshot.as_of)
+    stage_membership_result(shadow, result)
+    return store.publish(held, shadow).version_id
+
+
+def delete_identities(url: str, ids: list[int]) -> None:
+    if not ids:
+        return
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM environments_trait WHERE identity_id IN :ids").bindparams(
+                sa.bindparam("ids", expanding=True)
+            ),
+            {"ids": ids},
+        )
+        conn.execute(
+            sa.text("DELETE FROM environments_identity WHERE id IN :ids").bindparams(
+                sa.bindparam("ids", expanding=True)
+            ),
+            {"ids": ids},
+        )
+    engine.dispose()
