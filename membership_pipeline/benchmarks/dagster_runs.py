@@ -18,8 +18,11 @@ from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.storage import MembershipStore
 
 
-def dagster_command(*args: str, in_process: bool = False) -> list[str]:
-    """``dagster ARGS`` through ``membership-run``, from this environment's scripts."""
+def dagster_command(*args: str, in_process: bool = False, switch: bool = True) -> list[str]:
+    """``dagster ARGS`` through ``membership-run`` (``switch=False``: plain ``dagster``), from
+    this environment's scripts."""
+    if not switch:
+        return [str(Path(sys.executable).with_name("dagster")), *args]
     membership_run = str(Path(sys.executable).with_name("membership-run"))
     return [membership_run, *(["--in-process"] if in_process else []), "dagster", *args]
 
@@ -31,10 +34,12 @@ def materialize(
     env_key: str,
     shard_identities: int,
     executor: str = "multiprocess",
+    step_server: bool = True,
 ) -> dict:
     """One ``dagster asset materialize`` of the environment's partition (forced past the
     cooldown) in a fresh process: wall time, process start → flip, the shards' reports and
-    the peak RSS of every process of the run."""
+    the peak RSS of every process of the run. ``step_server=False``: plain ``dagster``, without
+    ``membership-run``'s early start."""
     environment = {
         **os.environ,
         "DAGSTER_HOME": home,
@@ -58,7 +63,7 @@ def materialize(
         dagster_command(
             "asset", "materialize", "-m", "membership_pipeline.definitions",
             "--select", "segment_membership_bitmaps", "--partition", env_key,
-            "--config-json", config, in_process=executor == "in_process",
+            "--config-json", config, in_process=executor == "in_process", switch=step_server,
         ),
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

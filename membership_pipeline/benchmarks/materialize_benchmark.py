@@ -3,14 +3,15 @@ PostgreSQL source and store, for both data shapes.
 
     membership-benchmark-materialize [--identities 1000000] [--segments 300]
         [--shapes narrow,wide] [--repeats 2] [--executor multiprocess|in_process]
-        [--shard-identities N] [--narrow-url URL] [--wide-url URL]
+        [--shard-identities N] [--narrow-url URL] [--wide-url URL] [--without-step-server]
 
 Shapes: ``narrow``, the catalogue's traits only (about 3 per identity); ``wide``, 17 more per
 identity of keys no segment reads (about 20 in all, as real Flagsmith identities carry). Each
 shape is seeded into a scratch schema (the wide one takes minutes), or read from an existing
 Flagsmith database given by ``--narrow-url`` / ``--wide-url`` (its first environment). Every run
-is a fresh ``dagster asset materialize`` process with the project's configuration (the default
-executor and shard size unless given), timed from process start to the flip; per run it prints
+is a fresh ``membership-run dagster asset materialize`` process with the project's configuration
+(the default executor and shard size unless given; ``--without-step-server``: plain ``dagster``,
+whose step server starts at the first step), timed from process start to the flip; per run it prints
 the seconds of each phase of each shard (read, evaluate, audit, write) and the peak RSS of every
 process of the run. Targets: start → flip ≤ 10 s, every process ≤ 1 GB.
 """
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-identities", type=int, default=DEFAULT_SHARD_IDENTITIES)
     parser.add_argument("--narrow-url", help="an existing Flagsmith database (narrow shape)")
     parser.add_argument("--wide-url", help="an existing Flagsmith database (wide shape)")
+    parser.add_argument(
+        "--without-step-server",
+        action="store_true",
+        help="run plain `dagster asset materialize`, not through membership-run",
+    )
     args = parser.parse_args(argv)
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
@@ -84,7 +90,13 @@ def _run_shape(args: argparse.Namespace, shape: str, source_url: str, store_url:
         for _ in range(args.repeats):
             runs.append(
                 materialize(
-                    home, source_url, store_url, env_key, args.shard_identities, args.executor
+                    home,
+                    source_url,
+                    store_url,
+                    env_key,
+                    args.shard_identities,
+                    args.executor,
+                    step_server=not args.without_step_server,
                 )
             )
     _report(shape, args, runs)
@@ -98,6 +110,7 @@ def _report(shape: str, args: argparse.Namespace, runs: list[dict]) -> None:
     print(
         f"materialize benchmark, {shape} shape: {last['identities']:,} identities, "
         f"{args.segments} segments, {args.executor} executor, shards of {args.shard_identities:,}"
+        + (", without membership-run" if args.without_step_server else "")
     )
     print(
         f"  process start → flip: {', '.join(f'{s:.1f}' for s in to_flip)} s, median "

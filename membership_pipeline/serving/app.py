@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from membership_pipeline.serving.auth import Authenticate
 from membership_pipeline.serving.errors import STATUS_OF, ApiError, api_error
 from membership_pipeline.serving.observability import ObserveRequests
-from membership_pipeline.serving.routes import membership_routes
+from membership_pipeline.serving.routes import add_routes
 from membership_pipeline.serving.service import MembershipService, ServiceSettings
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -62,5 +62,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         shown = "" if given is None or isinstance(given, dict) else f" (got {str(given)[:40]!r})"
         return JSONResponse({"error": f"{name}: {first['msg']}{shown}"}, status_code=400)
 
-    app.include_router(membership_routes(service))
+    add_routes(app, service)
     return app
