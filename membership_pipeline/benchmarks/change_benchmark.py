@@ -106,9 +106,8 @@ def _add_small_environments(url: str, count: int, identities: int = 100) -> None
 
 
 def _run(args: argparse.Namespace, source_url: str, store_url: str) -> None:
-    source = FlagsmithSource(source_url)
-    live = source.environments()
-    source.close()
+    with FlagsmithSource(source_url) as source:
+        live = source.environments()
     if len(live) < SMALL_ENVIRONMENTS + 1:
         raise SystemExit(f"the source needs {SMALL_ENVIRONMENTS + 1} live environments")
     migrate(store_url)

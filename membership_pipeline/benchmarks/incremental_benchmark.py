@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, source_url: str, store_url: str) -> None:
-    source = FlagsmithSource(source_url)
-    info = source.environments()[0]
-    source.close()
+    with FlagsmithSource(source_url) as source:
+        info = source.environments()[0]
     engine = sa.create_engine(source_url)
     edited: list[tuple[int, str | None]] = []  # (condition id, its value before)
     backfills: list[Backfill] = []

@@ -80,9 +80,8 @@ def _seed(url: str, args: argparse.Namespace, shape: str) -> str:
 
 
 def _run_shape(args: argparse.Namespace, shape: str, source_url: str, store_url: str) -> None:
-    source = FlagsmithSource(source_url)
-    env_key = source.environments()[0].api_key
-    source.close()
+    with FlagsmithSource(source_url) as source:
+        env_key = source.environments()[0].api_key
     migrate(store_url)
     runs = []
     with tempfile.TemporaryDirectory(prefix="membership-materialize-") as home:

@@ -84,11 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _evaluate_from_source(url: str, api_key: str) -> tuple[MembershipResult, Probe]:
-    source = FlagsmithSource(url)
-    try:
+    with FlagsmithSource(url) as source:
         snapshot = source.read_environment(api_key)
-    finally:
-        source.close()
     result = evaluate_environment(
         snapshot.environment, snapshot.identities, snapshot.traits, snapshot.segments
     )

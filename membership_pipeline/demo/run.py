@@ -58,11 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     before, after = migrate(args.store_url)
     if before != after:
         print(f"created the membership store {args.store_url} (schema revision {after})")
-    source = FlagsmithSource(args.url)
-    try:
+    with FlagsmithSource(args.url) as source:
         environments = source.environments()
-    finally:
-        source.close()
     instance = dg.DagsterInstance.get() if "DAGSTER_HOME" in os.environ else _local_instance()
     from membership_pipeline.defs.membership.materialize import materialize_environment
 
