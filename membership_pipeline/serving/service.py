@@ -116,7 +116,7 @@ class MembershipService:
         """A page of members in id order, on the version of the listing's first page."""
         known = self._environment_for(key, environment_key)
         if cursor is None:
-            version, after = self._published(environment_key), 0
+            version, after = self.reader.published(environment_key), 0
         else:
             position = Cursor.decode(cursor)
             version = self.reader.at_version(environment_key, position.version_id)
@@ -197,10 +197,8 @@ class MembershipService:
         self, key: ApiKey, environment_key: str
     ) -> tuple[KnownEnvironment, PublishedMembership]:
         """The environment, if the key may read it, and its published version."""
-        return self._environment_for(key, environment_key), self._published(environment_key)
-
-    def _published(self, environment_key: str) -> PublishedMembership:
-        return self.reader.published(environment_key)
+        known = self._environment_for(key, environment_key)
+        return known, self.reader.published(environment_key)
 
     def _answer(
         self, known: KnownEnvironment, version: PublishedMembership, fields: Answer

@@ -167,8 +167,6 @@ class FlagsmithSource:
     ) -> IdentityPlan:
         """The environment, its segments, its identity count and largest id, and the ids at
         ranks 0, ``every``, 2 × ``every``, ... in one snapshot (see ``identity_planner``)."""
-        if every < 1:
-            raise ValueError(f"every must be at least 1, got {every}")
         info = self.environment(api_key)
         as_of = datetime.now(UTC)
         with self._snapshot() as conn:

@@ -30,6 +30,7 @@ import dagster as dg
 
 from membership_pipeline.defs.membership.deployment import Deployment, ExecutorKind
 from membership_pipeline.defs.membership.step_server import PRELOADED
+from membership_pipeline.dispatch.settings import whole_number
 
 DEFAULT_BROKER = "pyamqp://guest@127.0.0.1:5672//"
 DEFAULT_BACKEND = "rpc://"
@@ -101,8 +102,9 @@ def _k8s() -> dg.ExecutorDefinition:
         memory = given.get("step_memory") or _variable(
             "MEMBERSHIP_K8S_STEP_MEMORY", DEFAULT_STEP_MEMORY
         )
-        concurrent = given.get("max_concurrent") or int(
-            _variable("MEMBERSHIP_K8S_MAX_CONCURRENT", str(DEFAULT_K8S_MAX_CONCURRENT))
+        concurrent = given.get("max_concurrent") or whole_number(
+            "MEMBERSHIP_K8S_MAX_CONCURRENT",
+            _variable("MEMBERSHIP_K8S_MAX_CONCURRENT", str(DEFAULT_K8S_MAX_CONCURRENT)),
         )
         return {
             "max_concurrent": concurrent,
