@@ -14,6 +14,9 @@
     membership enqueue ENV [--reason R] [--force]   queue a backfill request, print the decision
                                                 the next dispatch tick would take for it
     membership queue                            pending backfill requests
+    membership capture enable|status|disable    change data capture on Flagsmith's PostgreSQL
+                                                (publication, replica identities, slot); the
+                                                capture process is `membership-capture`
     membership serve [--host H] [--port P]      the HTTP read API (see the README's "Read API")
     membership api-key NAME --scope organisation:ID|project:ID|environment:KEY
                                                 create a key for it (shown once, stored hashed)
@@ -35,6 +38,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
+from membership_pipeline.changes.capture import capture_status
 from membership_pipeline.database.schema import migrate
 from membership_pipeline.dispatch.dispatcher import preview_tick
 from membership_pipeline.dispatch.intake import RequestIntake
@@ -42,8 +48,17 @@ from membership_pipeline.dispatch.policy import Outcome
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import Reason
 from membership_pipeline.dispatch.settings import policy_settings, policy_values_from_environment
-from membership_pipeline.model.errors import StoreError
+from membership_pipeline.model.errors import CaptureError, StoreError
 from membership_pipeline.serving.command import add_commands as add_serving_commands
+from membership_pipeline.sources.pgoutput import format_lsn
+from membership_pipeline.sources.replication import (
+    DEFAULT_PUBLICATION,
+    DEFAULT_SLOT,
+    capture_support,
+    disable_capture,
+    enable_capture,
+    slot_state,
+)
 from membership_pipeline.storage import (
     DEFAULT_STORE_URL,
     EnvironmentMembershipMetadata,
@@ -61,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         document, text = args.command(args)
     except NoOp as no_op:
         document, text, status = no_op.document, no_op.text, 1
-    except (StoreError, ValueError, TypeError) as error:
+    except (StoreError, CaptureError, ValueError, TypeError) as error:
         print(f"membership {args.name}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(document, indent=2, default=str) if args.json else text)
@@ -133,6 +148,19 @@ def _parser() -> argparse.ArgumentParser:
         "backfill re-evaluates the edited segments and shares the rest)",
     )
     command("queue", _queue, "pending backfill requests")
+    capture = command(
+        "capture",
+        _capture,
+        "change data capture on Flagsmith's PostgreSQL: enable (publication, replica "
+        "identities, slot; needs the tables' owner), status, disable (drops the slot); the "
+        "capture process itself is `membership-capture`",
+    )
+    capture.add_argument("action", choices=["enable", "status", "disable"])
+    capture.add_argument("--slot", default=os.environ.get("MEMBERSHIP_CAPTURE_SLOT", DEFAULT_SLOT))
+    capture.add_argument(
+        "--publication",
+        default=os.environ.get("MEMBERSHIP_CAPTURE_PUBLICATION", DEFAULT_PUBLICATION),
+    )
     add_serving_commands(command)
     return parser
 
@@ -160,7 +188,56 @@ def _status(args: argparse.Namespace) -> tuple[Any, str]:
             rows = [found]
         else:
             rows = store.all_metadata()
-    return [row.as_dict() for row in rows], _status_table(rows)
+        captured = capture_status(store.database)
+        waiting = store.pending_counts()
+    text = _status_table(rows)
+    if waiting:
+        shown = ", ".join(f"{key} {count:,}" for key, count in sorted(waiting.items())[:10])
+        text += f"\nidentities waiting for a delta backfill: {shown}"
+    text += "\n" + (
+        captured.describe()
+        if captured is not None
+        else "change capture: not running (change detection and the refresh schedule keep "
+        "environments fresh; see `membership capture enable`)"
+    )
+    return [row.as_dict() for row in rows], text
+
+
+def _capture(args: argparse.Namespace) -> tuple[Any, str]:
+    if not args.source_url:
+        raise ValueError(
+            "capture needs --source-url (or $MEMBERSHIP_SOURCE_URL): Flagsmith's PostgreSQL"
+        )
+    engine = sa.create_engine(args.source_url)
+    try:
+        if args.action == "enable":
+            position = enable_capture(engine, args.publication, args.slot)
+            return {"slot": args.slot, "position": format_lsn(position)}, (
+                f"capture enabled: publication {args.publication}, slot {args.slot} at "
+                f"{format_lsn(position)}; capture's first tick requests a full refresh of every "
+                "environment, then delta backfills"
+            )
+        if args.action == "disable":
+            disable_capture(engine, args.publication, args.slot)
+            return {"slot": args.slot, "dropped": True}, (
+                f"capture disabled: slot {args.slot} and publication {args.publication} dropped"
+            )
+        with engine.connect() as conn:
+            reason = capture_support(conn)
+            state = slot_state(conn, args.slot) if reason is None else None
+    finally:
+        engine.dispose()
+    document = {"available": reason is None, "reason": reason, "slot": state and vars(state)}
+    if reason is not None:
+        return document, f"change capture unavailable: {reason}"
+    assert state is not None
+    if not state.exists:
+        return document, f"slot {args.slot} does not exist (membership capture enable)"
+    return document, (
+        f"slot {args.slot}: {state.wal_status}, confirmed at "
+        f"{format_lsn(state.confirmed or 0)}, {state.lag_bytes or 0:,} bytes behind, "
+        f"{state.retained_bytes or 0:,} bytes of WAL retained"
+    )
 
 
 def _status_table(rows: list[EnvironmentMembershipMetadata]) -> str:

@@ -29,6 +29,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from membership_pipeline.evaluation.kernels import warm
 
     warm()
+    drop_stale_test_slots()
+
+
+def drop_stale_test_slots() -> None:
+    """Slots a killed earlier run of the capture tests left (each retains WAL until dropped)."""
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name LIKE 'mp\\_capture\\_%' AND NOT active"
+                )
+            )
+    except sa.exc.OperationalError:
+        pass  # no server: the tests that need it say so
+    finally:
+        engine.dispose()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,3 +110,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+from membership_pipeline_tests.captured_source import captured_source  # noqa: E402, F401

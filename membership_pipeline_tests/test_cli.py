@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -177,3 +179,42 @@ def test_an_unreachable_database_is_one_clean_line(url, reason, tmp_path):
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("membership enqueue: cannot reach the Flagsmith database at ")
     assert "s3cret" not in line
+
+
+LSN = "[0-9A-F]+/[0-9A-F]+"  # a WAL position as PostgreSQL prints it
+
+
+def test_capture_commands_set_up_show_and_drop_the_slot(postgres_url, tmp_path):
+    """``membership capture enable|status|disable`` on a PostgreSQL source, and the capture
+    line of ``membership status``; bad input is one line."""
+    from membership_pipeline.demo.dataset import write_demo_dataset
+
+    write_demo_dataset(postgres_url, identities=50, organisations=1, projects_per_organisation=1,
+                       environments_per_project=1, segments_per_project=3)  # fmt: skip
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    assert membership(store_url, "migrate").returncode == 0
+    slot = f"mp_capture_{uuid.uuid4().hex[:10]}"
+    names = ("--slot", slot, "--publication", slot)
+    source = ("--source-url", postgres_url)
+    try:
+        enabled = membership(store_url, *source, "capture", "enable", *names)
+        assert enabled.returncode == 0, enabled.stderr
+        assert re.search(
+            f"capture enabled: publication {slot}, slot {slot} at {LSN}", enabled.stdout
+        )
+        shown = membership(store_url, *source, "capture", "status", *names)
+        assert re.search(f"slot {slot}: reserved, confirmed at {LSN}", shown.stdout)
+        assert "bytes of WAL retained" in shown.stdout
+        status = membership(store_url, "status")
+        assert "change capture: not running" in status.stdout
+    finally:
+        dropped = membership(store_url, *source, "capture", "disable", *names)
+    assert (
+        dropped.returncode == 0 and f"slot {slot} and publication {slot} dropped" in dropped.stdout
+    )
+    gone = membership(store_url, *source, "capture", "status", *names)
+    assert f"slot {slot} does not exist" in gone.stdout
+    sqlite = membership(store_url, "--source-url", store_url, "capture", "enable", *names)
+    assert sqlite.returncode == 1 and sqlite.stderr.strip() == (
+        "membership capture: change capture cannot be enabled: the source is sqlite, not PostgreSQL"
+    )

@@ -32,6 +32,7 @@ def test_definitions_object_loads() -> None:
     assert isinstance(bitmaps.partitions_def, dg.DynamicPartitionsDefinition)
     assert bitmaps.partitions_def.name == "environments"
     assert {s.name for s in repository.sensor_defs} == {
+        "identity_capture_sensor",
         "environment_discovery_sensor",
         "backfill_dispatch_sensor",
         "backfill_retry_sensor",
@@ -44,6 +45,7 @@ def test_definitions_object_loads() -> None:
         "membership_io_manager",
         STAGING_IO_MANAGER,  # the store-backed IO manager of the backfill's inner steps
         "dispatch_policy",
+        "change_capture",
     }
     assert build_resources()[STAGING_IO_MANAGER] is staging_io_manager
     groups = {

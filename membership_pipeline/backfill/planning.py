@@ -4,9 +4,12 @@ the plan with a new shadow version."""
 
 from __future__ import annotations
 
+from membership_pipeline.backfill.delta import plan_delta
 from membership_pipeline.model.backfill_plan import BackfillPlan
 from membership_pipeline.model.refresh_mode import (
+    DEFAULT_DELTA_MAX_SHARE,
     DEFAULT_MAX_CHANGED_SHARE,
+    RefreshDecision,
     RefreshMode,
     SourceMarks,
     decide_refresh,
@@ -33,11 +36,39 @@ def plan_backfill(
     mode: RefreshMode = RefreshMode.FULL,
     incremental_shard_identities: int = DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
     max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE,
+    delta_max_share: float = DEFAULT_DELTA_MAX_SHARE,
 ) -> StagedPlan:
     """An incremental plan evaluates only the new and edited segments, so its shards hold more
     identities (``incremental_shard_identities``); escalated to full, it plans again in shards
-    of ``shard_identities``."""
+    of ``shard_identities``. A delta plan re-evaluates the identities captured as changed
+    (``backfill.delta``); escalated to full, it plans as a full one.
+
+    The pending identities are read before the source's snapshot is taken: every change
+    recorded by then was committed before it, so a full or delta plan covers them (and its
+    publish clears them); an incremental plan shares bitmaps that may predate them, so it runs
+    as full while any are pending."""
     key = held.environment_key
+    pending = store.pending_identities(key)
+    escalated = None  # why a requested delta or incremental runs as full
+    if mode is RefreshMode.DELTA:
+        decision, staged = plan_delta(source, store, held, pending, max_share=delta_max_share)
+        _log_decision(key, mode, decision)
+        if staged is not None:
+            return staged
+        mode, escalated = RefreshMode.FULL, decision.reason
+    elif mode is RefreshMode.INCREMENTAL and pending.ids:
+        escalated = (
+            f"{len(pending.ids)} changed identities are pending: a full backfill covers them "
+            "and the segments"
+        )
+        log.info(
+            "segment_membership.backfill.refresh_decided",
+            environment=key,
+            requested=mode.value,
+            mode=RefreshMode.FULL.value,
+            reason=escalated,
+        )
+        mode = RefreshMode.FULL
     base = store.refresh_base(key) if mode is RefreshMode.INCREMENTAL else None
     traits_after = None
     if base is not None and base.marks is not None:
@@ -52,17 +83,7 @@ def plan_backfill(
         every = shard_identities  # escalated: plan again in full-sized shards
         found = source.plan_identities(key, every)
         marks = source_marks(found)
-    log.info(
-        "segment_membership.backfill.refresh_decided",
-        environment=key,
-        requested=mode.value,
-        mode=decision.mode.value,
-        reason=decision.reason,
-        base_version=decision.base_version_id,
-        reevaluated=len(decision.reevaluate),
-        reused=len(decision.reuse),
-        dropped=len(decision.drop),
-    )
+    _log_decision(key, mode, decision)
     incremental = decision.mode is RefreshMode.INCREMENTAL
     evaluated = set(decision.reevaluate)
     plan = BackfillPlan(
@@ -75,13 +96,28 @@ def plan_backfill(
         shard_identities=every,
         shards=plan_shards(found.boundaries, found.identity_count, found.max_id, every),
         mode=decision.mode,
-        mode_reason=decision.reason,
+        mode_reason=escalated or decision.reason,
         base_version_id=decision.base_version_id,
         reused_segments=tuple(decision.reuse) if incremental else (),
         dropped_segments=tuple(decision.drop) if incremental else (),
         marks=marks,
+        pending_position=None if incremental else pending.position,
     )
     return store.stage_plan(held, plan)
+
+
+def _log_decision(key: str, requested: RefreshMode, decision: RefreshDecision) -> None:
+    log.info(
+        "segment_membership.backfill.refresh_decided",
+        environment=key,
+        requested=requested.value,
+        mode=decision.mode.value,
+        reason=decision.reason,
+        base_version=decision.base_version_id,
+        reevaluated=len(decision.reevaluate),
+        reused=len(decision.reuse),
+        dropped=len(decision.drop),
+    )
 
 
 def source_marks(found: IdentityPlan) -> SourceMarks:

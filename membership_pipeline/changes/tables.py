@@ -28,3 +28,21 @@ segment_signature = sa.Table(
     sa.Column("digest", sa.String(32), nullable=False),
     sa.Column("segment_digests", sa.Text()),  # JSON: segment key → digest (migration 0006)
 )
+
+# Change data capture (migration 0008): per replication slot, the position the store recorded
+# (advanced in the transaction that records the changes; the slot follows after the commit), its
+# state ("streaming", "unavailable", "recreated", "stopped") and what to tell an operator.
+capture_state = sa.Table(
+    "membership_capture",
+    metadata,
+    sa.Column("slot_name", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("confirmed_position", sa.BigInteger()),
+    sa.Column("detail", sa.Text()),
+    sa.Column("changes_recorded", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    # A `membership capture run` process holding the slot (the sensor then stands aside), and
+    # until when its lease runs (renewed every tick).
+    sa.Column("consumer", sa.String(255)),
+    sa.Column("consumer_until", UtcDateTime()),
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from membership_pipeline.dispatch.policy import PolicySettings, TickResult, WorldView, decide
@@ -14,11 +15,25 @@ log = get_logger("dispatch")
 
 
 def preview_tick(
-    queue: RequestQueue, store: MembershipStore, settings: PolicySettings, now: datetime
+    queue: RequestQueue,
+    store: MembershipStore,
+    settings: PolicySettings,
+    now: datetime,
+    eligible: Callable[[BackfillRequest], bool] | None = None,
 ) -> tuple[list[BackfillRequest], TickResult]:
-    """What a tick would decide now; nothing is recorded."""
+    """What a tick would decide now; nothing is recorded. ``eligible``: the requests this tick
+    considers (the others stay queued, untouched, for another dispatcher). An environment with a
+    request left to the other dispatcher waits for it whole: a delta would otherwise run on a
+    version the full backfill left there is about to replace."""
     pending = queue.pending()
-    refusals = store.refusals(sorted({r.environment for r in pending}))
+    if eligible is not None:
+        left = {r.environment for r in pending if not eligible(r)}
+        pending = [r for r in pending if eligible(r) and r.environment not in left]
+    environments = {r.environment for r in pending}
+    # Environments whose every pending request is a delta or incremental one: the (short)
+    # change cooldown guards them.
+    quick = frozenset(environments - {r.environment for r in pending if r.mode == "full"})
+    refusals = store.refusals(sorted(environments), quick)
     world = WorldView(
         guarded={env: (refused.reason, refused.describe()) for env, refused in refusals.items()},
         dedup_locks=queue.dedup_locks(now),
@@ -28,9 +43,13 @@ def preview_tick(
 
 
 def dispatch_tick(
-    queue: RequestQueue, store: MembershipStore, settings: PolicySettings, now: datetime
+    queue: RequestQueue,
+    store: MembershipStore,
+    settings: PolicySettings,
+    now: datetime,
+    eligible: Callable[[BackfillRequest], bool] | None = None,
 ) -> TickResult:
-    pending, result = preview_tick(queue, store, settings, now)
+    pending, result = preview_tick(queue, store, settings, now, eligible)
     queue.record(pending, result, now, settings.dedup_ttl)
     for decision in result.decisions:
         request = decision.request

@@ -127,6 +127,43 @@ class RequestIntake:
             )
         return requests
 
+    def captured(
+        self,
+        changed: Iterable[EnvironmentInfo],
+        segments_changed: Iterable[EnvironmentInfo],
+        refresh: Iterable[EnvironmentInfo],
+        published_as_of: Mapping[str, datetime | None],
+        now: datetime,
+    ) -> list[BackfillRequest]:
+        """What change data capture saw: a **delta** for each environment whose identities
+        changed (their ids wait in the store), an incremental backfill for each whose project's
+        segments changed (the plan finds which by their digests), a full one for each in
+        ``refresh`` (the stream cannot tell what changed: a new slot, a truncate). The window
+        runs from the published version's ``as_of`` (the beginning if none) to now."""
+        requests = []
+        full = {e.api_key for e in refresh}
+        edited = {e.api_key for e in segments_changed} - full
+        delta = {e.api_key for e in changed} - full
+        environments = {e.api_key: e for e in (*changed, *segments_changed, *refresh)}
+        for key, environment in sorted(environments.items()):
+            start = published_as_of.get(key) or EPOCH
+            common = (
+                str(environment.organisation_id),
+                key,
+                min(start, now),
+                now,
+                Reason.CHANGE,
+                now,
+            )
+            if key in full:
+                requests.append(self._new(*common))
+                continue
+            if key in delta:
+                requests.append(self._new(*common, delta=True))
+            if key in edited:
+                requests.append(self._new(*common, segments=()))
+        return requests
+
     def retry(self, failed: BackfillRequest, now: datetime) -> BackfillRequest:
         """The same window again after a failed backfill, one attempt later."""
         return failed.retry(now)
@@ -143,6 +180,7 @@ class RequestIntake:
         force: bool = False,
         segments: tuple[str, ...] | None = None,
         segment_total: int | None = None,
+        delta: bool = False,
     ) -> BackfillRequest:
         return BackfillRequest.new(
             organisation=organisation,
@@ -155,6 +193,7 @@ class RequestIntake:
             force=force,
             segments=segments,
             segment_total=segment_total,
+            delta=delta,
         )
 
 

@@ -168,6 +168,8 @@ def decide(
 def escalate(request: BackfillRequest, max_share: float) -> tuple[BackfillRequest, str]:
     """The request, made full when its segment set is most of the environment; and why its
     backfill is full or incremental."""
+    if request.delta:
+        return request, "delta: the identities captured as changed, on every segment"
     if request.segments is None:
         return request, "full: identities, traits or the whole environment"
     count, total = len(request.segments), request.segment_total
@@ -200,7 +202,7 @@ def _decided(
 
 
 def _merged_segments(run: Sequence[BackfillRequest]) -> tuple[str, ...] | None:
-    if any(r.segments is None for r in run):
+    if any(r.segments is None or r.delta for r in run):
         return None  # one full request makes the merge full
     return tuple(sorted({k for r in run for k in r.segments or ()}, key=lambda k: (len(k), k)))
 
@@ -236,6 +238,9 @@ def _coalesce(
                 attempt=max(r.attempt for r in run),
                 force=any(r.force for r in run),
                 segments=_merged_segments(run),
+                # Deltas merge into one delta (their identities are all pending in the store);
+                # a delta with a segment edit or a full request is a full backfill.
+                delta=all(r.delta for r in run),
                 segment_total=max((r.segment_total or 0 for r in run), default=0) or None,
                 coalesced=tuple(
                     sorted(

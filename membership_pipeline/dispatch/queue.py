@@ -158,6 +158,7 @@ def _row(request: BackfillRequest) -> dict[str, Any]:
         "coalesced": " ".join(request.coalesced),
         "segments": None if request.segments is None else " ".join(request.segments),
         "segment_total": request.segment_total,
+        "delta": request.delta,
     }
 
 
@@ -177,4 +178,5 @@ def _request(row: sa.Row[Any]) -> BackfillRequest:
         coalesced=tuple(row.coalesced.split()),
         segments=None if row.segments is None else tuple(row.segments.split()),
         segment_total=row.segment_total,
+        delta=bool(row.delta),
     )

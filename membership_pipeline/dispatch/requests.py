@@ -41,9 +41,13 @@ class BackfillRequest:
     # None: a full backfill (identities or traits changed, discovery, the schedule, by hand).
     segments: tuple[str, ...] | None = None
     segment_total: int | None = None  # the environment's segments when requested
+    # Identities captured as changed (their ids wait in the store, not here): a delta backfill.
+    delta: bool = False
 
     @property
     def mode(self) -> str:
+        if self.delta:
+            return "delta"
         return "full" if self.segments is None else "incremental"
 
     def __post_init__(self) -> None:
@@ -51,6 +55,10 @@ class BackfillRequest:
             raise ValueError(
                 f"request {self.job_id}: window ends ({self.window_end.isoformat()}) before it "
                 f"starts ({self.window_start.isoformat()})"
+            )
+        if self.delta and self.segments is not None:
+            raise ValueError(
+                f"request {self.job_id}: a delta names no segments (it re-evaluates every one)"
             )
         if self.attempt < 1:
             raise ValueError(
@@ -71,10 +79,12 @@ class BackfillRequest:
         force: bool = False,
         segments: tuple[str, ...] | None = None,
         segment_total: int | None = None,
+        delta: bool = False,
     ) -> BackfillRequest:
         return cls(
             job_id=uuid.uuid4().hex,
-            dedup_key=f"{environment}:{reason.value}:{window_start.isoformat()}:{window_end.isoformat()}",
+            dedup_key=f"{environment}:{reason.value}:{window_start.isoformat()}:"
+            f"{window_end.isoformat()}{':delta' if delta else ''}",
             organisation=organisation,
             environment=environment,
             window_start=window_start,
@@ -85,6 +95,7 @@ class BackfillRequest:
             force=force,
             segments=segments,
             segment_total=segment_total,
+            delta=delta,
         )
 
     def retry(self, now: datetime) -> BackfillRequest:

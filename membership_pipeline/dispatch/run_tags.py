@@ -77,4 +77,5 @@ def request_from_tags(tags: Mapping[str, str], created_at: datetime) -> Backfill
         attempt=int(tags[ATTEMPT_TAG]),
         max_attempts=int(tags[MAX_ATTEMPTS_TAG]),
         segments=tuple(tags.get(SEGMENTS_TAG, "").split()) if incremental else None,
+        delta=tags.get(MODE_TAG) == "delta",
     )

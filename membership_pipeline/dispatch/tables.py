@@ -26,6 +26,9 @@ backfill_request = sa.Table(
     # Segment keys (space-separated) a segments-only request concerns; null: a full backfill.
     sa.Column("segments", sa.Text()),
     sa.Column("segment_total", sa.Integer()),  # segments of the environment when requested
+    # Identities captured from the replication stream (migration 0008): a delta backfill of the
+    # store's pending identities.
+    sa.Column("delta", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 dedup_lock = sa.Table(

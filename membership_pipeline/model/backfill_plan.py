@@ -33,10 +33,18 @@ class BackfillPlan:
     # The source as planned, recorded so the next backfill can tell what changed (None: a plan
     # read back by a step, which needs no marks).
     marks: SourceMarks | None = field(default=None, compare=False)
+    # The capture position of the pending identities this backfill covers (a full or delta
+    # plan; they are cleared when it publishes), and a delta plan's identities.
+    pending_position: int | None = None
+    delta_identities: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def incremental(self) -> bool:
         return self.mode is RefreshMode.INCREMENTAL
+
+    @property
+    def delta(self) -> bool:
+        return self.mode is RefreshMode.DELTA
 
     def shard(self, mapping_key: str) -> ShardSpec:
         for spec in self.shards:

@@ -116,3 +116,15 @@ class InvalidVersion(StoreError, ValueError):
 
 class RollbackUnavailable(StoreError):
     """No earlier version to flip back to, or the environment is busy."""
+
+
+class CaptureError(RuntimeError):
+    """Change data capture cannot go on; the message says why and what was left unconfirmed."""
+
+
+class UndecodableMessage(CaptureError):
+    """A replication message that does not parse: capture stops at it (the slot keeps it)."""
+
+
+class CaptureUnavailable(CaptureError):
+    """Logical replication cannot be used on this source (wal_level, privilege, not set up)."""

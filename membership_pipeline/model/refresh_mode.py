@@ -31,11 +31,13 @@ from enum import StrEnum
 from typing import Any
 
 DEFAULT_MAX_CHANGED_SHARE = 0.5
+DEFAULT_DELTA_MAX_SHARE = 0.05  # of the environment's identities; more is cheaper as a full
 
 
 class RefreshMode(StrEnum):
     FULL = "full"
     INCREMENTAL = "incremental"
+    DELTA = "delta"  # the pending (captured) identities re-evaluated on every segment
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class BaseVersion:
     version_id: int
     marks: SourceMarks | None  # None: made before versions recorded them
     segment_digests: Mapping[str, str | None]  # per segment key (None: digest unknown)
+    # No later version was ever published: after a rollback, the changes the rolled-back
+    # versions cleared from the pending identities are missing from this one (no delta on it).
+    newest: bool = True
 
 
 @dataclass(frozen=True)
@@ -142,4 +147,51 @@ def decide_refresh(
         reevaluate=changed,
         reuse=reuse,
         drop=drop,
+    )
+
+
+def decide_delta(
+    base: BaseVersion | None,
+    environment_digest_now: str,
+    segments: Sequence[Mapping[str, Any]],
+    pending: int,
+    *,
+    max_share: float = DEFAULT_DELTA_MAX_SHARE,
+) -> RefreshDecision:
+    """A delta re-evaluates the ``pending`` identities on every segment and shares every other
+    chunk with the base; it is exact only when the base's segments are today's (else: full, which
+    does both) and worth it only for a small share of the environment."""
+    keys = tuple(str(s["key"]) for s in segments)
+
+    def full(reason: str) -> RefreshDecision:
+        return RefreshDecision(RefreshMode.FULL, reason, reevaluate=keys)
+
+    if base is None:
+        return full("no published version to build on")
+    if base.marks is None:
+        return full(f"version {base.version_id} recorded no source marks")
+    if base.marks.environment_digest != environment_digest_now:
+        return full("the environment's evaluation settings changed")
+    if not base.newest:
+        return full(f"version {base.version_id} was rolled back to: a delta needs the newest")
+    digests = {str(s["key"]): definition_digest(s) for s in segments}
+    edited = [k for k in keys if base.segment_digests.get(k) != digests[k]]
+    deleted = [k for k in base.segment_digests if k not in digests]
+    if edited or deleted:
+        return full(
+            f"{len(edited)} segments new or edited and {len(deleted)} deleted besides "
+            f"{pending} changed identities: a full backfill does both"
+        )
+    size = base.marks.identity_count
+    if pending > max_share * max(size, 1):
+        return full(
+            f"{pending} changed identities of {size} (more than {max_share:.0%}): cheaper as a "
+            "full backfill"
+        )
+    return RefreshDecision(
+        RefreshMode.DELTA,
+        f"{pending} changed identities re-evaluated on {len(keys)} segments, on version "
+        f"{base.version_id}",
+        base_version_id=base.version_id,
+        reevaluate=keys,
     )

@@ -48,7 +48,12 @@ from membership_pipeline.model.errors import DatabaseUnreachable
 from membership_pipeline.sources.arrow_reader import OWN_SPAN_SHARE, ArrowRangeReader
 from membership_pipeline.sources.catalogue import EnvironmentCatalogue
 from membership_pipeline.sources.identity_columns import IdentityRange, identity_range
-from membership_pipeline.sources.identity_planner import IdentityPlan, plan_identities
+from membership_pipeline.sources.identity_planner import (
+    EnvironmentState,
+    IdentityPlan,
+    environment_state,
+    plan_identities,
+)
 from membership_pipeline.sources.range_readers import IdRange, RangeQuery, RangeReader
 from membership_pipeline.sources.segment_reader import read_segments
 from membership_pipeline.sources.sql_range_reader import DEFAULT_CHUNK_ROWS, SqlRangeReader
@@ -179,6 +184,14 @@ class FlagsmithSource:
                 trait_check_rows=trait_check_rows,
             )
 
+    def environment_state(self, api_key: str) -> EnvironmentState:
+        """The environment, its segments and the trait table's largest id, in one snapshot
+        (what a delta backfill plans from)."""
+        info = self.environment(api_key)
+        as_of = datetime.now(UTC)
+        with self._snapshot() as conn:
+            return environment_state(conn, info, as_of)
+
     def read_identity_range(
         self,
         info: EnvironmentInfo,
@@ -206,6 +219,22 @@ class FlagsmithSource:
                 conn, info, (first_id, last_id), trait_keys, parallel_reads, identifiers, known_ids
             )
 
+    def read_identities(
+        self,
+        info: EnvironmentInfo,
+        ids: np.ndarray,
+        trait_keys: Collection[str] | None = None,
+        *,
+        identifiers: bool = True,
+    ) -> IdentityRange:
+        """The listed identities that exist in the environment (a delta backfill's changed
+        ones) and their traits, in one snapshot: primary-key and ``identity_id`` index lookups,
+        whatever the environment's size."""
+        with self._snapshot() as conn:
+            return self._read(
+                conn, info, None, trait_keys, 1, identifiers, None, ids=ids, reader=SqlRangeReader()
+            )
+
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn:
@@ -223,9 +252,12 @@ class FlagsmithSource:
         parallel_reads: int | None = None,
         identifiers: bool = True,
         known_ids: np.ndarray | None = None,
+        *,
+        ids: np.ndarray | None = None,
+        reader: RangeReader | None = None,
     ) -> IdentityRange:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("environments_identity")}
-        raw = self.reader.read(
+        raw = (reader or self.reader).read(
             conn,
             RangeQuery(
                 info=info,
@@ -235,6 +267,7 @@ class FlagsmithSource:
                 parallel_reads=parallel_reads or self.parallel_reads,
                 identifiers=identifiers,
                 known_ids=known_ids,
+                ids=ids,
             ),
         )
         read = identity_range(

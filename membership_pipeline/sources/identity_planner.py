@@ -104,3 +104,23 @@ def traits_above(
         {"environment_id": environment_id, "after_id": after_id, "limit": max_rows + 1},
     ).one()
     return None if scanned > max_rows else int(own)
+
+
+@dataclass(frozen=True)
+class EnvironmentState:
+    """What a delta backfill plans from (no identity scan): the segments and the trait table's
+    largest id, in one snapshot."""
+
+    info: EnvironmentInfo
+    segments: list[dict[str, Any]]
+    max_trait_id: int | None
+    as_of: datetime
+
+
+def environment_state(
+    conn: sa.Connection, info: EnvironmentInfo, as_of: datetime
+) -> EnvironmentState:
+    max_trait_id = conn.execute(sa.text("SELECT max(id) FROM environments_trait")).scalar()
+    return EnvironmentState(
+        info, read_segments(conn, info), None if max_trait_id is None else int(max_trait_id), as_of
+    )

@@ -58,6 +58,8 @@ class RangeQuery:
     # the identity rows are then not read, only the system traits of those that have any and
     # the range's count, largest and sum of ids (``RawRange.checksum``) to compare.
     known_ids: np.ndarray | None = None
+    # These identities only (a delta backfill's changed ones), instead of an id range.
+    ids: np.ndarray | None = None
 
 
 @dataclass

@@ -5,8 +5,10 @@ Arrow-backed columns."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
@@ -33,6 +35,8 @@ class SqlRangeReader:
     def read(self, conn: sa.Connection, query: RangeQuery) -> RawRange:
         info, id_range = query.info, query.id_range
         checksum = None
+        if query.ids is not None:
+            return self._listed(conn, query, query.ids)
         if query.known_ids is not None:
             checksum = self._checksum(conn, info, id_range)
             system = self._system_traits(conn, info, id_range) if query.system_traits else None
@@ -43,6 +47,40 @@ class SqlRangeReader:
             )
         traits = self._traits(conn, info, id_range, query.trait_keys)
         return RawRange(identities, traits, checksum)
+
+    def _listed(self, conn: sa.Connection, query: RangeQuery, ids: np.ndarray) -> RawRange:
+        """The listed identities that exist in the environment, and their traits."""
+        listed = _id_list_filter(conn, "id")
+        extra = f", {_json_text(conn)} AS system_traits" if query.system_traits else ""
+        identifier = "identifier" if query.identifiers else "'' AS identifier"
+        wanted = [int(i) for i in ids]
+        identities = self._table(
+            conn,
+            listed.bindparam(
+                f"SELECT id, {identifier}{extra} FROM environments_identity "
+                f"WHERE environment_id = :environment_id AND {listed.clause} ORDER BY id"
+            ),
+            identity_schema(query.system_traits),
+            environment_id=query.info.id,
+            ids=wanted,
+        )
+        if query.trait_keys is not None and not query.trait_keys:
+            return RawRange(identities, TRAIT_SCHEMA.empty_table())
+        keys = "" if query.trait_keys is None else " AND t.trait_key IN :trait_keys"
+        traits_listed = _id_list_filter(conn, "t.identity_id")
+        traits_query = traits_listed.bindparam(
+            f"""
+            SELECT t.identity_id, t.trait_key, t.value_type, t.string_value, t.integer_value,
+                   t.float_value, t.boolean_value
+            FROM environments_trait t JOIN environments_identity i ON i.id = t.identity_id
+            WHERE i.environment_id = :environment_id AND {traits_listed.clause}{keys}
+            """
+        )
+        params: dict[str, Any] = {"environment_id": query.info.id, "ids": wanted}
+        if query.trait_keys is not None:
+            traits_query = traits_query.bindparams(sa.bindparam("trait_keys", expanding=True))
+            params["trait_keys"] = sorted(query.trait_keys)
+        return RawRange(identities, self._table(conn, traits_query, TRAIT_SCHEMA, **params))
 
     def _checksum(
         self, conn: sa.Connection, info: EnvironmentInfo, id_range: IdRange
@@ -129,6 +167,25 @@ class SqlRangeReader:
 def _json_text(conn: sa.Connection) -> str:
     """``system_traits`` as its JSON text (a driver would make Python objects of it)."""
     return "CAST(system_traits AS TEXT)" if conn.dialect.name == "postgresql" else "system_traits"
+
+
+@dataclass(frozen=True)
+class _IdList:
+    """``column`` among the ``:ids`` list: one array parameter on PostgreSQL (a plan that does
+    not change with the list's length), an expanded ``IN`` elsewhere."""
+
+    clause: str
+    expanding: bool
+
+    def bindparam(self, sql: str) -> sa.TextClause:
+        text = sa.text(sql)
+        return text.bindparams(sa.bindparam("ids", expanding=True)) if self.expanding else text
+
+
+def _id_list_filter(conn: sa.Connection, column: str) -> _IdList:
+    if conn.dialect.name == "postgresql":
+        return _IdList(f"{column} = ANY(CAST(:ids AS bigint[]))", expanding=False)
+    return _IdList(f"{column} IN :ids", expanding=True)
 
 
 def _id_range_filter(column: str, id_range: IdRange) -> tuple[str, dict[str, int]]:

@@ -8,12 +8,15 @@ import sqlalchemy as sa
 from pyroaring import BitMap
 
 from membership_pipeline.database.engines import StoreDatabase
+from membership_pipeline.model.errors import InvalidVersion
 from membership_pipeline.model.refresh_mode import BaseVersion, SourceMarks
 from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
     chunks_of_bitmap,
     environment,
+    payload_index,
+    payload_version,
     version,
 )
 
@@ -34,6 +37,12 @@ def refresh_base(database: StoreDatabase, environment_key: str) -> BaseVersion |
                 bitmap.c.version_id == row.version_id, bitmap.c.kind == "segment"
             )
         ).all()
+        newest = conn.execute(
+            sa.select(sa.func.max(version.c.version_id)).where(
+                version.c.environment_key == environment_key,
+                version.c.published_at.is_not(None),
+            )
+        ).scalar()
     marks = None
     if row.source_identity_count is not None and row.environment_digest is not None:
         marks = SourceMarks(
@@ -42,7 +51,12 @@ def refresh_base(database: StoreDatabase, environment_key: str) -> BaseVersion |
             row.source_max_trait_id,
             row.environment_digest,
         )
-    return BaseVersion(row.version_id, marks, {key: digest for key, digest in digests})
+    return BaseVersion(
+        row.version_id,
+        marks,
+        {key: digest for key, digest in digests},
+        newest=newest == row.version_id,
+    )
 
 
 def universe_between(
@@ -50,10 +64,21 @@ def universe_between(
 ) -> BitMap:
     """The ids of ``version_id``'s universe in ``[first_id, last_id]`` (from the chunks that
     hold them, wherever they were written)."""
+    data = bitmap_chunk.alias("data")  # the row holding the bytes (a delta's link names it)
     with database.reader.connect() as conn:
         payloads = conn.execute(
-            sa.select(bitmap_chunk.c.payload)
-            .select_from(bitmap.join(bitmap_chunk, chunks_of_bitmap()))
+            sa.select(data.c.payload)
+            .select_from(
+                bitmap.join(bitmap_chunk, chunks_of_bitmap()).join(
+                    data,
+                    sa.and_(
+                        data.c.version_id == payload_version(),
+                        data.c.kind == bitmap_chunk.c.kind,
+                        data.c.key == bitmap_chunk.c.key,
+                        data.c.chunk_index == payload_index(),
+                    ),
+                )
+            )
             .where(
                 bitmap.c.version_id == version_id,
                 bitmap.c.kind == "universe",
@@ -66,3 +91,27 @@ def universe_between(
     if last_id >= first_id:
         in_range.add_range(first_id, last_id + 1)
     return ids & in_range
+
+
+def lock_base(
+    conn: sa.Connection, environment_key: str, version_id: int, base_id: int | None
+) -> sa.Row:
+    """Lock (shared) the published or retired version ``version_id`` builds on, for the
+    transaction that writes rows pointing at its chunks: the collector takes the row
+    exclusively before it looks for references, so it waits for them and then sees them.
+    Returns its row; ``InvalidVersion`` when it is no longer kept."""
+    base = conn.execute(
+        sa.select(version.c.version_id, version.c.as_of)
+        .where(
+            version.c.version_id == base_id,
+            version.c.environment_key == environment_key,
+            version.c.state.in_(("published", "retired")),
+        )
+        .with_for_update(read=True)
+    ).one_or_none()
+    if base is None:
+        raise InvalidVersion(
+            f"version {version_id} builds on version {base_id}, which is no longer kept: run a "
+            "full backfill"
+        )
+    return base

@@ -31,7 +31,7 @@ def copy_rows(conn: sa.Connection, table: sa.Table, rows: Iterable[Mapping[str, 
     for row in rows:
         stream.write(field_count)
         for column, encode in zip(columns, encoders, strict=True):
-            value = row[column.name]
+            value = row.get(column.name)  # a column the row leaves out is null
             if value is None:
                 stream.write(_NULL)
                 continue

@@ -7,12 +7,13 @@ first). Each version goes in its own transaction, whose ``DELETE`` re-checks the
 concurrent publish, claim or rollback always wins over the collector.
 
 Chunks are collected **by reference**: an incremental version's directory points at chunks an
-earlier version wrote. A collected version whose chunks a kept version still uses loses its
-directory and every chunk no one uses, and stays as ``collected`` (holding only the used chunks)
-until the last version using them is collected too. The collector locks a version's row before
-it looks for references; sealing an incremental version locks its base's row (shared) while it
-writes rows pointing at it, so the collector either waits for those rows or the sealing finds
-the base gone and fails cleanly.
+earlier version wrote, and a delta version's link rows at single chunks of one. A collected
+version whose chunks a kept version still uses loses its directory and every chunk no one uses,
+and stays as ``collected`` (holding only the used chunks) until the last version using them is
+collected too. The collector locks a version's row before it looks for references; sealing an
+incremental version (or writing a delta) locks its base's row (shared) while it writes rows
+pointing at it, so the collector either waits for those rows or the writer finds the base gone
+and fails cleanly.
 """
 
 from __future__ import annotations
@@ -132,12 +133,22 @@ def _lock(conn: sa.Connection, version_id: int, condition: sa.ColumnElement[bool
 def _collect(conn: sa.Connection, version_id: int) -> int:
     """Drop the (locked) version's directory and every chunk of it no other version uses; the
     row goes too once none is left, else it stays ``collected``. Returns the bytes freed."""
-    used = sa.exists().where(
+    shared = sa.exists().where(
         bitmap.c.chunk_version_id == version_id,
         bitmap.c.version_id != version_id,
         bitmap.c.kind == bitmap_chunk.c.kind,
         bitmap.c.key == bitmap_chunk.c.key,
     )
+    # A delta version's link to this chunk (links never chain: they name the payload's row).
+    link = bitmap_chunk.alias("link")
+    linked = sa.exists().where(
+        link.c.source_version_id == version_id,
+        link.c.version_id != version_id,
+        link.c.kind == bitmap_chunk.c.kind,
+        link.c.key == bitmap_chunk.c.key,
+        link.c.source_chunk_index == bitmap_chunk.c.chunk_index,
+    )
+    used = sa.or_(shared, linked)
     unused = sa.and_(bitmap_chunk.c.version_id == version_id, ~used)
     freed = conn.execute(
         sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(bitmap_chunk.c.payload)), 0)).where(

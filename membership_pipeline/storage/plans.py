@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from pyroaring import BitMap
 
 from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.model.backfill_plan import BackfillPlan
@@ -57,6 +58,8 @@ def stage_plan(
                 reused_segments=json.dumps(list(plan.reused_segments)),
                 dropped_segments=json.dumps(list(plan.dropped_segments)),
                 mode_reason=plan.mode_reason,
+                pending_position=plan.pending_position,
+                delta_identities=BitMap(plan.delta_identities).serialize() if plan.delta else None,
             )
         )
         conn.execute(
@@ -148,6 +151,10 @@ def load_plan(database: StoreDatabase, environment_key: str, owner: str) -> Stag
         base_version_id=found.base_version_id,
         reused_segments=tuple(json.loads(found.reused_segments or "[]")),
         dropped_segments=tuple(json.loads(found.dropped_segments or "[]")),
+        pending_position=found.pending_position,
+        delta_identities=tuple(BitMap.deserialize(found.delta_identities))
+        if found.delta_identities is not None
+        else (),
     )
 
 

@@ -40,9 +40,10 @@ from membership_pipeline.storage.chunking import load_chunk
 from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
-    chunk_owner,
     chunks_of_bitmap,
     environment,
+    payload_index,
+    payload_version,
     version,
 )
 from membership_pipeline.storage.versions import UNIVERSE_KEY
@@ -61,6 +62,13 @@ class ChunkRef:
     min_id: int
     max_id: int
     cardinality: int
+    # Where its bytes are: the owning version and its index there (a delta version's link
+    # names an earlier version's chunk).
+    owner: int
+    owner_index: int
+
+    def cache_key(self, kind: str, key: str) -> ChunkKey:
+        return (self.owner, kind, key, self.owner_index)
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,6 @@ class BitmapEntry:
     error_code: str | None
     error_message: str | None
     chunks: tuple[ChunkRef, ...]
-    chunk_version_id: int  # the version whose chunk rows hold the bytes (shared or its own)
     evaluated_as_of: datetime | None  # the source read it was computed from
 
     @functools.cached_property
@@ -102,11 +109,16 @@ class IdentitySegments:
 class ChunkCache:
     """Deserialized chunks, LRU, bounded by their serialized size; shared by a reader's threads."""
 
-    def __init__(self, database: StoreDatabase, max_bytes: int) -> None:
+    def __init__(
+        self, database: StoreDatabase, max_bytes: int, *, sharing: ChunkCache | None = None
+    ) -> None:
+        """``sharing``: hold the same chunks as that cache (and its bound)."""
         self._database = database
-        self._cache: LRUCache[ChunkKey, tuple[FrozenBitMap, int]] = LRUCache(
-            maxsize=max_bytes, getsizeof=lambda entry: entry[1]
-        )
+        self._cache: LRUCache[ChunkKey, tuple[FrozenBitMap, int]]
+        if sharing is not None:
+            self._cache, self._lock = sharing._cache, sharing._lock
+            return
+        self._cache = LRUCache(maxsize=max_bytes, getsizeof=lambda entry: entry[1])
         self._lock = threading.Lock()
 
     def get(self, wanted: Iterable[ChunkKey]) -> dict[ChunkKey, FrozenBitMap]:
@@ -158,6 +170,16 @@ class ChunkCache:
                 if len(row.payload) <= self._cache.maxsize:
                     self._cache[cache_key] = (chunk, len(row.payload))
         return loaded
+
+    def using(self, database: StoreDatabase) -> ChunkCache:
+        """The same cached chunks, fetched through ``database`` (an open store's)."""
+        return ChunkCache(database, 0, sharing=self)
+
+    def put(self, chunk_key: ChunkKey, chunk: FrozenBitMap, size: int) -> None:
+        """A chunk this process just wrote (chunks never change: it is never stale)."""
+        if size <= self._cache.maxsize:
+            with self._lock:
+                self._cache[chunk_key] = (chunk, size)
 
     @property
     def bytes_cached(self) -> int:
@@ -265,15 +287,11 @@ class PublishedMembership:
             raise UnknownIdentity(self.environment_key, identity_id, self.version_id)
         evaluated = [e for e in self._segments() if e.error_code is None]
         holding = [(e, c) for e in evaluated if (c := e.chunk_holding(identity_id)) is not None]
-        loaded = self._chunks.get(
-            [(e.chunk_version_id, "segment", e.key, c.index) for e, c in holding]
-        )
+        loaded = self._chunks.get([c.cache_key("segment", e.key) for e, c in holding])
         return IdentitySegments(
             identity_id,
             sorted(
-                e.key
-                for e, c in holding
-                if identity_id in loaded[(e.chunk_version_id, "segment", e.key, c.index)]
+                e.key for e, c in holding if identity_id in loaded[c.cache_key("segment", e.key)]
             ),
             sorted(self.failed_segments),
         )
@@ -305,9 +323,9 @@ class PublishedMembership:
         return entry
 
     def _load(self, entry: BitmapEntry, chunks: list[ChunkRef]) -> list[FrozenBitMap]:
-        owner = entry.chunk_version_id
-        loaded = self._chunks.get([(owner, entry.kind, entry.key, c.index) for c in chunks])
-        return [loaded[(owner, entry.kind, entry.key, c.index)] for c in chunks]
+        wanted = [c.cache_key(entry.kind, entry.key) for c in chunks]
+        loaded = self._chunks.get(wanted)
+        return [loaded[k] for k in wanted]
 
 
 class MembershipReader:
@@ -461,8 +479,9 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             bitmap.c.error_code,
             bitmap.c.error_message,
             bitmap.c.evaluated_as_of,
-            chunk_owner().label("owner"),
             bitmap_chunk.c.chunk_index,
+            payload_version().label("owner"),
+            payload_index().label("owner_index"),
             bitmap_chunk.c.min_id,
             bitmap_chunk.c.max_id,
             bitmap_chunk.c.cardinality.label("chunk_cardinality"),
@@ -478,7 +497,7 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
         group_rows = list(group)
         first = group_rows[0]
         chunks = tuple(
-            ChunkRef(r.chunk_index, r.min_id, r.max_id, r.chunk_cardinality)
+            ChunkRef(r.chunk_index, r.min_id, r.max_id, r.chunk_cardinality, r.owner, r.owner_index)
             for r in group_rows
             if r.chunk_index is not None
         )
@@ -490,7 +509,6 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             first.error_code,
             first.error_message,
             chunks,
-            first.owner,
             first.evaluated_as_of,
         )
     return entries

@@ -24,6 +24,7 @@ from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.database.metadata import VersionId
 from membership_pipeline.model.errors import InvalidVersion
 from membership_pipeline.model.refresh_mode import definition_digest
+from membership_pipeline.storage.base_versions import lock_base
 from membership_pipeline.storage.plans import StagedPlan
 from membership_pipeline.storage.tables import bitmap, bitmap_chunk, shard, shard_bitmap, version
 from membership_pipeline.storage.versions import log_sealed, mark_sealed, require_shadow
@@ -121,20 +122,7 @@ def _share_base_bitmaps(conn: sa.Connection, plan: StagedPlan) -> None:
     it exclusively before it looks for references, so it waits for this transaction and then
     sees these rows."""
     base_id = plan.base_version_id
-    base = conn.execute(
-        sa.select(version.c.as_of)
-        .where(
-            version.c.version_id == base_id,
-            version.c.environment_key == plan.environment_key,
-            version.c.state.in_(("published", "retired")),
-        )
-        .with_for_update(read=True)
-    ).one_or_none()
-    if base is None:
-        raise InvalidVersion(
-            f"version {plan.version_id} builds on version {base_id}, which is no longer kept: "
-            "run a full backfill"
-        )
+    base = lock_base(conn, plan.environment_key, plan.version_id, base_id)
     columns = ["kind", "key", "name", "cardinality", "byte_size", "chunk_count", "error_code",
                "error_message", "definition_digest"]  # fmt: skip
     shared = 0

@@ -11,8 +11,11 @@ settings (cooldown, lease, chunk size, retention) in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import threading
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from pyroaring import BitMap
 
@@ -22,9 +25,19 @@ from membership_pipeline.database.timestamps import Clock, utc_now
 from membership_pipeline.model.backfill_plan import BackfillPlan
 from membership_pipeline.model.refresh_mode import BaseVersion
 from membership_pipeline.model.shard_plan import ShardSpec
-from membership_pipeline.storage import base_versions, claims, garbage, plans, sealing, versions
+from membership_pipeline.storage import (
+    base_versions,
+    claims,
+    delta_versions,
+    garbage,
+    pending_identities,
+    plans,
+    sealing,
+    versions,
+)
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
 from membership_pipeline.storage.claims import Claim, ClaimRefused, ReconciledClaim
+from membership_pipeline.storage.delta_versions import DeltaAnswers, DeltaTotals
 from membership_pipeline.storage.environment_metadata import (
     EnvironmentMembershipMetadata,
     read_all_metadata,
@@ -32,14 +45,21 @@ from membership_pipeline.storage.environment_metadata import (
     read_metadata_many,
 )
 from membership_pipeline.storage.garbage import GarbageReport
+from membership_pipeline.storage.pending_identities import PendingIdentities
 from membership_pipeline.storage.plans import StagedPlan
-from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, MembershipReader
+from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, ChunkCache, MembershipReader
 from membership_pipeline.storage.sealing import SealedTotals
 from membership_pipeline.storage.shard_writer import ShardReport, ShardWriter, shard_reports
 from membership_pipeline.storage.versions import Publication, ShadowVersion
 
 DEFAULT_STORE_URL = "sqlite:///.membership/membership_store.sqlite"  # the embedded default
 DEFAULT_COOLDOWN = timedelta(seconds=60)
+_CACHES: dict[str, ChunkCache] = {}  # per store URL, for this process (see chunks_cache)
+_CACHES_LOCK = threading.Lock()
+# A delta or incremental backfill costs what changed (identities, segments), and a burst of SDK
+# writes arrives as one delta per capture tick: a short cooldown keeps an environment seconds
+# behind its writes, never a minute (the running guard still holds one backfill at a time).
+DEFAULT_CHANGE_COOLDOWN = timedelta(seconds=2)
 DEFAULT_LEASE = timedelta(minutes=10)
 
 
@@ -50,6 +70,7 @@ class MembershipStore:
         *,
         clock: Clock = utc_now,
         cooldown: timedelta = DEFAULT_COOLDOWN,
+        change_cooldown: timedelta = DEFAULT_CHANGE_COOLDOWN,
         lease: timedelta = DEFAULT_LEASE,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         pool_size: int = 5,
@@ -65,6 +86,7 @@ class MembershipStore:
             raise
         self.clock = clock
         self.cooldown = cooldown
+        self.change_cooldown = change_cooldown
         self.lease = lease
         self.chunk_bytes = chunk_bytes
 
@@ -92,14 +114,16 @@ class MembershipStore:
 
     # The backfill lifecycle
     def claim(
-        self, environment_key: str, owner: str, *, force: bool = False
+        self, environment_key: str, owner: str, *, force: bool = False, quick: bool = False
     ) -> Claim | ClaimRefused:
+        """``quick``: a delta or incremental backfill's claim, under the (short) change
+        cooldown."""
         return claims.claim(
             self.database,
             environment_key,
             owner,
             now=self.clock(),
-            cooldown=self.cooldown,
+            cooldown=self.change_cooldown if quick else self.cooldown,
             lease=self.lease,
             force=force,
         )
@@ -110,13 +134,21 @@ class MembershipStore:
             self.metadata(environment_key), now=self.clock(), cooldown=self.cooldown
         )
 
-    def refusals(self, environment_keys: list[str]) -> dict[str, ClaimRefused]:
-        """``refusal`` for many environments in one query; only those that would refuse."""
+    def refusals(
+        self, environment_keys: list[str], quick: frozenset[str] = frozenset()
+    ) -> dict[str, ClaimRefused]:
+        """``refusal`` for many environments in one query; only those that would refuse.
+        ``quick``: those whose backfill would be a delta or incremental one (the change
+        cooldown applies)."""
         now = self.clock()
         with self.database.reader.connect() as conn:
             found = read_metadata_many(conn, environment_keys)
         refused = {
-            key: claims.refusal(found.get(key), now=now, cooldown=self.cooldown)
+            key: claims.refusal(
+                found.get(key),
+                now=now,
+                cooldown=self.change_cooldown if key in quick else self.cooldown,
+            )
             for key in environment_keys
         }
         return {key: why for key, why in refused.items() if why is not None}
@@ -160,7 +192,35 @@ class MembershipStore:
         )
 
     def seal_shards(self, plan: StagedPlan) -> SealedTotals:
+        """Seal the staged version: a delta's directory is complete once staged, a sharded
+        version's shards are merged first."""
+        if plan.delta:
+            return delta_versions.seal_delta(self.database, plan, now=self.clock())
         return sealing.seal_shards(self.database, plan, now=self.clock())
+
+    def write_delta(
+        self, plan: StagedPlan, answers: DeltaAnswers, report: Mapping[str, Any]
+    ) -> DeltaTotals:
+        return delta_versions.write_delta(
+            self.database, plan, answers, report=report, now=self.clock(),
+            chunks_cache=self.chunks_cache, chunk_bytes=self.chunk_bytes,
+        )  # fmt: skip
+
+    @functools.cached_property
+    def chunks_cache(self) -> ChunkCache:
+        """Deserialized chunks kept across delta backfills: one cache per store database and
+        process, whichever store object asks (a run's resources open a store of their own, and
+        a capture process runs many deltas: each base chunk is read once). Chunks never
+        change, so a cached one is never stale."""
+        with _CACHES_LOCK:
+            shared = _CACHES.setdefault(self.url, ChunkCache(self.database, DEFAULT_CACHE_BYTES))
+        return shared.using(self.database)
+
+    def pending_identities(self, environment_key: str) -> PendingIdentities:
+        return pending_identities.pending_identities(self.database, environment_key)
+
+    def pending_counts(self) -> dict[str, int]:
+        return pending_identities.pending_counts(self.database)
 
     def shard_reports(self, version_id: int) -> list[ShardReport]:
         return shard_reports(self.database, version_id)

@@ -78,6 +78,10 @@ version = sa.Table(
     sa.Column("source_max_identity_id", sa.BigInteger()),
     sa.Column("source_max_trait_id", sa.BigInteger()),
     sa.Column("environment_digest", sa.String(32)),
+    # Delta versions (migration 0008): identities re-evaluated, and bytes of the chunks it links
+    # to (written by earlier versions) rather than writes.
+    sa.Column("delta_identity_count", sa.BigInteger()),
+    sa.Column("shared_byte_size", sa.BigInteger()),
 )
 
 bitmap = sa.Table(
@@ -114,7 +118,12 @@ bitmap_chunk = sa.Table(
     sa.Column("min_id", sa.BigInteger(), nullable=False),
     sa.Column("max_id", sa.BigInteger(), nullable=False),
     sa.Column("cardinality", sa.BigInteger(), nullable=False),
-    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    # Null for a link (migration 0008): the bytes are ``source_version_id``'s chunk
+    # ``source_chunk_index`` of the same bitmap (always a chunk with a payload: links never chain).
+    sa.Column("payload", sa.LargeBinary()),
+    sa.Column("source_version_id", VersionId),
+    sa.Column("source_chunk_index", sa.Integer()),
+    sa.Index("ix_membership_bitmap_chunk_source", "source_version_id", "kind", "key"),
     sa.ForeignKeyConstraint(
         ["version_id"],
         ["membership_version.version_id"],
@@ -144,6 +153,10 @@ version_plan = sa.Table(
     sa.Column("reused_segments", sa.Text()),
     sa.Column("dropped_segments", sa.Text()),
     sa.Column("mode_reason", sa.Text()),
+    # Every plan (migration 0008): the capture position of the pending identities it covers
+    # (cleared when it publishes); a delta plan's identities (a serialized Roaring bitmap).
+    sa.Column("pending_position", sa.BigInteger()),
+    sa.Column("delta_identities", sa.LargeBinary()),
 )
 
 shard = sa.Table(
@@ -188,9 +201,30 @@ shard_bitmap = sa.Table(
 )
 
 
+# Identities whose traits changed, captured from the source's replication stream (migration
+# 0008): ``position`` is the stream position of the last change seen for the identity.
+pending_identity = sa.Table(
+    "membership_pending_identity",
+    metadata,
+    sa.Column("environment_key", sa.String(255), primary_key=True),
+    sa.Column("identity_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("position", sa.BigInteger(), nullable=False),
+    sa.Column("captured_at", UtcDateTime(), nullable=False),
+)
+
+
 def chunk_owner() -> sa.ColumnElement[Any]:
     """The version whose chunk rows hold a directory row's bitmap (its own, or a shared one)."""
     return sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id)
+
+
+def payload_version() -> sa.ColumnElement[Any]:
+    """The version whose chunk row holds a chunk's bytes (itself, or a link's source)."""
+    return sa.func.coalesce(bitmap_chunk.c.source_version_id, bitmap_chunk.c.version_id)
+
+
+def payload_index() -> sa.ColumnElement[Any]:
+    return sa.func.coalesce(bitmap_chunk.c.source_chunk_index, bitmap_chunk.c.chunk_index)
 
 
 def chunks_of_bitmap() -> sa.ColumnElement[bool]:

@@ -22,6 +22,7 @@ from membership_pipeline.storage.bitmap_writer import UNIVERSE_KEY, BitmapWriter
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
 from membership_pipeline.storage.claims import RUNNING, Claim, end_claim
 from membership_pipeline.storage.environment_metadata import BackfillStatus
+from membership_pipeline.storage.pending_identities import clear_covered
 from membership_pipeline.storage.tables import bitmap, environment, version
 from membership_pipeline.structured_logging import get_logger
 
@@ -199,6 +200,7 @@ def publish(database: StoreDatabase, held: Claim, version_id: int, *, now: datet
                 f"version {version_id} was not published"
             )
         previous_id = _retire_published(conn, held.environment_key, version_id, now)
+        clear_covered(conn, held.environment_key, version_id)
         conn.execute(
             version.update()
             .where(version.c.version_id == version_id)

@@ -99,3 +99,41 @@ def delete_identities(url: str, ids: list[int]) -> None:
             {"ids": ids},
         )
     engine.dispose()
+
+
+def delta_backfill(
+    source: FlagsmithSource,
+    store: MembershipStore,
+    env_key: str,
+    *,
+    plans: list[StagedPlan] | None = None,
+    max_share: float = 1.0,
+) -> int:
+    """A delta backfill without Dagster: plan (from the pending identities), compute, stage,
+    seal, publish. Returns the published version."""
+    from membership_pipeline.backfill.delta import compute_delta, stage_delta
+
+    held = store.claim(env_key, owner=f"delta-{uuid.uuid4().hex[:8]}", force=True)
+    assert isinstance(held, Claim)
+    plan = plan_backfill(
+        source, store, held, 10_000, mode=RefreshMode.DELTA, delta_max_share=max_share
+    )
+    if plans is not None:
+        plans.append(plan)
+    if plan.delta:
+        stage_delta(store, compute_delta(source, plan, audit_sample_size=20, audit_seed=0))
+    else:
+        for spec in plan.shards:
+            stage_shard(
+                store, compute_shard(source, plan, spec, audit_sample_size=20, audit_seed=0)
+            )
+    store.seal_shards(plan)
+    return store.publish(held, plan.version_id).version_id
+
+
+def record_changed(store: MembershipStore, env_key: str, ids: set[int], position: int) -> None:
+    """What change data capture records: the changed identities, at a stream position."""
+    from membership_pipeline.storage.pending_identities import record_pending
+
+    with store.database.writer.begin() as conn:
+        record_pending(conn, [(env_key, i, position) for i in ids], store.clock())

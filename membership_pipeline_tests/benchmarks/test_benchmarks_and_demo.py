@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import sqlalchemy as sa
 
 from membership_pipeline.storage import BackfillStatus, MembershipStore
 from membership_pipeline_tests.conftest import POSTGRES_URL
@@ -202,3 +203,22 @@ def test_serving_benchmark_loads_every_request_kind_without_errors() -> None:
     assert set(found) == {(k, c) for k in kinds for c in ("1", "2")}
     assert all(rate > 0 and errors == 0 for rate, errors in found.values())
     assert "is-member by id at " in out and "identifier resolution at 1 in flight" in out
+
+
+def test_capture_benchmark_publishes_trait_writes_and_drops_its_slot() -> None:
+    out = _run(
+        "membership_pipeline.benchmarks.capture_benchmark",
+        "--identities", "3000", "--segments", "20", "--tick", "1", "--repeats", "1",
+        "--sustain-seconds", "3", "--writes-per-second", "50", "--updates", "100",
+    )  # fmt: skip
+    assert "100 trait updates across 100 identities: commit → read API" in out
+    assert "segment edit: commit → read API" in out
+    assert "idle tick: the slot read" in out
+    assert "published answers equal a full backfill of the final source: yes" in out
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'mp_bench%'")
+        ).scalar()
+    engine.dispose()
+    assert left == 0

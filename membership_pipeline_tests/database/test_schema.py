@@ -38,7 +38,9 @@ def test_every_context_declares_its_tables_on_the_one_metadata():
     assert declared["dispatch"] == {
         "membership_backfill_request", "membership_dedup_lock", "membership_launch"
     }  # fmt: skip
-    assert declared["changes"] == {"membership_source_watermark", "membership_segment_signature"}
+    assert declared["changes"] == {
+        "membership_source_watermark", "membership_segment_signature", "membership_capture"
+    }  # fmt: skip
     everything = set().union(*declared.values())
     assert sum(map(len, declared.values())) == len(everything)  # each table has one owner
     assert set(metadata.tables) == everything

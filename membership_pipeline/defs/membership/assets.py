@@ -6,7 +6,8 @@ that environment's backfill, sharded by identity-id range into Dagster steps:
                 └─► backfill_shard[...]     ─┘
 
 - ``plan_shards`` claims the environment (the guard), reads its segments and id boundaries in
-  one snapshot, decides full or incremental (config ``mode``; see model/refresh_mode.py) and
+  one snapshot, decides full, incremental or delta (config ``mode``; see model/refresh_mode.py
+  and backfill/delta.py: a delta plan has one step, over the identities capture saw change) and
   records the plan with a new shadow version (an incremental plan holds only the new and edited
   segments, and which of the published version's bitmaps the new version shares);
 - each ``backfill_shard`` reads its id range, evaluates the planned segments, audits its share
@@ -28,6 +29,7 @@ import dagster as dg
 from pydantic import Field
 
 from membership_pipeline.backfill.audit import AuditFailed, combined_audit
+from membership_pipeline.backfill.delta import DeltaOutcome, compute_delta
 from membership_pipeline.backfill.lease import LeaseHeartbeat
 from membership_pipeline.backfill.planning import (
     DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
@@ -60,7 +62,11 @@ from membership_pipeline.defs.membership.resources import (
 from membership_pipeline.defs.membership.staging_io_manager import STAGING_IO_MANAGER
 from membership_pipeline.defs.membership.step_server import preload_in_background
 from membership_pipeline.dispatch.run_tags import ENVIRONMENT_NAME_TAG
-from membership_pipeline.model.refresh_mode import DEFAULT_MAX_CHANGED_SHARE, RefreshMode
+from membership_pipeline.model.refresh_mode import (
+    DEFAULT_DELTA_MAX_SHARE,
+    DEFAULT_MAX_CHANGED_SHARE,
+    RefreshMode,
+)
 from membership_pipeline.model.shard_plan import DEFAULT_SHARD_IDENTITIES
 from membership_pipeline.storage import Claim, PublishedMembership, StagedPlan
 
@@ -79,11 +85,18 @@ class BackfillConfig(dg.Config):
         default=False,
         description="Skip the cooldown (never the guard against a running backfill).",
     )
-    mode: Literal["full", "incremental"] = Field(
+    mode: Literal["full", "incremental", "delta"] = Field(
         default="full",
         description="incremental: re-evaluate only new and edited segments and share the "
-        "published version's other bitmaps, when nothing but segment definitions changed "
-        "(else it runs as full, and the materialization says why).",
+        "published version's other bitmaps, when nothing but segment definitions changed; "
+        "delta: re-evaluate only the identities change data capture recorded as changed, on "
+        "every segment, and rewrite only the chunks holding a changed bit (else either runs as "
+        "full, and the materialization says why).",
+    )
+    delta_max_share: float = Field(
+        default=DEFAULT_DELTA_MAX_SHARE,
+        description="A delta naming more than this share of the environment's identities runs "
+        "as a full backfill.",
     )
     incremental_shard_identities: int = Field(
         default=DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
@@ -137,7 +150,9 @@ def plan_shards(
     store = membership_store.get()
     # Tagged first: a run killed right after claiming is still one the reconciler looks at.
     context.instance.add_run_tags(context.run.run_id, {GUARD_TAG: CLAIMING})
-    claim = store.claim(environment_key, owner=context.run.run_id, force=config.force)
+    claim = store.claim(
+        environment_key, owner=context.run.run_id, force=config.force, quick=config.mode != "full"
+    )
     if not isinstance(claim, Claim):
         skip_by_guard(context, claim)
         return
@@ -157,6 +172,7 @@ def plan_shards(
             mode=RefreshMode(config.mode),
             incremental_shard_identities=config.incremental_shard_identities,
             max_changed_share=config.incremental_max_changed_share,
+            delta_max_share=config.delta_max_share,
         )
     display_name = plan.environment.display_name
     context.instance.add_run_tags(context.run.run_id, {ENVIRONMENT_NAME_TAG: display_name[:255]})
@@ -181,6 +197,7 @@ def plan_shards(
             "identities": plan.identity_count,
             "segments_evaluated": len(plan.segments),
             "segments_reused": len(plan.reused_segments),
+            "identities_to_reevaluate": len(plan.delta_identities) if plan.delta else None,
             "shards": len(plan.shards),
             "shard_identities": plan.shard_identities,
         },
@@ -192,10 +209,11 @@ def plan_shards(
 
 
 @dg.op(
-    out=dg.Out(ShardOutcome, io_manager_key=STAGING_IO_MANAGER),
+    out=dg.Out(dg.Any, io_manager_key=STAGING_IO_MANAGER),  # ShardOutcome or DeltaOutcome
     description="One shard: reads its identity-id range, evaluates the planned segments, audits "
     "its share of the sample against flag-engine; its bitmaps are staged into the shadow "
-    "version.",
+    "version. A delta backfill's one step reads only the changed identities, evaluates every "
+    "segment for them, and writes only the chunks holding a changed bit.",
 )
 def backfill_shard(
     context: dg.OpExecutionContext,
@@ -203,7 +221,7 @@ def backfill_shard(
     task: ShardTask,
     flagsmith: FlagsmithSourceResource,
     membership_store: MembershipStoreResource,
-) -> ShardOutcome:
+) -> ShardOutcome | DeltaOutcome:
     store, plan, shard = membership_store.get(), task.plan, task.spec
     log.info(
         "segment_membership.backfill.shard_started",
@@ -217,6 +235,13 @@ def backfill_shard(
         pid=os.getpid(),  # the step's process: what an operator (or a test) would kill
     )
     with LeaseHeartbeat(store, plan.claim), flagsmith.open() as source:
+        if plan.delta:  # one step: the changed identities, on every segment
+            return compute_delta(
+                source,
+                plan,
+                audit_sample_size=config.audit_sample_size,
+                audit_seed=config.audit_seed,
+            )
         return compute_shard(
             source,
             plan,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dagster as dg
 
 from membership_pipeline.defs.membership.assets import bitmaps_asset, segment_membership_counts
+from membership_pipeline.defs.membership.capture_sensor import capture_sensor
 from membership_pipeline.defs.membership.deployment import REFRESH_CRON_VARIABLE, Deployment
 from membership_pipeline.defs.membership.executors import executor_for
 from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
@@ -15,6 +16,7 @@ from membership_pipeline.defs.membership.publishing_io_manager import (
     publishing_io_manager,
 )
 from membership_pipeline.defs.membership.resources import (
+    ChangeCaptureResource,
     DispatchPolicyResource,
     FlagsmithSourceResource,
     MembershipStoreResource,
@@ -45,6 +47,7 @@ def membership_definitions(deployment: Deployment) -> dg.Definitions:
         ],
         jobs=[bitmaps_job, edit_job],
         sensors=[
+            capture_sensor(deployment.capture_interval),
             environment_discovery_sensor,
             backfill_dispatch_sensor,
             backfill_retry_sensor,
@@ -79,4 +82,5 @@ def build_resources(
         # staged into the shadow version), never through a local disk.
         STAGING_IO_MANAGER: staging_io_manager,
         "dispatch_policy": DispatchPolicyResource(**configured("dispatch_policy")),
+        "change_capture": ChangeCaptureResource(**configured("change_capture")),
     }

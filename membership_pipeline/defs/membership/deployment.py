@@ -7,9 +7,10 @@ imported. Two kinds:
   schedule tick starts and never shows in the UI; a variable left unset leaves the field's
   default (the embedded one), which the launchpad shows;
 - **shape** (which executor runs the steps, the refresh schedule's cron, how often a failed shard
-  step is retried, the shard size a run takes by default): parts of the definitions themselves,
-  read once, when the code location loads them; the launchpad shows the shard size and the
-  executor's settings with the deployment's values as their defaults.
+  step is retried, the shard size a run takes by default, the capture sensor's interval): parts
+  of the definitions themselves, read once, when the code location loads them; the launchpad
+  shows the shard size and the executor's settings with the deployment's values as their
+  defaults.
 
 The executors' own settings (Celery's broker and backend, a Kubernetes step's memory and
 concurrency) are read when a run starts, from the run config or else their variable
@@ -33,6 +34,11 @@ EXECUTOR_VARIABLE = "MEMBERSHIP_EXECUTOR"
 REFRESH_CRON_VARIABLE = "MEMBERSHIP_REFRESH_CRON"
 SHARD_RETRIES_VARIABLE = "MEMBERSHIP_SHARD_RETRIES"
 SHARD_IDENTITIES_VARIABLE = "MEMBERSHIP_SHARD_IDENTITIES"
+CAPTURE_INTERVAL_VARIABLE = "MEMBERSHIP_CAPTURE_INTERVAL_SECONDS"
+# How often the capture sensor drains the slot: a trait write is published about this long (plus
+# the delta run, about a second) after its commit. Each tick is a few small queries (idle: a
+# few milliseconds on the source) and a tick record in Dagster's storage.
+DEFAULT_CAPTURE_INTERVAL = 5
 
 # Change detection sees new identities, new traits and segment edits; a deleted identity or
 # trait and an edited trait value leave no trace it can read cheaply, so the refresh schedule
@@ -48,14 +54,21 @@ RESOURCE_VARIABLES: dict[str, dict[str, str]] = {
     "membership_store": {
         "url": "MEMBERSHIP_STORE_URL",
         "cooldown_seconds": "MEMBERSHIP_COOLDOWN_SECONDS",
+        "change_cooldown_seconds": "MEMBERSHIP_CHANGE_COOLDOWN_SECONDS",
         "lease_seconds": "MEMBERSHIP_LEASE_SECONDS",
         "orphaned_run_grace_seconds": "MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS",
     },
     "dispatch_policy": {name: setting.variable for name, setting in POLICY_SETTINGS.items()},
+    "change_capture": {
+        "slot": "MEMBERSHIP_CAPTURE_SLOT",
+        "publication": "MEMBERSHIP_CAPTURE_PUBLICATION",
+        "batch_changes": "MEMBERSHIP_CAPTURE_BATCH_CHANGES",
+    },
 }
 # The fields above that are text (the others are whole numbers: ``dg.EnvVar.int``).
 TEXT_FIELDS = {("flagsmith", "url"), ("membership_store", "url"), ("dispatch_policy",
-               "organisation_caps")}  # fmt: skip
+               "organisation_caps"), ("change_capture", "slot"),
+               ("change_capture", "publication")}  # fmt: skip
 
 
 class ExecutorKind(StrEnum):
@@ -104,6 +117,16 @@ class Deployment:
     def shard_retries(self) -> int:
         raw = self.environ.get(SHARD_RETRIES_VARIABLE)
         return DEFAULT_SHARD_RETRIES if raw is None else whole_number(SHARD_RETRIES_VARIABLE, raw)
+
+    @property
+    def capture_interval(self) -> int:
+        raw = self.environ.get(CAPTURE_INTERVAL_VARIABLE)
+        if raw is None:
+            return DEFAULT_CAPTURE_INTERVAL
+        value = whole_number(CAPTURE_INTERVAL_VARIABLE, raw)
+        if value < 1:
+            raise InvalidSetting(f"{CAPTURE_INTERVAL_VARIABLE} must be at least 1, got {raw!r}")
+        return value
 
     @property
     def shard_identities(self) -> int:

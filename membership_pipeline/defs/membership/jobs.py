@@ -4,10 +4,11 @@ and differ only in the executor.
 - ``segment_membership_backfill``: the definitions' executor (the deployment's
   ``MEMBERSHIP_EXECUTOR``: multiprocess, Celery, Kubernetes), for every backfill whose shards are
   worth a process each;
-- ``segment_membership_edit``: Dagster's in-process executor, for an incremental backfill that
-  fits one shard (a segment edit in an environment of up to a few million identities). Its three
-  steps run one after another in the run's process: launching three step processes would cost
-  about as much as the work (measured by ``membership-benchmark-incremental``).
+- ``segment_membership_edit``: Dagster's in-process executor, for a delta backfill (the
+  identities change data capture saw change) and an incremental backfill that fits one shard
+  (a segment edit in an environment of up to a few million identities). Its three steps run one
+  after another in the run's process: launching three step processes would cost about as much
+  as the work (measured by ``membership-benchmark-incremental``).
 """
 
 from __future__ import annotations
@@ -24,5 +25,6 @@ edit_job = dg.define_asset_job(
     EDIT_JOB,
     selection=[BITMAPS],
     executor_def=dg.in_process_executor,
-    description="Incremental backfills that fit one shard, every step in the run's process.",
+    description="Delta backfills, and incremental backfills that fit one shard: every step in "
+    "the run's process.",
 )

@@ -134,6 +134,7 @@ def _metadata(
     }
     first_report = obj.shards[0].report if obj.shards else {}
     plan = obj.plan
+    delta = first_report.get("delta", {}) if plan.delta else {}
     return {
         "environment": plan.environment.display_name,
         "version": published.version_id,
@@ -156,6 +157,19 @@ def _metadata(
         "failed_segments": dg.MetadataValue.json(published.failed_segments),
         "bytes": totals.bytes,  # written by this version
         "bytes_shared": totals.shared_bytes,  # shared with earlier versions, not copied
+        # A delta: the changed identities re-evaluated on every segment; only the chunks holding
+        # a changed bit written, the others linked.
+        **(
+            {
+                "identities_reevaluated": delta.get("identities", 0),
+                "bitmaps_rewritten": delta.get("bitmaps_rewritten", 0),
+                "bitmaps_shared": delta.get("bitmaps_shared", 0),
+                "chunks_rewritten": delta.get("chunks_written", 0),
+                "chunks_linked": delta.get("chunks_linked", 0),
+            }
+            if plan.delta
+            else {}
+        ),
         "segment_counts": segment_table,
         "shards": len(obj.shards),
         "shard_identities": obj.plan.shard_identities,

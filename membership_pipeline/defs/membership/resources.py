@@ -13,12 +13,22 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from membership_pipeline.backfill.planning import DEFAULT_INCREMENTAL_SHARD_IDENTITIES
+from membership_pipeline.changes.capture import (
+    DEFAULT_BATCH_CHANGES,
+    CaptureSettings,
+    ChangeCapture,
+)
 from membership_pipeline.dispatch.orphaned_runs import DEFAULT_ORPHANED_RUN_GRACE
 from membership_pipeline.dispatch.policy import PolicySettings
 from membership_pipeline.dispatch.settings import POLICY_SETTINGS, policy_settings
 from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL, FlagsmithSource
+from membership_pipeline.sources.replication import DEFAULT_PUBLICATION, DEFAULT_SLOT
 from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
-from membership_pipeline.storage.store import DEFAULT_COOLDOWN, DEFAULT_LEASE
+from membership_pipeline.storage.store import (
+    DEFAULT_CHANGE_COOLDOWN,
+    DEFAULT_COOLDOWN,
+    DEFAULT_LEASE,
+)
 
 
 class FlagsmithSourceResource(dg.ConfigurableResource):
@@ -54,6 +64,12 @@ class MembershipStoreResource(dg.ConfigurableResource):
         description="After a backfill of an environment ends, no other starts for this many "
         "seconds (force: true skips it). Deployment: $MEMBERSHIP_COOLDOWN_SECONDS.",
     )
+    change_cooldown_seconds: int = Field(
+        default=int(DEFAULT_CHANGE_COOLDOWN.total_seconds()),
+        description="The cooldown before a delta or incremental backfill (one that costs what "
+        "changed): short, so a burst of trait writes or segment edits keeps an environment "
+        "seconds behind, not a minute. Deployment: $MEMBERSHIP_CHANGE_COOLDOWN_SECONDS.",
+    )
     lease_seconds: int = Field(
         default=int(DEFAULT_LEASE.total_seconds()),
         description="A backfill's claim lapses this many seconds after its last renewal (each "
@@ -72,6 +88,7 @@ class MembershipStoreResource(dg.ConfigurableResource):
             self._store = MembershipStore(
                 self.url,
                 cooldown=timedelta(seconds=self.cooldown_seconds),
+                change_cooldown=timedelta(seconds=self.change_cooldown_seconds),
                 lease=timedelta(seconds=self.lease_seconds),
             )
         return self._store
@@ -118,3 +135,29 @@ class DispatchPolicyResource(dg.ConfigurableResource):
 
     def settings(self) -> PolicySettings:
         return policy_settings(self.model_dump())
+
+
+class ChangeCaptureResource(dg.ConfigurableResource):
+    """Change data capture from the source's logical replication slot (set up once by
+    ``membership capture enable``)."""
+
+    slot: str = Field(
+        default=DEFAULT_SLOT,
+        description="The source's logical replication slot (pgoutput). Deployment: "
+        "$MEMBERSHIP_CAPTURE_SLOT.",
+    )
+    publication: str = Field(
+        default=DEFAULT_PUBLICATION,
+        description="The publication of the identity, trait and segment tables. Deployment: "
+        "$MEMBERSHIP_CAPTURE_PUBLICATION.",
+    )
+    batch_changes: int = Field(
+        default=DEFAULT_BATCH_CHANGES,
+        description="Replication messages read per tick (whole transactions; the rest waits "
+        "for the next tick). Deployment: $MEMBERSHIP_CAPTURE_BATCH_CHANGES.",
+    )
+
+    def consumer(self, source_url: str) -> ChangeCapture:
+        return ChangeCapture(
+            source_url, CaptureSettings(self.slot, self.publication, self.batch_changes)
+        )

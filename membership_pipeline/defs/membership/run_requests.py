@@ -30,13 +30,14 @@ def enqueue_and_dispatch(
     requests: Iterable[BackfillRequest],
     now: datetime | None = None,
     also: Callable[[sa.Connection], None] | None = None,
+    eligible: Callable[[BackfillRequest], bool] | None = None,
 ) -> tuple[list[dg.RunRequest], TickResult]:
     """Queue the requests (and ``also``'s writes, in the same transaction), then run a
-    dispatch tick."""
+    dispatch tick (over the ``eligible`` requests only, when given)."""
     store = store_resource.get()
     queue = DatabaseQueue(store.database)
     queue.enqueue(requests, also)
-    result = dispatch_tick(queue, store, policy.settings(), now or store.clock())
+    result = dispatch_tick(queue, store, policy.settings(), now or store.clock(), eligible)
     found = {}
     if result.launches:
         with store.database.reader.connect() as conn:
@@ -45,7 +46,10 @@ def enqueue_and_dispatch(
     for launched in result.launches:
         known = found.get(launched.environment)
         size = known.published_identity_count if known else None
-        small = (
+        # One step's work: a delta (its changed identities), or an incremental backfill of an
+        # environment that fits one shard; Dagster's in-process executor runs it without
+        # launching step processes.
+        small = launched.delta or (
             launched.segments is not None
             and size is not None
             and size <= policy.edit_job_max_identities

@@ -4,8 +4,11 @@ them (a SIGKILL, a lost worker)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 
+from membership_pipeline.changes.capture import capturing
 from membership_pipeline.changes.detection import detect_changes
 from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
 from membership_pipeline.defs.membership.orphaned_runs import VERDICT_TAG, end_orphaned_runs
@@ -93,9 +96,14 @@ def backfill_dispatch_sensor(
     requests = []
     if detection.anything:
         assert detection.changes is not None
+        changes = detection.changes
+        if capturing(store.database, now):
+            # Capture records every identity and trait change as a delta: new rows seen here
+            # are its, not a reason for a full backfill (segment changes still count here).
+            changes = dataclasses.replace(changes, identities={}, traits={})
         published = {m.environment_key: m.published_as_of for m in store.all_metadata()}
         intake = RequestIntake(dispatch_policy.max_attempts)
-        requests = intake.changes(detection.changes, detection.live, published, now)
+        requests = intake.changes(changes, detection.live, published, now)
     run_requests, result = enqueue_and_dispatch(
         membership_store,
         dispatch_policy,

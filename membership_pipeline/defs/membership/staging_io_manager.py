@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from membership_pipeline.backfill.delta import DeltaOutcome, stage_delta
 from membership_pipeline.backfill.shards import ShardOutcome, ShardTask
 from membership_pipeline.backfill.staging import stage_shard
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
@@ -41,6 +42,18 @@ class ShadowStagingIOManager(dg.IOManager):
                     "trait_keys_read": dg.MetadataValue.json(report["trait_keys_read"]),
                     "attempt": report["attempt"],
                     "peak_rss_mb": report["peak_rss_mb"],
+                    **{f"seconds_{k}": v for k, v in report["seconds"].items()},
+                }
+            )
+        elif isinstance(obj, DeltaOutcome):
+            report = stage_delta(self.membership_store.get(), obj)
+            context.add_output_metadata(
+                {
+                    "version": obj.plan.version_id,
+                    "identities_reevaluated": report["identities_reevaluated"],
+                    "trait_rows": report["trait_rows"],
+                    "peak_rss_mb": report["peak_rss_mb"],
+                    **{f"delta_{k}": v for k, v in report["delta"].items()},
                     **{f"seconds_{k}": v for k, v in report["seconds"].items()},
                 }
             )

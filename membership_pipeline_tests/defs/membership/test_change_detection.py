@@ -47,7 +47,7 @@ def source(postgres_url: str) -> DemoDataset:
 
 @pytest.fixture
 def sensor_resources(source: DemoDataset, store_url: str) -> dict[str, object]:
-    store = MembershipStoreResource(url=store_url, cooldown_seconds=0)
+    store = MembershipStoreResource(url=store_url, cooldown_seconds=0, change_cooldown_seconds=0)
     return {
         "flagsmith": FlagsmithSourceResource(url=source.url),
         "membership_store": store,
@@ -279,7 +279,9 @@ def test_a_restart_between_ticks_loses_nothing(
     restarted = {
         **sensor_resources,
         "membership_store": MembershipStoreResource(
-            url=sensor_resources["membership_store"].url, cooldown_seconds=0
+            url=sensor_resources["membership_store"].url,
+            cooldown_seconds=0,
+            change_cooldown_seconds=0,
         ),
     }
     assert sense(instance, restarted) == [changed["api_key"]]
@@ -303,7 +305,9 @@ def test_a_queued_change_waits_for_the_guard_across_restarts(
     restarted = {
         **sensor_resources,
         "membership_store": MembershipStoreResource(
-            url=sensor_resources["membership_store"].url, cooldown_seconds=0
+            url=sensor_resources["membership_store"].url,
+            cooldown_seconds=0,
+            change_cooldown_seconds=0,
         ),
     }
     assert sense(instance, restarted) == [busy["api_key"]]

@@ -45,6 +45,7 @@ def test_values_a_deployment_sets_are_bound_to_their_variables_the_rest_keep_def
     assert config["membership_store"] == {
         "url": {"env": "MEMBERSHIP_STORE_URL"},  # never the value (it holds a password)
         "cooldown_seconds": {"env": "MEMBERSHIP_COOLDOWN_SECONDS"},
+        "change_cooldown_seconds": 2,
         "lease_seconds": 600,
         "orphaned_run_grace_seconds": 120,
     }
@@ -95,3 +96,18 @@ def test_a_bad_variable_is_one_line_naming_it(variable, value, message):
         membership_definitions(Deployment({variable: value}))
     said = str(raised.value)
     assert said.startswith(message) and "\n" not in said
+
+
+def test_the_capture_interval_is_shape_read_when_the_definitions_load():
+    from membership_pipeline.defs.membership.definitions import membership_definitions
+    from membership_pipeline.model.errors import InvalidSetting
+
+    assert Deployment({}).capture_interval == 5
+    variable = "MEMBERSHIP_CAPTURE_INTERVAL_SECONDS"
+    loaded = membership_definitions(Deployment({variable: "2"})).get_repository_def()
+    [sensor] = [s for s in loaded.sensor_defs if s.name == "identity_capture_sensor"]
+    assert sensor.minimum_interval_seconds == 2
+    for bad in ("0", "soon"):
+        with pytest.raises(InvalidSetting) as refused:
+            _ = Deployment({variable: bad}).capture_interval
+        assert str(refused.value).startswith(f"{variable} must be") and bad in str(refused.value)

@@ -35,7 +35,7 @@ LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 @pytest.fixture
 def no_cooldown(resources, store_url):
-    store = MembershipStoreResource(url=store_url, cooldown_seconds=0)
+    store = MembershipStoreResource(url=store_url, cooldown_seconds=0, change_cooldown_seconds=0)
     return {**resources, "membership_store": store}
 
 

@@ -134,8 +134,9 @@ def test_a_bad_mode_is_refused_at_launch_before_claiming(
         materialize(
             instance, build_resources(editable_source.url, store_url), env_key, mode="partial"
         )
-    assert "config:mode not in enum type Literal['full', 'incremental'] got partial" in str(
-        refused.value
+    assert (
+        "config:mode not in enum type Literal['full', 'incremental', 'delta'] got partial"
+        in str(refused.value)
     )
     assert store.metadata(env_key) is None  # never claimed
     assert instance.get_runs() == []
@@ -148,7 +149,9 @@ def test_change_detection_requests_and_runs_an_incremental_backfill(
     env_key = editable_source.environments[0]["api_key"]
     project = editable_source.environments[0]["project_id"]
     resources = build_resources(editable_source.url, store_url)
-    resources["membership_store"] = MembershipStoreResource(url=store_url, cooldown_seconds=0)
+    resources["membership_store"] = MembershipStoreResource(
+        url=store_url, cooldown_seconds=0, change_cooldown_seconds=0
+    )
     assert materialize(instance, resources, env_key).success
 
     def tick() -> list[dg.RunRequest]:

@@ -117,6 +117,11 @@ query Schema($selector: PipelineSelector!) {
 SETTINGS = {
     "url": ("MEMBERSHIP_SOURCE_URL", "MEMBERSHIP_STORE_URL"),
     "cooldown_seconds": ("MEMBERSHIP_COOLDOWN_SECONDS",),
+    "change_cooldown_seconds": ("MEMBERSHIP_CHANGE_COOLDOWN_SECONDS",),
+    "slot": ("MEMBERSHIP_CAPTURE_SLOT",),
+    "publication": ("MEMBERSHIP_CAPTURE_PUBLICATION",),
+    "batch_changes": ("MEMBERSHIP_CAPTURE_BATCH_CHANGES",),
+    "delta_max_share": (),
     "lease_seconds": ("MEMBERSHIP_LEASE_SECONDS",),
     "orphaned_run_grace_seconds": ("MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS",),
     "coalesce_seconds": ("MEMBERSHIP_COALESCE_SECONDS",),
@@ -170,4 +175,4 @@ def test_the_launchpad_shows_every_setting_with_its_default_and_description(webs
         described = " ".join(field["description"] for field in fields[name])
         assert all(f"${variable}" in described for variable in variables), (name, described)
     modes = [t["values"] for t in schema["allConfigTypes"] if t.get("values")]
-    assert [{"value": "full"}, {"value": "incremental"}] in modes  # a typed choice, not a string
+    assert [{"value": "full"}, {"value": "incremental"}, {"value": "delta"}] in modes  # a choice

@@ -1,0 +1,158 @@
+"""``membership-capture``: change data capture as a long-running process, for trait writes
+published in seconds. Every ``interval`` seconds it renews its hold on the slot (a lease in the
+store: one consumer at a time, and the capture sensor stands aside), drains a batch through the
+dispatcher (``drain_once``: the same guard, caps, dedup and cooldown as every request), and
+executes each delta or incremental launch itself, in-process, as a run of the job the dispatcher
+chose in the Dagster instance (``$DAGSTER_HOME``). Its kernels and connections stay warm between
+runs, and no run waits for the daemon's sensor loop, its run queue or a new process. Full
+backfills (a new slot's refresh) stay queued for the daemon's dispatch sensor, whose executor
+runs them in shards.
+
+SIGINT or SIGTERM stops it after the current tick; a killed process loses nothing (the slot
+keeps what was not recorded), and its lease lapses so the sensor takes over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+
+from membership_pipeline.changes.capture import hold_consumer, release_consumer
+from membership_pipeline.defs.membership.capture_sensor import Drained, drain_once
+from membership_pipeline.defs.membership.resources import (
+    ChangeCaptureResource,
+    DispatchPolicyResource,
+    FlagsmithSourceResource,
+    MembershipStoreResource,
+)
+from membership_pipeline.dispatch.requests import BackfillRequest
+from membership_pipeline.structured_logging import get_logger
+
+log = get_logger("capture")
+DEFAULT_PROCESS_INTERVAL = 1.0
+LEASE = timedelta(seconds=30)  # the sensor takes over this long after the process stops
+
+
+def quick(request: BackfillRequest) -> bool:
+    """What the process launches itself: deltas and incremental backfills."""
+    return request.mode != "full"
+
+
+def run_capture(
+    definitions: dg.Definitions,
+    instance: dg.DagsterInstance,
+    *,
+    interval: float = DEFAULT_PROCESS_INTERVAL,
+    ticks: int | None = None,
+    stop: threading.Event | None = None,
+    report: Callable[[Drained, list[dg.ExecuteInProcessResult]], None] = lambda *_: None,
+) -> None:
+    """Drain, launch, sleep; ``ticks`` times (None: until ``stop`` is set or a signal)."""
+    stop = stop or _stop_on_signals()
+    consumer = f"{socket.gethostname()}:{os.getpid()}"
+    keys = ("flagsmith", "membership_store", "dispatch_policy", "change_capture")
+    with dg.build_resources({k: definitions.resources[k] for k in keys}) as resources:
+        flagsmith: FlagsmithSourceResource = resources.flagsmith
+        store_resource: MembershipStoreResource = resources.membership_store
+        policy: DispatchPolicyResource = resources.dispatch_policy
+        change_capture: ChangeCaptureResource = resources.change_capture
+        store = store_resource.get()
+        log.info(
+            "segment_membership.capture.process_started",
+            consumer=consumer,
+            slot=change_capture.slot,
+            interval=interval,
+        )
+        done = 0
+        try:
+            with change_capture.consumer(flagsmith.url) as capture:
+                while not stop.is_set() and (ticks is None or done < ticks):
+                    started = time.monotonic()
+                    held = hold_consumer(
+                        store.database,
+                        change_capture.slot,
+                        consumer,
+                        now=store.clock(),
+                        lease=LEASE,
+                    )
+                    if held:
+                        drained = drain_once(capture, flagsmith, store_resource, policy, quick)
+                        report(
+                            drained,
+                            [_execute(definitions, instance, r) for r in drained.run_requests],
+                        )
+                    else:
+                        log.warning(
+                            "segment_membership.capture.slot_held",
+                            consumer=consumer,
+                            slot=change_capture.slot,
+                        )
+                    done += 1
+                    stop.wait(max(interval - (time.monotonic() - started), 0))
+        finally:
+            release_consumer(store.database, change_capture.slot, consumer)
+            log.info("segment_membership.capture.process_stopped", consumer=consumer)
+
+
+def _execute(
+    definitions: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest
+) -> dg.ExecuteInProcessResult:
+    """The launch, as a run of its job in this process (the store's claim guards it, as it
+    guards every run)."""
+    job = definitions.resolve_job_def(request.job_name or "")
+    config: Any = request.run_config
+    return job.execute_in_process(
+        run_config=config,
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``membership-capture [--interval S] [--ticks N]``: the deployment's settings are its
+    ``MEMBERSHIP_*`` variables (as for the daemon); runs are recorded in ``$DAGSTER_HOME``."""
+    parser = argparse.ArgumentParser(
+        prog="membership-capture", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--interval", type=float, default=DEFAULT_PROCESS_INTERVAL)
+    parser.add_argument("--ticks", type=int, help="stop after this many ticks")
+    args = parser.parse_args(argv)
+    if not os.environ.get("DAGSTER_HOME"):
+        raise SystemExit(
+            "membership-capture: set $DAGSTER_HOME (the Dagster instance its runs are recorded in)"
+        )
+    from membership_pipeline.defs.membership.definitions import membership_definitions
+    from membership_pipeline.defs.membership.deployment import Deployment
+
+    def report(drained: Drained, runs: list[dg.ExecuteInProcessResult]) -> None:
+        tick = drained.tick
+        if tick.pending or runs or tick.detail:
+            print(
+                f"{time.strftime('%H:%M:%S')} {len(tick.pending):,} changed identities in "
+                f"{len(tick.changed)} environments; {sum(r.success for r in runs)} of {len(runs)} "
+                "runs succeeded" + (f"; {tick.detail}" if tick.detail else ""),
+                flush=True,
+            )
+
+    print(f"membership-capture: every {args.interval:g} s (Ctrl-C stops)", flush=True)
+    with dg.DagsterInstance.get() as instance:
+        definitions = membership_definitions(Deployment.current())
+        run_capture(definitions, instance, interval=args.interval, ticks=args.ticks, report=report)

@@ -1,0 +1,168 @@
+"""Identity-delta backfills: after any sequence of trait inserts, value updates (the type
+changing too), trait deletes, identity creations and deletions, each published by a delta
+backfill of the identities it changed, every read answer equals a full backfill of the same
+source state; only chunks holding a changed bit are written; garbage collection and rollback
+keep every linked chunk."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from membership_pipeline.storage.tables import bitmap_chunk, pending_identity, version
+from membership_pipeline_tests.backfill.conftest import (
+    delta_backfill,
+    record_changed,
+    sharded_backfill,
+)
+from membership_pipeline_tests.backfill.identity_edits import IDENTITY_EDITS, apply_identity_edit
+from membership_pipeline_tests.backfill.test_incremental_exactness import (
+    NO_GRACE,
+    answers,
+    copy_source,
+    fresh_store,
+)
+from membership_pipeline_tests.membership_answers import assert_same_answers
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(
+        st.lists(st.sampled_from(sorted(IDENTITY_EDITS)), min_size=0, max_size=4),
+        min_size=1,
+        max_size=4,
+    ),
+    chunk_bytes=st.sampled_from([64, 1 << 20]),
+    collect_between=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_delta_equals_full_after_any_identity_writes(
+    small_source, tmp_path_factory, steps, chunk_bytes, collect_between, seed
+):
+    work = tmp_path_factory.mktemp("delta")
+    source_url, source = copy_source(small_source, work)
+    environment = small_source.environments[seed % 2]
+    env_key = environment["api_key"]
+    rng = random.Random(seed)
+    store = fresh_store(work, chunk_bytes)
+    sharded_backfill(source, store, env_key, 60)
+    position = itertools.count(1)
+    for edits in steps:
+        for kind in edits:
+            changed = apply_identity_edit(source_url, kind, environment["id"], rng)
+            record_changed(store, env_key, changed, next(position))
+        pinned = store.reader().published(env_key)
+        before = {key: pinned.bitmap(key) for key in pinned.segment_counts()}
+        plans = []
+        delta_backfill(source, store, env_key, plans=plans)
+        assert plans[0].mode == "delta", plans[0].mode_reason
+        # Readers of the previous version keep its answers.
+        assert {key: pinned.bitmap(key) for key in pinned.segment_counts()} == before
+        if collect_between:
+            store.collect_garbage(keep_retired=0, retired_grace=NO_GRACE)
+        with fresh_store(work, chunk_bytes) as full:
+            sharded_backfill(source, full, env_key, 60)
+            assert answers(store, env_key) == answers(full, env_key)
+            assert_same_answers(store, full, env_key)
+        with store.database.reader.connect() as conn:  # the publish cleared what it covered
+            assert (
+                conn.execute(sa.select(sa.func.count()).select_from(pending_identity)).scalar() == 0
+            )
+    source.close()
+    store.close()
+
+
+def test_delta_writes_only_changed_chunks_and_survives_gc_and_rollback(small_source, tmp_path):
+    source_url, source = copy_source(small_source, tmp_path)
+    environment = small_source.environments[0]
+    env_key = environment["api_key"]
+    store = fresh_store(tmp_path, chunk_bytes=64)  # many small chunks per bitmap
+    first = sharded_backfill(source, store, env_key, 50)
+    history = {first: answers(store, env_key)}
+    rng = random.Random(5)
+    # Each step deletes or creates an identity: the universe changes in one chunk of many.
+    kinds = ["delete_identity", "create_identity", "delete_identity", "create_identity"]
+    for position, kind in enumerate(kinds, start=1):
+        changed = apply_identity_edit(source_url, kind, environment["id"], rng)
+        record_changed(store, env_key, changed, position)
+        latest = delta_backfill(source, store, env_key)
+        history[latest] = answers(store, env_key)
+        with store.database.reader.connect() as conn:
+            row = conn.execute(sa.select(version).where(version.c.version_id == latest)).one()
+            links = conn.execute(
+                sa.select(sa.func.count()).where(
+                    bitmap_chunk.c.version_id == latest, bitmap_chunk.c.payload.is_(None)
+                )
+            ).scalar()
+            chained = conn.execute(  # a link always names a chunk with a payload
+                sa.select(sa.func.count())
+                .select_from(
+                    bitmap_chunk.join(
+                        target := bitmap_chunk.alias("target"),
+                        sa.and_(
+                            target.c.version_id == bitmap_chunk.c.source_version_id,
+                            target.c.kind == bitmap_chunk.c.kind,
+                            target.c.key == bitmap_chunk.c.key,
+                            target.c.chunk_index == bitmap_chunk.c.source_chunk_index,
+                        ),
+                    )
+                )
+                .where(target.c.payload.is_(None))
+            ).scalar()
+        assert row.mode == "delta" and row.delta_identity_count == 1
+        assert chained == 0
+        # One identity changed: a few chunks written, most of every rewritten bitmap linked,
+        # far fewer bytes written than the version shares.
+        assert row.byte_size < row.shared_byte_size, (row.byte_size, row.shared_byte_size)
+        assert links > 0
+        store.collect_garbage(keep_retired=1, retired_grace=NO_GRACE)
+        with fresh_store(tmp_path, 64) as full:
+            sharded_backfill(source, full, env_key, 50)
+            assert_same_answers(store, full, env_key)
+    # Roll back one version: exactly its answers, through links into collected versions.
+    kept = sorted(history)[-2]
+    store.rollback(env_key)
+    assert answers(store, env_key) == history[kept]
+    # A delta on a rolled-back-to version would miss the changes the newer one cleared: full.
+    record_changed(store, env_key, {1}, 99)
+    plans = []
+    delta_backfill(source, store, env_key, plans=plans)
+    assert plans[0].mode == "full" and "rolled back" in plans[0].mode_reason
+    with fresh_store(tmp_path, 64) as full:
+        sharded_backfill(source, full, env_key, 50)
+        assert_same_answers(store, full, env_key)
+    source.close()
+    store.close()
+
+
+@pytest.mark.parametrize("share, expected", [(0.05, "full"), (0.5, "delta")])
+def test_delta_naming_too_much_of_the_environment_runs_as_full(
+    small_source, tmp_path, share, expected
+):
+    from membership_pipeline.backfill.planning import plan_backfill
+    from membership_pipeline.model.refresh_mode import RefreshMode
+    from membership_pipeline.storage import Claim
+
+    _, source = copy_source(small_source, tmp_path)
+    env_key = small_source.environments[0]["api_key"]
+    store = fresh_store(tmp_path)
+    sharded_backfill(source, store, env_key, 1000)
+    ids = sorted(store.reader().published(env_key).universe())[:20]  # of 160: 12.5 %
+    record_changed(store, env_key, set(ids), 1)
+    held = store.claim(env_key, owner="t", force=True)
+    assert isinstance(held, Claim)
+    plan = plan_backfill(source, store, held, 1000, mode=RefreshMode.DELTA, delta_max_share=share)
+    assert plan.mode == expected
+    if expected == "full":
+        assert "more than 5%" in plan.mode_reason
+    source.close()
+    store.close()

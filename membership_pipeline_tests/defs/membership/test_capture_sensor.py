@@ -1,0 +1,170 @@
+"""Trait writes published through real Dagster: the capture sensor drains the slot, records the
+changed identities and requests a delta backfill (the in-process edit job); the run publishes a
+delta version equal to a full backfill. With capture streaming, change detection no longer turns
+new identity rows into full backfills."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import dagster as dg
+
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.defs.membership.capture_sensor import capture_sensor
+from membership_pipeline.defs.membership.definitions import build_resources
+from membership_pipeline.defs.membership.jobs import EDIT_JOB
+from membership_pipeline.defs.membership.resources import (
+    ChangeCaptureResource,
+    MembershipStoreResource,
+)
+from membership_pipeline.defs.membership.sensors import backfill_dispatch_sensor
+from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.dispatch.run_tags import MODE_TAG
+from membership_pipeline.storage import MembershipStore
+from membership_pipeline_tests.backfill.identity_edits import apply_identity_edit
+from membership_pipeline_tests.captured_source import CapturedSource
+from membership_pipeline_tests.defs.membership.test_incremental_backfill import (
+    materialize,
+    metadata_of,
+)
+from membership_pipeline_tests.membership_answers import assert_same_answers
+
+
+def tick(sensor, instance, resources):
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return sensor(context)
+
+
+def test_trait_writes_are_published_by_a_delta_run(
+    instance, store_url, captured_source: CapturedSource, tmp_path: Path
+):
+    source = captured_source
+    environment = source.dataset.environments[0]
+    env_key = environment["api_key"]
+    resources = build_resources(source.url, store_url) | {
+        "membership_store": MembershipStoreResource(
+            url=store_url, cooldown_seconds=0, change_cooldown_seconds=0
+        ),
+        "change_capture": ChangeCaptureResource(
+            slot=source.settings.slot, publication=source.settings.publication
+        ),
+    }
+    sensor = capture_sensor(interval=2)
+    assert materialize(instance, resources, env_key).success  # the first, full
+    first = tick(sensor, instance, resources)  # what changed before the slot is unknown:
+    assert isinstance(first, dg.SensorResult)  # a full refresh of every environment
+    assert sorted((r.partition_key, r.tags[MODE_TAG]) for r in first.run_requests) == sorted(
+        (e["api_key"], "full") for e in source.dataset.environments
+    )
+    rng = random.Random(4)
+    changed = set()
+    for kind in ("update_value", "insert_trait", "delete_trait", "create_identity"):
+        changed |= apply_identity_edit(source.url, kind, environment["id"], rng)
+
+    # Change detection sees the new identity row, but capture is streaming: no full backfill.
+    detected = tick(backfill_dispatch_sensor, instance, resources)
+    assert not detected.run_requests, detected.skip_reason
+
+    result = tick(sensor, instance, resources)
+    assert isinstance(result, dg.SensorResult), result
+    [request] = result.run_requests
+    assert request.partition_key == env_key and request.job_name == EDIT_JOB
+    assert request.tags[MODE_TAG] == "delta"
+    ran = materialize(
+        instance, resources, env_key, **request.run_config["ops"]["segment_membership_bitmaps"][
+            "config"]
+    )  # fmt: skip
+    assert ran.success
+    metadata = metadata_of(ran)
+    assert metadata["mode"] == "delta", metadata["mode_reason"]
+    assert metadata["identities_reevaluated"] == len(changed)
+    assert metadata["bitmaps_rewritten"] >= 1  # the universe at least (a new identity)
+    assert metadata["bytes"] < metadata["bytes_shared"]
+    with MembershipStore(store_url) as store:
+        assert not store.pending_identities(env_key).ids
+        full_url = f"sqlite:///{tmp_path / 'full.sqlite'}"
+        migrate(full_url)
+        assert materialize(instance, build_resources(source.url, full_url), env_key).success
+        with MembershipStore(full_url) as full:
+            assert_same_answers(store, full, env_key)
+    idle = tick(sensor, instance, resources)  # nothing new: a quiet tick says so
+    assert isinstance(idle, dg.SkipReason) and idle.skip_message == "no changes"
+
+
+def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
+    instance, store_url, captured_source: CapturedSource, tmp_path: Path, monkeypatch
+):
+    """``membership-capture``'s loop: it holds the slot (the sensor skips), records the writes
+    and runs the delta in-process as a Dagster run in the instance; once it stops, the sensor
+    takes over."""
+    from membership_pipeline.defs.membership.capture_process import run_capture
+    from membership_pipeline.defs.membership.definitions import membership_definitions
+    from membership_pipeline.defs.membership.deployment import Deployment
+
+    source = captured_source
+    environment = source.dataset.environments[1]
+    env_key = environment["api_key"]
+    settings = {
+        "MEMBERSHIP_SOURCE_URL": source.url,
+        "MEMBERSHIP_STORE_URL": store_url,
+        "MEMBERSHIP_CAPTURE_SLOT": source.settings.slot,
+        "MEMBERSHIP_CAPTURE_PUBLICATION": source.settings.publication,
+        "MEMBERSHIP_CHANGE_COOLDOWN_SECONDS": "0",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    definitions = membership_definitions(Deployment(settings))
+    resources = build_resources(source.url, store_url) | {
+        "membership_store": MembershipStoreResource(
+            url=store_url, cooldown_seconds=0, change_cooldown_seconds=0
+        ),
+    }
+    run_capture(definitions, instance, ticks=1)  # the first tick: a full refresh, left queued
+    with MembershipStore(store_url) as store:
+        assert {r.mode for r in DatabaseQueue(store.database).pending()} == {"full"}
+    launched = tick(backfill_dispatch_sensor, instance, resources)  # the daemon's dispatcher
+    [full] = [r for r in launched.run_requests if r.partition_key == env_key]
+    assert materialize(instance, resources, env_key).success  # (the run it launches)
+    changed = set()
+    rng = random.Random(8)
+    for kind in ("update_value", "delete_identity", "create_identity"):
+        changed |= apply_identity_edit(source.url, kind, environment["id"], rng)
+    seen = []
+    sensor_skips = []
+
+    def report(drained, runs):
+        seen.append((drained, runs))
+        resources = build_resources(source.url, store_url) | {
+            "change_capture": ChangeCaptureResource(
+                slot=source.settings.slot, publication=source.settings.publication
+            )
+        }
+        sensor_skips.append(tick(capture_sensor(2), instance, resources))
+
+    run_capture(definitions, instance, interval=0.1, ticks=2, report=report)
+    [(drained, [run])] = [s for s in seen if s[1]]
+    assert len(drained.tick.pending) == len(changed) and run.success
+    assert run.dagster_run.tags[MODE_TAG] == "delta"
+    assert instance.get_run_by_id(run.run_id) is not None  # recorded in the instance
+    skip = sensor_skips[0]
+    assert isinstance(skip, dg.SkipReason) and "capture runs in the process" in skip.skip_message
+    with MembershipStore(store_url) as store:
+        published = store.reader().published(env_key)
+        assert set(published.universe()) & changed == {
+            i for i in changed if i in set(published.universe())
+        }
+        assert not store.pending_identities(env_key).ids
+        full_url = f"sqlite:///{tmp_path / 'full.sqlite'}"
+        migrate(full_url)
+        assert materialize(instance, build_resources(source.url, full_url), env_key).success
+        with MembershipStore(full_url) as full:
+            assert_same_answers(store, full, env_key)
+    # Stopped: the lease is released and the sensor is the consumer again.
+    resources = build_resources(source.url, store_url) | {
+        "change_capture": ChangeCaptureResource(
+            slot=source.settings.slot, publication=source.settings.publication
+        )
+    }
+    after = tick(capture_sensor(2), instance, resources)
+    assert "capture runs in the process" not in str(getattr(after, "skip_message", ""))

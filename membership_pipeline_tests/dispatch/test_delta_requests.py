@@ -1,0 +1,114 @@
+"""Delta requests (identities captured as changed) through the dispatcher: deltas merge into one
+delta, a delta with a segment edit or a full request is a full backfill, the mode survives the
+durable queue and the run tags, deltas and edits wait out the short change cooldown (not the 60
+s one), and a capture process can dispatch only them, leaving full requests queued."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from membership_pipeline.dispatch.dispatcher import dispatch_tick
+from membership_pipeline.dispatch.intake import RequestIntake
+from membership_pipeline.dispatch.policy import Outcome, PolicySettings
+from membership_pipeline.dispatch.queue import DatabaseQueue
+from membership_pipeline.dispatch.requests import BackfillRequest, Reason
+from membership_pipeline.dispatch.run_tags import request_from_tags, request_tags
+from membership_pipeline.model.environment import EnvironmentInfo
+from membership_pipeline.storage import Claim
+from membership_pipeline_tests.dispatch.test_segment_requests import NOW, launched, request
+
+ENV = EnvironmentInfo(1, "env", "Production", 1, 1, "Acme", False)
+
+
+def delta(minutes: int, now: datetime = NOW) -> BackfillRequest:
+    start = now - timedelta(minutes=minutes)
+    return BackfillRequest.new(
+        organisation="o",
+        environment="env",
+        window_start=start,
+        window_end=start + timedelta(minutes=1),
+        reason=Reason.CHANGE,
+        created_at=start,
+        delta=True,
+    )
+
+
+def test_deltas_merge_into_one_delta():
+    published, result = launched(delta(10), delta(9), delta(8))
+    assert published.request.delta and published.mode == "delta"
+    assert published.mode_detail == "delta: the identities captured as changed, on every segment"
+    assert sum(d.outcome is Outcome.COALESCED for d in result.decisions) == 2
+
+
+@pytest.mark.parametrize("other", [("3",), None], ids=["segment edit", "full"])
+def test_a_delta_with_an_edit_or_a_full_request_is_full(other):
+    published, _ = launched(delta(10), request(9, other))
+    assert published.mode == "full" and not published.request.delta
+    assert published.request.segments is None
+
+
+def test_a_delta_names_no_segments():
+    with pytest.raises(ValueError, match="a delta names no segments"):
+        BackfillRequest.new(
+            organisation="o", environment="e", window_start=NOW, window_end=NOW,
+            reason=Reason.CHANGE, created_at=NOW, delta=True, segments=("1",),
+        )  # fmt: skip
+
+
+def test_the_mode_survives_the_queue_and_the_run_tags(store, clock):
+    queue = DatabaseQueue(store.database)
+    queue.enqueue([delta(1, clock.now)])
+    [kept] = queue.pending()
+    assert kept.delta and kept.mode == "delta"
+    tags = request_tags(kept) | {"dagster/partition": kept.environment}  # the run's partition
+    assert request_from_tags(tags, clock.now).delta
+
+
+def test_captured_changes_make_a_delta_an_edit_or_a_full_request():
+    intake = RequestIntake()
+    other = EnvironmentInfo(2, "other", "Staging", 1, 1, "Acme", False)
+    third = EnvironmentInfo(3, "third", "Dev", 2, 1, "Acme", False)
+    made = intake.captured([ENV], [ENV, other], [third], {"env": NOW}, NOW)
+    modes = sorted((r.environment, r.mode) for r in made)
+    assert modes == [("env", "delta"), ("env", "incremental"), ("other", "incremental"),
+                     ("third", "full")]  # fmt: skip
+
+
+def test_deltas_wait_out_the_change_cooldown_not_the_full_one(store, clock):
+    queue = DatabaseQueue(store.database)
+    held = store.claim("env", owner="earlier", force=True)
+    assert isinstance(held, Claim)
+    store.fail(held, "a backfill just ended")
+    queue.enqueue([delta(0, clock.now)])
+    first = dispatch_tick(queue, store, PolicySettings(), clock.now)
+    assert [d.outcome for d in first.decisions] == [Outcome.DEFERRED_COOLDOWN]
+    clock.advance(store.change_cooldown.total_seconds() + 1)
+    second = dispatch_tick(queue, store, PolicySettings(), clock.now)
+    assert [d.outcome for d in second.decisions] == [Outcome.PUBLISHED]  # well within 60 s
+    queue.enqueue([request(0, None, now=clock.now)])  # a full backfill waits the full minute
+    third = dispatch_tick(queue, store, PolicySettings(), clock.now)
+    assert [d.outcome for d in third.decisions] == [Outcome.DEFERRED_COOLDOWN]
+
+
+def test_a_capture_process_dispatches_only_deltas_and_edits(store, clock):
+    queue = DatabaseQueue(store.database)
+    full = request(5, None, now=clock.now)
+    full = BackfillRequest.new(
+        organisation="o", environment="big", window_start=full.window_start,
+        window_end=full.window_end, reason=Reason.CHANGE, created_at=clock.now,
+    )  # fmt: skip
+    waiting = delta(0, clock.now)
+    waiting = BackfillRequest.new(
+        organisation="o", environment="big", window_start=waiting.window_start,
+        window_end=waiting.window_end, reason=Reason.CHANGE, created_at=clock.now, delta=True,
+    )  # fmt: skip
+    queue.enqueue([delta(0, clock.now), full, waiting])
+    result = dispatch_tick(
+        queue, store, PolicySettings(), clock.now, eligible=lambda r: r.mode != "full"
+    )
+    assert [(d.environment, d.outcome) for d in result.decisions] == [("env", Outcome.PUBLISHED)]
+    # The full request is left for the daemon, and "big"'s delta waits for it (it would build
+    # on the version the full backfill replaces).
+    assert sorted(r.mode for r in queue.pending()) == ["delta", "full"]
