@@ -46,6 +46,14 @@ def _keys(conn: sa.Connection) -> list[str]:
     ) or ["plan"]
 
 
+def _pick_trait(
+    conn: sa.Connection, environment_id: int, rng: random.Random
+) -> tuple[int, int] | None:
+    """A random trait of the environment: its id and its identity's."""
+    traits = _traits(conn, environment_id)
+    return rng.choice(traits) if traits else None
+
+
 def _traits(conn: sa.Connection, environment_id: int) -> list[tuple[int, int]]:
     return [
         (r.id, r.identity_id)
@@ -89,10 +97,10 @@ def insert_trait(conn: sa.Connection, environment_id: int, rng: random.Random) -
 
 
 def update_value(conn: sa.Connection, environment_id: int, rng: random.Random) -> set[int]:
-    traits = _traits(conn, environment_id)
-    if not traits:
+    picked = _pick_trait(conn, environment_id, rng)
+    if picked is None:
         return set()
-    trait_id, identity = rng.choice(traits)
+    trait_id, identity = picked
     value_type, value = rng.choice(VALUES)  # the type may change: "42" → 7 → True
     conn.execute(
         sa.text(
@@ -106,10 +114,10 @@ def update_value(conn: sa.Connection, environment_id: int, rng: random.Random) -
 
 
 def delete_trait(conn: sa.Connection, environment_id: int, rng: random.Random) -> set[int]:
-    traits = _traits(conn, environment_id)
-    if not traits:
+    picked = _pick_trait(conn, environment_id, rng)
+    if picked is None:
         return set()
-    trait_id, identity = rng.choice(traits)
+    trait_id, identity = picked
     conn.execute(sa.text("DELETE FROM environments_trait WHERE id = :id"), {"id": trait_id})
     return {identity}
 

@@ -31,7 +31,7 @@ from membership_pipeline_tests.membership_answers import assert_same_answers
 
 
 @settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -209,12 +209,11 @@ def test_capture_benchmark_publishes_trait_writes_and_drops_its_slot() -> None:
     out = _run(
         "membership_pipeline.benchmarks.capture_benchmark",
         "--identities", "3000", "--segments", "20", "--tick", "1", "--repeats", "1",
-        "--sustain-seconds", "3", "--writes-per-second", "50", "--updates", "100",
+        "--sustain-seconds", "0", "--updates", "100",
     )  # fmt: skip
     assert "100 trait updates across 100 identities: commit → read API" in out
     assert "segment edit: commit → read API" in out
     assert "idle tick: the slot read" in out
-    assert "published answers equal a full backfill of the final source: yes" in out
     engine = sa.create_engine(POSTGRES_URL)
     with engine.connect() as conn:
         left = conn.execute(

@@ -31,6 +31,17 @@ from membership_pipeline_tests.defs.membership.test_incremental_backfill import 
 from membership_pipeline_tests.membership_answers import assert_same_answers
 
 
+def assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path):
+    """Nothing is left pending, and every read answer equals a full backfill of the source."""
+    with MembershipStore(store_url) as store:
+        assert not store.pending_identities(env_key).ids
+        full_url = f"sqlite:///{tmp_path / 'full.sqlite'}"
+        migrate(full_url)
+        assert materialize(instance, build_resources(source.url, full_url), env_key).success
+        with MembershipStore(full_url) as full:
+            assert_same_answers(store, full, env_key)
+
+
 def tick(sensor, instance, resources):
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         return sensor(context)
@@ -81,13 +92,7 @@ def test_trait_writes_are_published_by_a_delta_run(
     assert metadata["identities_reevaluated"] == len(changed)
     assert metadata["bitmaps_rewritten"] >= 1  # the universe at least (a new identity)
     assert metadata["bytes"] < metadata["bytes_shared"]
-    with MembershipStore(store_url) as store:
-        assert not store.pending_identities(env_key).ids
-        full_url = f"sqlite:///{tmp_path / 'full.sqlite'}"
-        migrate(full_url)
-        assert materialize(instance, build_resources(source.url, full_url), env_key).success
-        with MembershipStore(full_url) as full:
-            assert_same_answers(store, full, env_key)
+    assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
     idle = tick(sensor, instance, resources)  # nothing new: a quiet tick says so
     assert isinstance(idle, dg.SkipReason) and idle.skip_message == "no changes"
 
@@ -125,6 +130,7 @@ def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
         assert {r.mode for r in DatabaseQueue(store.database).pending()} == {"full"}
     launched = tick(backfill_dispatch_sensor, instance, resources)  # the daemon's dispatcher
     [full] = [r for r in launched.run_requests if r.partition_key == env_key]
+    assert full.tags[MODE_TAG] == "full"
     assert materialize(instance, resources, env_key).success  # (the run it launches)
     changed = set()
     rng = random.Random(8)
@@ -149,17 +155,7 @@ def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
     assert instance.get_run_by_id(run.run_id) is not None  # recorded in the instance
     skip = sensor_skips[0]
     assert isinstance(skip, dg.SkipReason) and "capture runs in the process" in skip.skip_message
-    with MembershipStore(store_url) as store:
-        published = store.reader().published(env_key)
-        assert set(published.universe()) & changed == {
-            i for i in changed if i in set(published.universe())
-        }
-        assert not store.pending_identities(env_key).ids
-        full_url = f"sqlite:///{tmp_path / 'full.sqlite'}"
-        migrate(full_url)
-        assert materialize(instance, build_resources(source.url, full_url), env_key).success
-        with MembershipStore(full_url) as full:
-            assert_same_answers(store, full, env_key)
+    assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
     # Stopped: the lease is released and the sensor is the consumer again.
     resources = build_resources(source.url, store_url) | {
         "change_capture": ChangeCaptureResource(
