@@ -132,12 +132,16 @@ class ChangeCapture:
         self.close()
 
     def look(
-        self, database: StoreDatabase, live_environments: Callable[[], list[EnvironmentInfo]]
+        self,
+        database: StoreDatabase,
+        live_environments: Callable[[], list[EnvironmentInfo]],
+        recorded: CaptureStatus | None = None,
     ) -> CaptureTick:
         """``live_environments`` is asked only when the stream holds changes (an idle tick
-        reads the slot and nothing else)."""
+        reads the slot and nothing else); ``recorded``: the store's capture state, when the
+        caller has just read it."""
         settings = self.settings
-        recorded = capture_status(database, settings.slot)
+        recorded = recorded or capture_status(database, settings.slot)
         after = recorded.confirmed_position if recorded else None
         if self.engine.dialect.name != "postgresql":
             return CaptureTick(settings, UNAVAILABLE, f"the source is {self.engine.dialect.name}")

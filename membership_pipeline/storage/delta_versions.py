@@ -38,6 +38,7 @@ from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
     chunk_owner,
+    chunks_of_bitmap,
     payload_index,
     payload_version,
     shard,
@@ -395,16 +396,7 @@ def _base_chunks(
             payload_index().label("owner_index"),
             sa.func.coalesce(sa.func.length(bitmap_chunk.c.payload), -1).label("size"),
         )
-        .select_from(
-            bitmap.join(
-                bitmap_chunk,
-                sa.and_(
-                    bitmap_chunk.c.version_id == chunk_owner(),
-                    bitmap_chunk.c.kind == bitmap.c.kind,
-                    bitmap_chunk.c.key == bitmap.c.key,
-                ),
-            )
-        )
+        .select_from(bitmap.join(bitmap_chunk, chunks_of_bitmap()))
         .where(bitmap.c.version_id == base_id, bitmap.c.kind != "atom")
         .order_by(bitmap.c.kind, bitmap.c.key, bitmap_chunk.c.chunk_index)
     ).all()
@@ -436,11 +428,7 @@ def _shared_row(plan: StagedPlan, base_row: sa.Row) -> dict[str, Any]:
 def _universe_max(conn: sa.Connection, version_id: int) -> int | None:
     value = conn.execute(
         sa.select(sa.func.max(bitmap_chunk.c.max_id))
-        .select_from(bitmap.join(bitmap_chunk, sa.and_(
-            bitmap_chunk.c.version_id == chunk_owner(),
-            bitmap_chunk.c.kind == bitmap.c.kind,
-            bitmap_chunk.c.key == bitmap.c.key,
-        )))
+        .select_from(bitmap.join(bitmap_chunk, chunks_of_bitmap()))
         .where(bitmap.c.version_id == version_id, bitmap.c.kind == "universe")
-    ).scalar()  # fmt: skip
+    ).scalar()
     return None if value is None else int(value)

@@ -46,6 +46,20 @@ def _keys(conn: sa.Connection) -> list[str]:
     ) or ["plan"]
 
 
+def _insert_trait(
+    conn: sa.Connection, identity: int, key: str, value_type: str, value: dict[str, object]
+) -> None:
+    conn.execute(
+        sa.text(
+            "INSERT INTO environments_trait (id, identity_id, trait_key, value_type, "
+            "string_value, integer_value, float_value, boolean_value, created_date) VALUES "
+            "(:id, :i, :k, :t, :string_value, :integer_value, :float_value, :boolean_value, :now)"
+        ),
+        {"id": _next_id(conn, "environments_trait"), "i": identity, "k": key, "t": value_type,
+         **EMPTY, **value, "now": datetime.now(UTC)},
+    )  # fmt: skip
+
+
 def _pick_trait(
     conn: sa.Connection, environment_id: int, rng: random.Random
 ) -> tuple[int, int] | None:
@@ -77,22 +91,7 @@ def insert_trait(conn: sa.Connection, environment_id: int, rng: random.Random) -
     if exists:
         return update_value(conn, environment_id, rng)
     value_type, value = rng.choice(VALUES)
-    conn.execute(
-        sa.text(
-            "INSERT INTO environments_trait (id, identity_id, trait_key, value_type, "
-            "string_value, integer_value, float_value, boolean_value, created_date) VALUES "
-            "(:id, :i, :k, :t, :string_value, :integer_value, :float_value, :boolean_value, :now)"
-        ),
-        {
-            "id": _next_id(conn, "environments_trait"),
-            "i": identity,
-            "k": key,
-            "t": value_type,
-            **EMPTY,
-            **value,
-            "now": datetime.now(UTC),
-        },
-    )
+    _insert_trait(conn, identity, key, value_type, value)
     return {identity}
 
 
@@ -133,15 +132,7 @@ def create_identity(conn: sa.Connection, environment_id: int, rng: random.Random
         {"id": identity, "identifier": identifier, "e": environment_id, "now": datetime.now(UTC)},
     )
     value_type, value = rng.choice(VALUES)
-    conn.execute(
-        sa.text(
-            "INSERT INTO environments_trait (id, identity_id, trait_key, value_type, "
-            "string_value, integer_value, float_value, boolean_value, created_date) VALUES "
-            "(:id, :i, :k, :t, :string_value, :integer_value, :float_value, :boolean_value, :now)"
-        ),
-        {"id": _next_id(conn, "environments_trait"), "i": identity, "k": rng.choice(_keys(conn)),
-         "t": value_type, **EMPTY, **value, "now": datetime.now(UTC)},
-    )  # fmt: skip
+    _insert_trait(conn, identity, rng.choice(_keys(conn)), value_type, value)
     return {int(identity)}
 
 

@@ -95,7 +95,7 @@ def drain_once(
     store = membership_store.get()
     now = store.clock()
     before = capture_status(store.database, capture.settings.slot)
-    tick = capture.look(store.database, lambda: _live(flagsmith))
+    tick = capture.look(store.database, lambda: _live(flagsmith), before)
     if tick.state == BUSY:
         return Drained(tick)
     if tick.state == UNAVAILABLE:
