@@ -3,6 +3,7 @@ daemon running the definitions as a deployment would (PostgreSQL source and stor
 
     membership-benchmark-capture [--identities 1000000] [--segments 300] [--tick 2]
         [--via process|sensor] [--repeats 3] [--sustain-seconds 60] [--writes-per-second 1000]
+        [--large-identities 10000000] [--cached-chunk-cache-mb 1024]
 
 In order: the source is seeded into a scratch schema (one environment); capture is enabled (a
 scratch publication and slot, dropped at the end); ``dagster-daemon run`` starts, with
@@ -11,20 +12,29 @@ daemon's capture sensor at ``--tick`` seconds (``--via sensor``), and ``membersh
 read API); capture's first tick requests a full refresh, which the daemon runs: the first
 version. Then:
 
-- per repeat, ``--updates`` (1,000) trait updates across as many identities in one
-  transaction: commit → the read API answering from the new version (polled every 20 ms), and
-  the delta run's RUN_START → RUN_SUCCESS (Dagster's event log), with the bytes the delta
-  version wrote against the full version's;
-- a segment edit (one condition's value): commit → the read API's new version;
+- per repeat, after 3 s idle (past the 2 s change cooldown), ``--updates`` (1,000) trait
+  updates across as many identities in one transaction: commit → the read API answering from
+  the new version (polled every 20 ms), and the delta run's RUN_START → RUN_SUCCESS (Dagster's
+  event log), with the bytes the delta version wrote against the full version's;
+- per repeat, after 3 s idle, a segment edit (one condition's value): commit → the read API's
+  new version, and the incremental run;
 - an idle tick: ``ChangeCapture.look`` on a drained slot (median of 50);
 - ``--writes-per-second`` trait updates for ``--sustain-seconds``: every second the slot's lag
   and retained WAL; then the time until every change is published, and a check that the
   published answers equal a full backfill of the final source.
+
+With ``--large-identities``, capture is then turned off, the environment grown in PostgreSQL
+(copies of its first 1M identities and their traits), and everything but the sustained load
+measured again on a new slot (its first tick refreshes the grown environment in full): the
+ratios of the medians, and the delta step's peak RSS beside the full backfill's. With
+``--cached-chunk-cache-mb``, each size's trait updates are measured again after the capture
+process restarts with a chunk cache that large.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -47,11 +57,13 @@ import sqlalchemy as sa
 from membership_pipeline.benchmarks.dagster_runs import materialize
 from membership_pipeline.benchmarks.scratch_database import (
     ScratchDatabase,
+    ScratchServerDatabase,
     analyze,
+    grow_environment,
     progress,
     seed_one_environment,
 )
-from membership_pipeline.changes.capture import CaptureSettings, ChangeCapture
+from membership_pipeline.changes.capture import CaptureSettings, ChangeCapture, capture_status
 from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.capture_process import quick
 from membership_pipeline.defs.membership.capture_sensor import drain_once
@@ -67,6 +79,10 @@ from membership_pipeline.storage import MembershipStore
 from membership_pipeline.storage.tables import version
 
 ROOT = Path(__file__).resolve().parents[2]
+# Before each measured write: longer than the change cooldown (2 s), so every write meets an
+# idle environment as an SDK's occasional write does (back-to-back writes wait out the
+# cooldown: the sustained part measures those).
+IDLE_GAP = 3.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,15 +100,59 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sustain-seconds", type=int, default=60, help="0: skip that part")
     parser.add_argument("--writes-per-second", type=int, default=1_000)
+    parser.add_argument(
+        "--large-identities",
+        type=int,
+        default=0,
+        help="then grow the environment to this many (copies of the first 1M) and measure "
+        "again, with capture off while it grows (0: skip)",
+    )
+    parser.add_argument(
+        "--cached-chunk-cache-mb",
+        type=int,
+        default=0,
+        help="then repeat the trait updates with the capture process's chunk cache this large "
+        "(MEMBERSHIP_CHUNK_CACHE_MB; 0: skip)",
+    )
+    parser.add_argument(
+        "--dagster-storage",
+        choices=["postgresql", "sqlite"],
+        default="postgresql",
+        help="the Dagster instance's storage: PostgreSQL as deployed (deploy/dagster.postgres.yaml"
+        ", a scratch database), or the embedded default",
+    )
     args = parser.parse_args(argv)
-    with ScratchDatabase("postgresql") as source_url, ScratchDatabase("postgresql") as store_url:
+    with contextlib.ExitStack() as scratch:
+        source_url = scratch.enter_context(ScratchDatabase("postgresql"))
+        store_url = scratch.enter_context(ScratchDatabase("postgresql"))
+        if args.dagster_storage == "postgresql":
+            os.environ["DAGSTER_PG_URL"] = scratch.enter_context(ScratchServerDatabase())
         progress(f"seeding {args.identities:,} identities × {args.segments} segments")
         started = time.perf_counter()
-        seed_one_environment(source_url, args.identities, args.segments)
+        dataset = seed_one_environment(source_url, args.identities, args.segments)
         analyze(source_url)
         progress(f"seeded in {time.perf_counter() - started:.0f} s")
         migrate(store_url)
-        Bench(source_url, store_url, args).run()
+        small = Bench(source_url, store_url, args).run(args.identities, args.sustain_seconds)
+        if args.large_identities > args.identities:
+            env_key = dataset.environments[0]["api_key"]
+            size = grow_environment(source_url, env_key, args.large_identities, args.identities)
+            large = Bench(source_url, store_url, args).run(size, sustain_seconds=0)
+            print(
+                f"{size:,} against {args.identities:,} identities: commit → read API "
+                f"{large['read'] / small['read']:.2f}×, delta run "
+                f"{large['run'] / small['run']:.2f}×, bytes per delta "
+                f"{large['bytes'] / max(small['bytes'], 1):.2f}×, delta step peak RSS "
+                f"{large['delta_rss']:,.0f} MB against the full backfill's "
+                f"{large['full_rss']:,.0f} MB"
+            )
+            if "cached_run" in large and "cached_run" in small:
+                print(
+                    f"with a {args.cached_chunk_cache_mb} MB chunk cache: commit → read API "
+                    f"{large['cached_read'] / small['cached_read']:.2f}×, delta run "
+                    f"{large['cached_run'] / small['cached_run']:.2f}×, delta step peak RSS "
+                    f"{large['cached_delta_rss']:,.0f} MB"
+                )
 
 
 class Bench:
@@ -115,7 +175,12 @@ class Bench:
         self.settings = CaptureSettings(slot=name, publication=name)
         self.engine = sa.create_engine(source_url)
         self.home = tempfile.mkdtemp(prefix="membership-capture-home-")
-        shutil.copy(ROOT / "dagster.yaml", Path(self.home) / "dagster.yaml")
+        instance_yaml = (
+            ROOT / "deploy" / "dagster.postgres.yaml"
+            if args.dagster_storage == "postgresql"
+            else ROOT / "dagster.yaml"
+        )
+        shutil.copy(instance_yaml, Path(self.home) / "dagster.yaml")
         self.environ = {
             **os.environ,
             "DAGSTER_HOME": self.home,
@@ -128,28 +193,45 @@ class Bench:
         self.processes: list[subprocess.Popen] = []
         self.capture_process: subprocess.Popen | None = None
 
-    def run(self) -> None:
+    def run(self, identities: int, sustain_seconds: int) -> dict[str, float]:
+        """Every scenario on the environment as it is; the medians to compare sizes by."""
         args = self.args
         try:
             enable_capture(self.engine, self.settings.publication, self.settings.slot)
             started = time.time()
             # Capture's first tick requests a full refresh (what changed before the slot is
             # unknown), which the daemon's dispatch sensor launches: the first version.
-            self._start_daemon_and_server()
+            self._start_daemon_and_server(identities)
             full_bytes = self._version_bytes()[0]
+            full_rss = self._peak_rss()
             progress(
                 f"first version (capture's full refresh through the daemon) published "
-                f"{time.time() - started:.0f} s after start: {full_bytes:,} bytes"
+                f"{time.time() - started:.0f} s after start: {full_bytes:,} bytes, steps' peak "
+                f"RSS {full_rss:,.0f} MB"
             )
             print(
-                f"capture benchmark: {args.identities:,} identities × {args.segments} segments, "
-                f"capture every {args.tick} s by the {args.via} (PostgreSQL source and store)"
+                f"capture benchmark: {identities:,} identities × {args.segments} segments, "
+                f"capture every {args.tick} s by the {args.via} (PostgreSQL source and store, "
+                f"{args.dagster_storage} Dagster storage)"
             )
-            self._trait_updates(full_bytes)
+            figures = self._trait_updates(full_bytes)
+            figures |= {"delta_rss": self._peak_rss(), "full_rss": full_rss}
+            if args.cached_chunk_cache_mb and self.capture_process is not None:
+                # The same writes with a chunk cache that holds every payload (the first delta
+                # after the restart fills it).
+                _stop(self.capture_process)
+                self.environ["MEMBERSHIP_CHUNK_CACHE_MB"] = str(args.cached_chunk_cache_mb)
+                self.capture_process = self._start_capture_process()
+                progress(f"capture process restarted, chunk cache {args.cached_chunk_cache_mb} MB")
+                cached = self._trait_updates(full_bytes)
+                figures |= {f"cached_{name}": value for name, value in cached.items()}
+                figures["cached_delta_rss"] = self._peak_rss()
+                self.environ.pop("MEMBERSHIP_CHUNK_CACHE_MB")
             self._segment_edit()
             self._idle_tick()
-            if args.sustain_seconds > 0:
-                self._sustained()
+            if sustain_seconds > 0:
+                self._sustained(sustain_seconds)
+            return figures
         finally:
             for process in self.processes:
                 _stop(process)
@@ -158,9 +240,10 @@ class Bench:
             shutil.rmtree(self.home, ignore_errors=True)
 
     # -- the scenarios ---------------------------------------------------------------------
-    def _trait_updates(self, full_bytes: int) -> None:
+    def _trait_updates(self, full_bytes: int) -> dict[str, float]:
         reads, runs, written = [], [], []
         for repeat in range(self.args.repeats):
+            time.sleep(IDLE_GAP)
             before = self._served_version()
             committed = self._update_traits(self.args.updates, random.Random(repeat))
             served = self._wait_for_new_version(before)
@@ -183,28 +266,44 @@ class Bench:
             f"{full_bytes:,} for the full version "
             f"({statistics.median(w[0] for w in written) / max(full_bytes, 1):.1%})"
         )
+        return {
+            "read": statistics.median(reads),
+            "run": statistics.median(runs),
+            "bytes": statistics.median(w[0] for w in written),
+        }
 
     def _segment_edit(self) -> None:
-        before = self._served_version()
-        with self.engine.begin() as conn:
-            condition = conn.execute(
-                sa.text(
-                    "SELECT c.id, c.value FROM segments_condition c WHERE c.operator = 'EQUAL' "
-                    "ORDER BY c.id LIMIT 1"
+        reads, runs = [], []
+        for repeat in range(self.args.repeats):
+            time.sleep(IDLE_GAP)
+            before = self._served_version()
+            with self.engine.begin() as conn:
+                condition = conn.execute(
+                    sa.text(
+                        "SELECT c.id, c.value FROM segments_condition c WHERE c.operator = "
+                        "'EQUAL' ORDER BY c.id LIMIT 1 OFFSET :n"
+                    ),
+                    {"n": repeat},
+                ).one()
+                conn.execute(
+                    sa.text("UPDATE segments_condition SET value = :v WHERE id = :id"),
+                    {"v": f"{condition.value}-edited", "id": condition.id},
                 )
-            ).one()
-            conn.execute(
-                sa.text("UPDATE segments_condition SET value = :v WHERE id = :id"),
-                {"v": f"{condition.value}-edited", "id": condition.id},
+            committed = time.time()
+            served = self._wait_for_new_version(before)
+            reads.append(served - committed)
+            runs.append(self._last_run_seconds("incremental"))
+            progress(
+                f"timeline after the commit (s): {self._timeline(committed, served, 'incremental')}"
             )
-        committed = time.time()
-        served = self._wait_for_new_version(before)
-        progress(
-            f"timeline after the commit (s): {self._timeline(committed, served, 'incremental')}"
-        )
+            progress(f"the incremental step's phases (s): {self._phases()}")
+            print(
+                f"  segment edit: commit → read API {reads[-1]:.2f} s (incremental run "
+                f"{runs[-1]:.2f} s)"
+            )
         print(
-            f"segment edit: commit → read API {served - committed:.2f} s (incremental run "
-            f"{self._last_run_seconds('incremental'):.2f} s)"
+            f"segment edits: commit → read API median {statistics.median(reads):.2f} s (max "
+            f"{max(reads):.2f}); incremental run median {statistics.median(runs):.2f} s"
         )
 
     def _idle_tick(self) -> None:
@@ -236,7 +335,7 @@ class Bench:
             f"{statistics.median(drains) * 1000:.1f} ms (max {max(drains) * 1000:.1f})"
         )
 
-    def _sustained(self) -> None:
+    def _sustained(self, seconds: int) -> None:
         args = self.args
         stop = threading.Event()
         written = [0]
@@ -256,7 +355,7 @@ class Bench:
         samples = []
         started = time.time()
         thread.start()
-        while time.time() - started < args.sustain_seconds:
+        while time.time() - started < seconds:
             time.sleep(1)
             with self.engine.connect() as conn:
                 state = slot_state(conn, self.settings.slot)
@@ -282,6 +381,13 @@ class Bench:
             counts = published.segment_counts()
             universe = published.universe()
         last = samples[-10:]
+        windows = [samples[i : i + 30] for i in range(0, len(samples), 30)]
+        progress(
+            "retained WAL max per 30 s (MB): "
+            + ", ".join(f"{max(s[1] for s in w) / 1e6:.0f}" for w in windows)
+            + "; slot lag max per 30 s (MB): "
+            + ", ".join(f"{max(s[0] for s in w) / 1e6:.0f}" for w in windows)
+        )
         with dg.DagsterInstance.from_config(self.home) as instance:
             deltas = len(
                 instance.get_run_records(
@@ -384,13 +490,29 @@ class Bench:
         ]
         return ", ".join(f"{name} +{at - committed:.2f}" for name, at in marks if at)
 
-    def _phases(self) -> dict[str, float]:
-        """The published delta's step report: seconds per phase, and its peak RSS (MB)."""
+    def _peak_rss(self) -> float:
+        """The published version's largest step peak RSS (MB)."""
         with MembershipStore(self.store_url) as store:
             meta = store.metadata(self.env)
             assert meta is not None and meta.published_version_id is not None
-            [report] = store.shard_reports(meta.published_version_id)
-        return {**report.report.get("seconds", {}), "peak_rss_mb": report.report["peak_rss_mb"]}
+            reports = store.shard_reports(meta.published_version_id)
+        return max(float(r.report.get("peak_rss_mb", 0)) for r in reports)
+
+    def _phases(self) -> dict[str, float]:
+        """The published version's step reports: seconds per phase (summed over its shards),
+        and the largest step peak RSS (MB)."""
+        with MembershipStore(self.store_url) as store:
+            meta = store.metadata(self.env)
+            assert meta is not None and meta.published_version_id is not None
+            reports = [r.report for r in store.shard_reports(meta.published_version_id)]
+        seconds: dict[str, float] = {}
+        for report in reports:
+            for phase, value in report.get("seconds", {}).items():
+                seconds[phase] = round(seconds.get(phase, 0.0) + value, 3)
+        return seconds | {
+            "shards": len(reports),
+            "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in reports),
+        }
 
     def _version_bytes(self) -> tuple[int, int]:
         """The published version's bytes written, and those it links to or shares."""
@@ -415,7 +537,7 @@ class Bench:
         self.processes.append(process)
         return process
 
-    def _start_daemon_and_server(self) -> None:
+    def _start_daemon_and_server(self, identities: int) -> None:
         bin_dir = Path(sys.executable).parent
         with dg.DagsterInstance.from_config(self.home) as instance:
             instance.add_dynamic_partitions("environments", [self.env])
@@ -442,23 +564,29 @@ class Bench:
                 start_new_session=True,
             )
         )  # fmt: skip
-        deadline = time.time() + 300
-        while time.time() < deadline:  # the first version is served, and capture streams
+        wait = 300 + 60 * identities // 1_000_000
+        started = datetime.now(UTC)
+        deadline = time.time() + wait
+        while time.time() < deadline:  # capture's full refresh is served, and capture streams
             try:
                 self._served_version()
                 with MembershipStore(self.store_url) as store:
-                    from membership_pipeline.changes.capture import capture_status
-
                     status = capture_status(store.database, self.settings.slot)
                     meta = store.metadata(self.env)
-                    if status is not None and meta and meta.last_backfill_status == "succeeded":
+                    if (
+                        status is not None
+                        and meta
+                        and meta.last_backfill_status == "succeeded"
+                        and meta.published_as_of is not None
+                        and meta.published_as_of >= started
+                    ):
                         return
             except (OSError, ValueError):
                 pass
             time.sleep(0.5)
         log = (Path(self.home) / "daemon.log").read_text()[-3000:]
         raise SystemExit(
-            f"no first version, or no capture, or no read API within 300 s; daemon:\n{log}"
+            f"no first version, or no capture, or no read API within {wait} s; daemon:\n{log}"
         )
 
 

@@ -25,11 +25,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from membership_pipeline.benchmarks.dagster_runs import materialize as _backfill
 from membership_pipeline.benchmarks.scratch_database import (
+    BASE_IDENTITIES,
     ScratchDatabase,
+    grow_environment,
     progress,
     seed_one_environment,
 )
@@ -38,7 +38,6 @@ from membership_pipeline.database.schema import migrate
 
 TARGET_RATIO = 0.6
 TARGET_STEP_RSS_MB = 1536
-BASE_IDENTITIES = 1_000_000
 PHASES = ("read", "evaluate", "audit", "write")
 
 
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="membership-shards-") as home:
             Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
             if not args.skip_compare:
-                size = _grow(source_url, env_key, args.compare_identities, size)
+                size = grow_environment(source_url, env_key, args.compare_identities, size)
                 runs: dict[int, list[dict]] = {1: [], 2: []}
                 for _ in range(args.repeats):  # alternating, so drift hits both alike
                     for shards in (1, 2):
@@ -75,62 +74,9 @@ def main(argv: list[str] | None = None) -> None:
                         )
                 _report_compare(size, runs[1], runs[2])
             if not args.skip_large:
-                size = _grow(source_url, env_key, args.identities, size)
+                size = grow_environment(source_url, env_key, args.identities, size)
                 large = _backfill(home, source_url, store_url, env_key, args.shard_identities)
                 _report_large(size, args.shard_identities, large)
-
-
-def _grow(url: str, env_key: str, wanted: int, current: int) -> int:
-    """Copy the environment's first ``BASE_IDENTITIES`` identities (with their traits) until it
-    holds ``wanted`` identities, as whole copies."""
-    copies = wanted // BASE_IDENTITIES
-    have = max(current // BASE_IDENTITIES, 1)
-    if copies <= have:
-        return current
-    progress(f"growing the environment to {copies * BASE_IDENTITIES:,} identities in PostgreSQL")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        env_id, base_max, trait_max = conn.execute(
-            sa.text(
-                "SELECT e.id, (SELECT max(id) FROM environments_identity), "
-                "(SELECT max(id) FROM environments_trait) FROM environments_environment e "
-                "WHERE e.api_key = :key"
-            ),
-            {"key": env_key},
-        ).one()
-        span, trait_span = base_max + 1, trait_max + 1
-        # The original identities are those below the first copy's ids.
-        first_copy_id = conn.execute(
-            sa.text("SELECT min(id) FROM environments_identity WHERE environment_id = :e"),
-            {"e": env_id},
-        ).scalar_one()
-        for copy in range(have, copies):
-            conn.execute(
-                sa.text(
-                    "INSERT INTO environments_identity (id, identifier, environment_id, "
-                    "created_date) SELECT id + :shift, identifier || '~' || :copy, environment_id, "
-                    "created_date FROM environments_identity WHERE environment_id = :e "
-                    "AND id < :first + :span"
-                ),
-                {"shift": copy * span, "copy": copy, "e": env_id, "first": first_copy_id,
-                 "span": span},
-            )  # fmt: skip
-            conn.execute(
-                sa.text(
-                    "INSERT INTO environments_trait (id, identity_id, trait_key, value_type, "
-                    "boolean_value, integer_value, string_value, float_value, created_date) "
-                    "SELECT t.id + :tshift, t.identity_id + :shift, t.trait_key, t.value_type, "
-                    "t.boolean_value, t.integer_value, t.string_value, t.float_value, "
-                    "t.created_date FROM environments_trait t JOIN environments_identity i "
-                    "ON i.id = t.identity_id WHERE i.environment_id = :e AND i.id < :first + :span"
-                ),
-                {"tshift": copy * trait_span, "shift": copy * span, "e": env_id,
-                 "first": first_copy_id, "span": span},
-            )  # fmt: skip
-            progress(f"  copy {copy + 1} of {copies}")
-    engine.dispose()
-    _analyze(url)
-    return copies * BASE_IDENTITIES
 
 
 def _report_compare(size: int, one: list[dict], two: list[dict]) -> None:

@@ -26,6 +26,7 @@ from membership_pipeline.serving.metrics import ServiceMetrics
 from membership_pipeline.serving.places import EnvironmentPlaces, KnownEnvironment
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore
+from membership_pipeline.storage.publications import PublicationListener
 from membership_pipeline.storage.reader import MembersPage, PublishedMembership, segment_order
 from membership_pipeline.storage.tables import environment
 
@@ -41,7 +42,7 @@ class ServiceSettings:
     source_url: str
     keys: KeyRing
     stale_after: timedelta = timedelta(hours=1)
-    pointer_ttl: float = 1.0  # a new publication is served at most this late
+    pointer_ttl: float = 1.0  # a new publication is served at most this late (unannounced)
 
 
 class MembershipService:
@@ -49,10 +50,17 @@ class MembershipService:
         self.settings = settings
         self.store = MembershipStore(settings.store_url)
         self.reader = self.store.reader(pointer_ttl=settings.pointer_ttl)
+        # A flip is served at once where the store announces it (PostgreSQL); the TTL is the
+        # fallback.
+        self.listener = (
+            PublicationListener(self.store.database.writer, self.reader.expire).start()
+            if self.store.database.dialect == "postgresql"
+            else None
+        )
         try:
             self.source = FlagsmithSource(settings.source_url).require_reachable()
         except DatabaseUnreachable:
-            self.store.close()
+            self.close_store()
             raise
         self.places = EnvironmentPlaces(self.source.environments)
         self.identifiers = IdentifierCache()
@@ -60,8 +68,13 @@ class MembershipService:
         self.metrics = ServiceMetrics(self.registry)
 
     def close(self) -> None:
-        self.store.close()
+        self.close_store()
         self.source.close()
+
+    def close_store(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        self.store.close()
 
     # Operations
     def unhealthy(self) -> str | None:

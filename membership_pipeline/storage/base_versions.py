@@ -10,13 +10,14 @@ from pyroaring import BitMap
 from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.model.errors import InvalidVersion
 from membership_pipeline.model.refresh_mode import BaseVersion, SourceMarks
+from membership_pipeline.storage.reader import ChunkCache
 from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
     chunks_of_bitmap,
+    content_index,
+    content_version,
     environment,
-    payload_index,
-    payload_version,
     version,
 )
 
@@ -60,33 +61,23 @@ def refresh_base(database: StoreDatabase, environment_key: str) -> BaseVersion |
 
 
 def universe_between(
-    database: StoreDatabase, version_id: int, first_id: int, last_id: int
+    database: StoreDatabase, chunks: ChunkCache, version_id: int, first_id: int, last_id: int
 ) -> BitMap:
     """The ids of ``version_id``'s universe in ``[first_id, last_id]`` (from the chunks that
     hold them, wherever they were written)."""
-    data = bitmap_chunk.alias("data")  # the row holding the bytes (a delta's link names it)
     with database.reader.connect() as conn:
-        payloads = conn.execute(
-            sa.select(data.c.payload)
-            .select_from(
-                bitmap.join(bitmap_chunk, chunks_of_bitmap()).join(
-                    data,
-                    sa.and_(
-                        data.c.version_id == payload_version(),
-                        data.c.kind == bitmap_chunk.c.kind,
-                        data.c.key == bitmap_chunk.c.key,
-                        data.c.chunk_index == payload_index(),
-                    ),
-                )
-            )
+        wanted = conn.execute(
+            sa.select(bitmap.c.kind, bitmap.c.key, content_version(), content_index())
+            .select_from(bitmap.join(bitmap_chunk, chunks_of_bitmap()))
             .where(
                 bitmap.c.version_id == version_id,
                 bitmap.c.kind == "universe",
                 bitmap_chunk.c.max_id >= first_id,
                 bitmap_chunk.c.min_id <= last_id,
             )
-        ).scalars()
-        ids = BitMap.union(BitMap(), *(BitMap.deserialize(p) for p in payloads))
+        ).all()
+    loaded = chunks.get((owner, kind, key, index) for kind, key, owner, index in wanted)
+    ids = BitMap.union(BitMap(), *loaded.values())
     in_range = BitMap()
     if last_id >= first_id:
         in_range.add_range(first_id, last_id + 1)

@@ -1,12 +1,15 @@
 """Writing an identity-delta version: the published (base) version with the changed identities'
-answers replaced, where only the chunks holding a changed bit are new.
+answers replaced, writing what changed rather than the chunks that hold it.
 
 For every bitmap of the base (its universe and each segment), the changed ids are assigned to the
-chunk whose id range would hold them; a chunk whose bits for those ids are unchanged is **linked**
-(a chunk row without payload naming the version and chunk that hold its bytes), one whose bits
-changed is rewritten (and split again if it outgrew the chunk size). A bitmap with no changed
-chunk is shared whole, as an incremental version shares it. Links always name a chunk with a
-payload, so a version many deltas deep still reads each chunk with one lookup.
+chunk whose id range would hold them. A chunk whose bits for those ids are unchanged is
+**linked** (a chunk row without payload naming the row it shows). One whose bits changed becomes
+a **patched link**: its underlying payload's row, and the ids to remove from and add to that
+payload (``patch_removed``, ``patch_added``). Patches accumulate over deltas, always relative to
+the payload, so a version many deltas deep still reads each chunk as one payload and at most one
+patch; once a chunk's patch outgrows a quarter of its payload the chunk is rewritten whole (and
+split again if it outgrew the chunk size). A bitmap with no changed chunk is shared whole, as an
+incremental version shares it.
 
 One transaction writes the whole version (a retried step replaces what an earlier attempt
 wrote), with the base's row locked (shared) while the links to its chunks are written: the
@@ -30,7 +33,7 @@ from membership_pipeline.model.errors import InvalidVersion
 from membership_pipeline.model.refresh_mode import definition_digest
 from membership_pipeline.storage.base_versions import lock_base
 from membership_pipeline.storage.binary_copy import copy_rows
-from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES, load_chunk, split_bitmap
+from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES, Chunk, split_bitmap
 from membership_pipeline.storage.plans import StagedPlan
 from membership_pipeline.storage.reader import ChunkCache, ChunkKey
 from membership_pipeline.storage.sealing import SealedTotals
@@ -39,9 +42,10 @@ from membership_pipeline.storage.tables import (
     bitmap_chunk,
     chunk_owner,
     chunks_of_bitmap,
-    payload_index,
-    payload_version,
+    content_index,
+    content_version,
     shard,
+    stored_bytes,
     version,
 )
 from membership_pipeline.storage.versions import (
@@ -73,23 +77,51 @@ class DeltaTotals:
     identities: int = 0  # re-evaluated
     bitmaps_rewritten: int = 0
     bitmaps_shared: int = 0
-    chunks_written: int = 0
+    chunks_written: int = 0  # rewritten whole
+    chunks_patched: int = 0
     chunks_linked: int = 0
-    bytes_written: int = 0
-    bytes_shared: int = 0  # of the chunks linked or shared, written by earlier versions
+    bytes_written: int = 0  # payloads and patches
+    bytes_shared: int = 0  # what the links and shared bitmaps show, written by earlier versions
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
+_LINK_COLUMNS = ("payload", "source_version_id", "source_chunk_index", "patch_removed",
+                 "patch_added")  # fmt: skip
+PATCH_SHARE = 4  # a patch larger than 1/PATCH_SHARE of its payload: the chunk is rewritten
+STREAM_BATCH_BYTES = 64 << 20  # payloads read at once when they do not fit the chunk cache
+
+
 @dataclass(frozen=True)
 class _BaseChunk:
+    """A chunk of the base as its directory row names it: what it shows (``content``, the row
+    a link names) and the payload underneath (the same row, unless that row is a patch)."""
+
     min_id: int
     max_id: int
     cardinality: int
-    owner: int  # the version whose row holds the payload
-    owner_index: int
-    size: int
+    content: tuple[int, int]  # version, chunk index of the row it shows
+    payload: tuple[int, int]  # version, chunk index of the row holding the payload
+    size: int  # bytes behind it: payload, and patch if any
+    payload_size: int
+
+    @property
+    def patched(self) -> bool:
+        return self.content != self.payload
+
+
+@dataclass(frozen=True)
+class _Patch:
+    """A changed chunk written as a patch over its base's payload."""
+
+    min_id: int
+    max_id: int
+    cardinality: int
+    payload: tuple[int, int]
+    payload_size: int
+    removed: bytes
+    added: bytes
 
 
 def write_delta(
@@ -103,8 +135,8 @@ def write_delta(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> DeltaTotals:
     """The whole delta version, in one transaction; its one shard marked staged with
-    ``report``. ``chunks_cache`` holds deserialized chunks across deltas (a long-running
-    process reads each base chunk once, and keeps the ones it writes)."""
+    ``report``. ``chunks_cache`` holds deserialized payloads across deltas (a long-running
+    process reads each once while they fit; a later delta reads only the patches over them)."""
     started = time.perf_counter()
     base_id = plan.base_version_id
     totals = DeltaTotals(identities=len(answers.changed))
@@ -117,7 +149,12 @@ def write_delta(
         chunks = _base_chunks(conn, base_id)
         digests = {str(s["key"]): definition_digest(s) for s in plan.segments}
         wanted = [("universe", UNIVERSE_KEY), *(("segment", key) for key in digests)]
-        payloads = _touched_payloads(chunks_cache, chunks, answers.changed)
+        evaluated = {
+            (kind, key): answers.universe if kind == "universe" else answers.segments[key]
+            for kind, key in wanted
+            if kind == "universe" or key in answers.segments
+        }
+        changed = _changed_chunks(chunks_cache, chunks, evaluated, answers.changed, chunk_bytes)
         rows, chunk_rows = [], []
         for kind, key in wanted:
             base_row = directory.get((kind, key))
@@ -135,9 +172,8 @@ def write_delta(
                     )
                 rows.append(_shared_row(plan, base_row) | {"chunk_version_id": None})
                 continue
-            answer = answers.universe if kind == "universe" else answers.segments[key]
             rebuilt = _rebuild(
-                chunks.get((kind, key), []), payloads, kind, key, answers.changed, answer,
+                chunks.get((kind, key), []), changed.get((kind, key), {}), evaluated[(kind, key)],
                 chunk_bytes,
             )  # fmt: skip
             if rebuilt is None:
@@ -148,32 +184,33 @@ def write_delta(
             totals.bitmaps_rewritten += 1
             cardinality = size = 0
             for index, piece in enumerate(rebuilt):
-                row = {"version_id": plan.version_id, "kind": kind, "key": key,
-                       "chunk_index": index}  # fmt: skip
+                row = dict.fromkeys(_LINK_COLUMNS) | {
+                    "version_id": plan.version_id, "kind": kind, "key": key, "chunk_index": index,
+                }  # fmt: skip
+                row |= {"min_id": piece.min_id, "max_id": piece.max_id,
+                        "cardinality": piece.cardinality}  # fmt: skip
                 if isinstance(piece, _BaseChunk):
                     totals.chunks_linked += 1
                     totals.bytes_shared += piece.size
-                    row |= {
-                        "min_id": piece.min_id,
-                        "max_id": piece.max_id,
-                        "cardinality": piece.cardinality,
-                        "payload": None,
-                        "source_version_id": piece.owner,
-                        "source_chunk_index": piece.owner_index,
-                    }
-                    cardinality, size = cardinality + piece.cardinality, size + piece.size
+                    row |= {"source_version_id": piece.content[0],
+                            "source_chunk_index": piece.content[1]}  # fmt: skip
+                    size += piece.size
+                elif isinstance(piece, _Patch):
+                    totals.chunks_patched += 1
+                    written = len(piece.removed) + len(piece.added)
+                    totals.bytes_written += written
+                    totals.bytes_shared += piece.payload_size  # the payload under the patch
+                    row |= {"source_version_id": piece.payload[0],
+                            "source_chunk_index": piece.payload[1],
+                            "patch_removed": piece.removed,
+                            "patch_added": piece.added}  # fmt: skip
+                    size += written + piece.payload_size
                 else:
                     totals.chunks_written += 1
                     totals.bytes_written += len(piece.payload)
-                    row |= {
-                        "min_id": piece.min_id,
-                        "max_id": piece.max_id,
-                        "cardinality": piece.cardinality,
-                        "payload": piece.payload,
-                        "source_version_id": None,
-                        "source_chunk_index": None,
-                    }
-                    cardinality, size = cardinality + piece.cardinality, size + len(piece.payload)
+                    row |= {"payload": piece.payload}
+                    size += len(piece.payload)
+                cardinality += piece.cardinality
                 chunk_rows.append(row)
             rows.append(
                 {
@@ -225,13 +262,6 @@ def write_delta(
                 ),
             )
         )
-    for row in chunk_rows:  # committed: what later deltas (and readers) will read
-        if row["payload"] is not None:
-            chunks_cache.put(
-                (plan.version_id, row["kind"], row["key"], row["chunk_index"]),
-                load_chunk(row["payload"]),
-                len(row["payload"]),
-            )
     log.info(
         "segment_membership.store.delta_staged",
         environment=plan.environment_key,
@@ -269,9 +299,12 @@ def seal_delta(database: StoreDatabase, plan: StagedPlan, *, now: datetime) -> S
         written = conn.execute(
             sa.select(
                 sa.func.count(),
-                sa.func.coalesce(sa.func.sum(sa.func.length(bitmap_chunk.c.payload)), 0),
+                sa.func.coalesce(sa.func.sum(stored_bytes()), 0),
             ).where(
-                bitmap_chunk.c.version_id == plan.version_id, bitmap_chunk.c.payload.is_not(None)
+                bitmap_chunk.c.version_id == plan.version_id,
+                sa.or_(
+                    bitmap_chunk.c.payload.is_not(None), bitmap_chunk.c.patch_added.is_not(None)
+                ),
             )
         ).one()
         totals = SealedTotals(
@@ -313,50 +346,120 @@ def _touched(base: list[_BaseChunk], changed: BitMap) -> dict[int, BitMap]:
     return touched
 
 
-def _touched_payloads(
-    cache: ChunkCache, chunks: dict[tuple[str, str], list[_BaseChunk]], changed: BitMap
-) -> dict[ChunkKey, FrozenBitMap]:
-    """Every base chunk a changed id falls in (chunks are immutable: the cache's copies, else
-    read in a few queries, never one per bitmap)."""
-    return cache.get(
-        sorted(
-            {
-                (base[p].owner, kind, key, base[p].owner_index)
-                for (kind, key), base in chunks.items()
-                for p in _touched(base, changed)
-            }
-        )
+@dataclass(frozen=True)
+class _Touched:
+    """A base chunk some changed ids fall in."""
+
+    kind: str
+    key: str
+    position: int
+    chunk: _BaseChunk
+    ids: BitMap
+
+
+Pieces = list[_BaseChunk | _Patch | Chunk]
+
+
+def _changed_chunks(
+    cache: ChunkCache,
+    chunks: dict[tuple[str, str], list[_BaseChunk]],
+    answers: dict[tuple[str, str], BitMap],
+    changed: BitMap,
+    chunk_bytes: int,
+) -> dict[tuple[str, str], dict[int, Pieces]]:
+    """What each base chunk holding a changed bit becomes (by bitmap and position; a chunk
+    absent is unchanged). Each is computed from its payload and the base's patch over it:
+    from the cache when every payload touched fits in it (a long-running process reads each
+    once), else read in batches of ``STREAM_BATCH_BYTES`` and dropped after use, so a delta's
+    memory stays bounded whatever the environment's size."""
+    work = [
+        _Touched(kind, key, position, base[position], ids)
+        for (kind, key), base in chunks.items()
+        if (kind, key) in answers
+        for position, ids in _touched(base, changed).items()
+    ]
+    patched = sorted(
+        {(t.chunk.content[0], t.kind, t.key, t.chunk.content[1]) for t in work if t.chunk.patched}
     )
+    patches = cache.patches(patched)
+    sizes = {_payload_key(t): t.chunk.payload_size for t in work}
+    if sum(sizes.values()) <= cache.max_bytes // 2:
+        batches = [sorted(sizes)]
+        fetch = cache.get
+    else:
+        batches, batch, held = [], [], 0
+        for payload_key in sorted(sizes):
+            if batch and held + sizes[payload_key] > STREAM_BATCH_BYTES:
+                batches.append(batch)
+                batch, held = [], 0
+            batch.append(payload_key)
+            held += sizes[payload_key]
+        batches.append(batch)
+        fetch = cache.load
+    by_payload: dict[ChunkKey, list[_Touched]] = {}
+    for touched in work:
+        by_payload.setdefault(_payload_key(touched), []).append(touched)
+    result: dict[tuple[str, str], dict[int, Pieces]] = {}
+    for keys in batches:
+        payloads = fetch(keys)
+        for payload_key in keys:
+            for t in by_payload[payload_key]:
+                content = (t.chunk.content[0], t.kind, t.key, t.chunk.content[1])
+                pieces = _rechunk(
+                    t, payloads[payload_key], patches.get(content), answers[(t.kind, t.key)],
+                    chunk_bytes,
+                )  # fmt: skip
+                if pieces is not None:
+                    result.setdefault((t.kind, t.key), {})[t.position] = pieces
+        del payloads
+    return result
+
+
+def _rechunk(
+    touched: _Touched,
+    payload: FrozenBitMap,
+    patch: tuple[BitMap, BitMap] | None,
+    answer: BitMap,
+    chunk_bytes: int,
+) -> Pieces | None:
+    """The chunk after the change: None when its bits for the changed ids are as they were;
+    else a patch over its payload, or (once the patch would outgrow a quarter of the payload)
+    the chunk rewritten, or nothing when it emptied (its ids fall to the chunk before it)."""
+    ids, chunk = touched.ids, touched.chunk
+    removed, added = patch if patch is not None else (BitMap(), BitMap())
+    if ((payload & ids) - removed) | (added & ids) == answer & ids:
+        return None
+    now = ((BitMap(payload) - removed) | added) - ids | (answer & ids)
+    if not now:
+        return []
+    removed, added = BitMap(payload) - now, now - payload
+    removed.run_optimize()
+    added.run_optimize()
+    patch_bytes = (removed.serialize(), added.serialize())
+    if len(patch_bytes[0]) + len(patch_bytes[1]) <= chunk.payload_size // PATCH_SHARE:
+        return [
+            _Patch(now.min(), now.max(), len(now), chunk.payload, chunk.payload_size, *patch_bytes)
+        ]
+    return list(split_bitmap(now, chunk_bytes))
 
 
 def _rebuild(
-    base: list[_BaseChunk],
-    payloads: dict[ChunkKey, FrozenBitMap],
-    kind: str,
-    key: str,
-    changed: BitMap,
-    answer: BitMap,
-    chunk_bytes: int,
-) -> list[_BaseChunk | Any] | None:
-    """The bitmap's chunks after the change (base chunks kept as they are, new ones from
-    ``split_bitmap``), or None when no bit changed."""
+    base: list[_BaseChunk], changed: dict[int, Pieces], answer: BitMap, chunk_bytes: int
+) -> Pieces | None:
+    """The bitmap's chunks after the change (unchanged base chunks kept as they are), or None
+    when no bit changed."""
     if not base:
-        return split_bitmap(answer, chunk_bytes) if answer else None
-    touched = _touched(base, changed)
-    rebuilt: list[_BaseChunk | Any] = []
-    any_change = False
+        return list(split_bitmap(answer, chunk_bytes)) if answer else None
+    if not changed:
+        return None
+    rebuilt: Pieces = []
     for position, chunk in enumerate(base):
-        ids = touched.get(position)
-        if ids is None:
-            rebuilt.append(chunk)
-            continue
-        old = payloads[(chunk.owner, kind, key, chunk.owner_index)]
-        if (old & ids) == (answer & ids):
-            rebuilt.append(chunk)
-            continue
-        any_change = True
-        rebuilt.extend(split_bitmap((BitMap(old) - ids) | (answer & ids), chunk_bytes))
-    return rebuilt if any_change else None
+        rebuilt.extend(changed.get(position, [chunk]))
+    return rebuilt
+
+
+def _payload_key(touched: _Touched) -> ChunkKey:
+    return (touched.chunk.payload[0], touched.kind, touched.key, touched.chunk.payload[1])
 
 
 def _base_directory(conn: sa.Connection, base_id: int | None) -> dict[tuple[str, str], sa.Row]:
@@ -384,7 +487,10 @@ def _base_directory(conn: sa.Connection, base_id: int | None) -> dict[tuple[str,
 def _base_chunks(
     conn: sa.Connection, base_id: int | None
 ) -> dict[tuple[str, str], list[_BaseChunk]]:
-    """Every chunk of the base's bitmaps, in order, resolved to the row holding its payload."""
+    """Every chunk of the base's bitmaps, in order, with the row it shows and the payload under
+    that row."""
+    shown = bitmap_chunk.alias("shown")  # the row a link names (or the chunk row itself)
+    data = bitmap_chunk.alias("data")  # the row holding the payload under it
     rows = conn.execute(
         sa.select(
             bitmap.c.kind,
@@ -392,18 +498,52 @@ def _base_chunks(
             bitmap_chunk.c.min_id,
             bitmap_chunk.c.max_id,
             bitmap_chunk.c.cardinality,
-            payload_version().label("owner"),
-            payload_index().label("owner_index"),
-            sa.func.coalesce(sa.func.length(bitmap_chunk.c.payload), -1).label("size"),
+            shown.c.version_id.label("shown_version"),
+            shown.c.chunk_index.label("shown_index"),
+            data.c.version_id.label("data_version"),
+            data.c.chunk_index.label("data_index"),
+            stored_bytes(shown).label("shown_size"),
+            sa.func.length(data.c.payload).label("data_size"),
         )
-        .select_from(bitmap.join(bitmap_chunk, chunks_of_bitmap()))
+        .select_from(
+            bitmap.join(bitmap_chunk, chunks_of_bitmap())
+            .join(
+                shown,
+                sa.and_(
+                    shown.c.version_id == content_version(),
+                    shown.c.kind == bitmap_chunk.c.kind,
+                    shown.c.key == bitmap_chunk.c.key,
+                    shown.c.chunk_index == content_index(),
+                ),
+            )
+            .join(
+                data,
+                sa.and_(
+                    data.c.version_id
+                    == sa.func.coalesce(shown.c.source_version_id, shown.c.version_id),
+                    data.c.kind == shown.c.kind,
+                    data.c.key == shown.c.key,
+                    data.c.chunk_index
+                    == sa.func.coalesce(shown.c.source_chunk_index, shown.c.chunk_index),
+                ),
+            )
+        )
         .where(bitmap.c.version_id == base_id, bitmap.c.kind != "atom")
         .order_by(bitmap.c.kind, bitmap.c.key, bitmap_chunk.c.chunk_index)
     ).all()
     found: dict[tuple[str, str], list[_BaseChunk]] = {}
     for r in rows:
+        patched = (r.shown_version, r.shown_index) != (r.data_version, r.data_index)
         found.setdefault((r.kind, r.key), []).append(
-            _BaseChunk(r.min_id, r.max_id, r.cardinality, r.owner, r.owner_index, max(r.size, 0))
+            _BaseChunk(
+                r.min_id,
+                r.max_id,
+                r.cardinality,
+                content=(r.shown_version, r.shown_index),
+                payload=(r.data_version, r.data_index),
+                size=int(r.shown_size) + (int(r.data_size) if patched else 0),
+                payload_size=int(r.data_size),
+            )
         )
     return found
 

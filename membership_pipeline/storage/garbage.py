@@ -24,7 +24,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from membership_pipeline.database.engines import StoreDatabase
-from membership_pipeline.storage.tables import bitmap, bitmap_chunk, environment, version
+from membership_pipeline.storage.tables import (
+    bitmap,
+    bitmap_chunk,
+    environment,
+    stored_bytes,
+    version,
+)
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("store")
@@ -151,9 +157,7 @@ def _collect(conn: sa.Connection, version_id: int) -> int:
     used = sa.or_(shared, linked)
     unused = sa.and_(bitmap_chunk.c.version_id == version_id, ~used)
     freed = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(bitmap_chunk.c.payload)), 0)).where(
-            unused
-        )
+        sa.select(sa.func.coalesce(sa.func.sum(stored_bytes()), 0)).where(unused)
     ).scalar_one()
     still_used = sa.exists().where(bitmap_chunk.c.version_id == version_id, used)
     if conn.execute(sa.select(still_used)).scalar():
@@ -170,8 +174,8 @@ def _collect(conn: sa.Connection, version_id: int) -> int:
 def _own_bytes(conn: sa.Connection, version_id: int) -> int:
     return int(
         conn.execute(
-            sa.select(
-                sa.func.coalesce(sa.func.sum(sa.func.length(bitmap_chunk.c.payload)), 0)
-            ).where(bitmap_chunk.c.version_id == version_id)
+            sa.select(sa.func.coalesce(sa.func.sum(stored_bytes()), 0)).where(
+                bitmap_chunk.c.version_id == version_id
+            )
         ).scalar_one()
     )

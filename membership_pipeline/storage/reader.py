@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import math
 import random
 import threading
 import time
@@ -41,9 +42,9 @@ from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
     chunks_of_bitmap,
+    content_index,
+    content_version,
     environment,
-    payload_index,
-    payload_version,
     version,
 )
 from membership_pipeline.storage.versions import UNIVERSE_KEY
@@ -62,8 +63,8 @@ class ChunkRef:
     min_id: int
     max_id: int
     cardinality: int
-    # Where its bytes are: the owning version and its index there (a delta version's link
-    # names an earlier version's chunk).
+    # The row holding its content: the owning version and its index there (a delta version's
+    # link names an earlier version's chunk; a patched link is its own content).
     owner: int
     owner_index: int
 
@@ -137,6 +138,36 @@ class ChunkCache:
         return found
 
     def _fetch(self, missing: list[ChunkKey]) -> dict[ChunkKey, FrozenBitMap]:
+        rows = {_row_key(row): row for row in self._rows(missing)}
+        if len(rows) < len(missing):
+            versions = sorted({m[0] for m in missing})
+            raise VersionCollected(
+                f"chunks of version(s) {versions} were garbage-collected while being read"
+            )
+        # A patched link shows its source's payload (cached like any chunk) with its patch.
+        sources = {
+            row_key: (row.source_version_id, row.kind, row.key, row.source_chunk_index)
+            for row_key, row in rows.items()
+            if row.payload is None
+        }
+        payloads = self.get(sources.values()) if sources else {}
+        loaded = {}
+        for row_key, row in rows.items():
+            if row.payload is None:
+                chunk = FrozenBitMap(
+                    (payloads[sources[row_key]] - BitMap.deserialize(row.patch_removed))
+                    | BitMap.deserialize(row.patch_added)
+                )
+                size = _memory_bytes(chunk)
+            else:
+                chunk, size = load_chunk(row.payload), len(row.payload)
+            loaded[row_key] = chunk
+            if size <= self._cache.maxsize:
+                with self._lock:
+                    self._cache[row_key] = (chunk, size)
+        return loaded
+
+    def _rows(self, missing: list[ChunkKey]) -> list[sa.Row]:
         wanted = sa.tuple_(
             bitmap_chunk.c.version_id,
             bitmap_chunk.c.kind,
@@ -144,32 +175,54 @@ class ChunkCache:
             bitmap_chunk.c.chunk_index,
         )
         with self._database.reader.connect() as conn:
-            rows = conn.execute(
+            return conn.execute(
                 sa.select(
                     bitmap_chunk.c.version_id,
                     bitmap_chunk.c.kind,
                     bitmap_chunk.c.key,
                     bitmap_chunk.c.chunk_index,
                     bitmap_chunk.c.payload,
+                    bitmap_chunk.c.source_version_id,
+                    bitmap_chunk.c.source_chunk_index,
+                    bitmap_chunk.c.patch_removed,
+                    bitmap_chunk.c.patch_added,
                 ).where(
                     bitmap_chunk.c.version_id.in_(sorted({m[0] for m in missing})),
                     wanted.in_(missing),
                 )
             ).all()
-        if len(rows) < len(missing):
-            versions = sorted({m[0] for m in missing})
-            raise VersionCollected(
-                f"chunks of version(s) {versions} were garbage-collected while being read"
-            )
-        loaded = {}
+
+    def load(self, wanted: list[ChunkKey]) -> dict[ChunkKey, FrozenBitMap]:
+        """Payload chunks by key, from the cache or fetched without caching them (a pass over
+        more chunks than the cache holds would only evict what readers use)."""
+        found = {}
         with self._lock:
-            for row in rows:
-                chunk = load_chunk(row.payload)
-                cache_key = (row.version_id, row.kind, row.key, row.chunk_index)
-                loaded[cache_key] = chunk
-                if len(row.payload) <= self._cache.maxsize:
-                    self._cache[cache_key] = (chunk, len(row.payload))
-        return loaded
+            for chunk_key in wanted:
+                entry = self._cache.get(chunk_key)
+                if entry is not None:
+                    found[chunk_key] = entry[0]
+        missing = [k for k in wanted if k not in found]
+        rows = self._rows(missing) if missing else []
+        if len(rows) < len(missing) or any(row.payload is None for row in rows):
+            raise VersionCollected(f"payload chunks {missing[:3]}... are not readable")
+        return found | {_row_key(row): load_chunk(row.payload) for row in rows}
+
+    def patches(self, wanted: list[ChunkKey]) -> dict[ChunkKey, tuple[BitMap, BitMap]]:
+        """Patched links' patches by key: (ids removed from the payload, ids added)."""
+        rows = self._rows(wanted) if wanted else []
+        if len(rows) < len(wanted) or any(row.patch_added is None for row in rows):
+            raise VersionCollected(f"patched chunks {wanted[:3]}... are not readable")
+        return {
+            _row_key(row): (
+                BitMap.deserialize(row.patch_removed),
+                BitMap.deserialize(row.patch_added),
+            )
+            for row in rows
+        }
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._cache.maxsize)
 
     def using(self, database: StoreDatabase) -> ChunkCache:
         """The same cached chunks, fetched through ``database`` (an open store's)."""
@@ -348,12 +401,15 @@ class MembershipReader:
         self._monotonic = monotonic
         self._latest: dict[str, tuple[PublishedMembership, float]] = {}
         self._pinned: dict[tuple[str, int], PublishedMembership] = {}  # at_version's, oldest first
+        self._expired: dict[str, float] = {}  # when a publication was announced (``expire``)
+        self._all_expired = -math.inf
         self._lock = threading.Lock()
 
     def published(self, environment_key: str) -> PublishedMembership:
         latest = self._latest.get(environment_key)
         checked = self._monotonic()
-        if latest is not None and checked - latest[1] < self.pointer_ttl:
+        expired = max(self._expired.get(environment_key, -math.inf), self._all_expired)
+        if latest is not None and checked - latest[1] < self.pointer_ttl and latest[1] > expired:
             return latest[0]
         with self._database.probe.connect() as conn:
             row = conn.execute(_pointer(environment_key)).one_or_none()
@@ -377,6 +433,17 @@ class MembershipReader:
                 snapshot = held[0]
             self._latest[environment_key] = (snapshot, checked)
         return snapshot
+
+    def expire(self, environment_key: str | None) -> None:
+        """Check the pointer of ``environment_key`` (every environment: None) on the next read,
+        whatever the TTL: a publication was announced. A pointer read that started before this
+        call does not count as checked after it."""
+        stamp = self._monotonic()
+        with self._lock:
+            if environment_key is None:
+                self._all_expired = stamp
+            else:
+                self._expired[environment_key] = stamp
 
     def at_version(self, environment_key: str, version_id: int) -> PublishedMembership:
         """A version this environment published, current or retired (a paged listing reads the
@@ -480,8 +547,8 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             bitmap.c.error_message,
             bitmap.c.evaluated_as_of,
             bitmap_chunk.c.chunk_index,
-            payload_version().label("owner"),
-            payload_index().label("owner_index"),
+            content_version().label("owner"),
+            content_index().label("owner_index"),
             bitmap_chunk.c.min_id,
             bitmap_chunk.c.max_id,
             bitmap_chunk.c.cardinality.label("chunk_cardinality"),
@@ -512,6 +579,20 @@ def _directory(conn: sa.Connection, version_id: int) -> dict[tuple[str, str], Bi
             first.evaluated_as_of,
         )
     return entries
+
+
+def _row_key(row: sa.Row) -> ChunkKey:
+    return (row.version_id, row.kind, row.key, row.chunk_index)
+
+
+def _memory_bytes(chunk: FrozenBitMap) -> int:
+    """About what a deserialized chunk holds in memory (its containers' bytes)."""
+    stats = chunk.get_statistics()
+    return int(
+        stats["n_bytes_array_containers"]
+        + stats["n_bytes_run_containers"]
+        + stats["n_bytes_bitset_containers"]
+    )
 
 
 def _identity(identity_id: int) -> int:

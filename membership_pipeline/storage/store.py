@@ -54,7 +54,7 @@ from membership_pipeline.storage.versions import Publication, ShadowVersion
 
 DEFAULT_STORE_URL = "sqlite:///.membership/membership_store.sqlite"  # the embedded default
 DEFAULT_COOLDOWN = timedelta(seconds=60)
-_CACHES: dict[str, ChunkCache] = {}  # per store URL, for this process (see chunks_cache)
+_CACHES: dict[tuple[str, int], ChunkCache] = {}  # per store URL and bound, for this process
 _CACHES_LOCK = threading.Lock()
 # A delta or incremental backfill costs what changed (identities, segments), and a burst of SDK
 # writes arrives as one delta per capture tick: a short cooldown keeps an environment seconds
@@ -74,6 +74,7 @@ class MembershipStore:
         lease: timedelta = DEFAULT_LEASE,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         pool_size: int = 5,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         if cooldown < timedelta(0) or lease <= timedelta(0):
             raise ValueError(f"cooldown must be ≥ 0 and lease > 0 (got {cooldown}, {lease})")
@@ -89,6 +90,7 @@ class MembershipStore:
         self.change_cooldown = change_cooldown
         self.lease = lease
         self.chunk_bytes = chunk_bytes
+        self.cache_bytes = cache_bytes
 
     @property
     def url(self) -> str:
@@ -181,7 +183,9 @@ class MembershipStore:
         return base_versions.refresh_base(self.database, environment_key)
 
     def universe_between(self, version_id: int, first_id: int, last_id: int) -> BitMap:
-        return base_versions.universe_between(self.database, version_id, first_id, last_id)
+        return base_versions.universe_between(
+            self.database, self.chunks_cache, version_id, first_id, last_id
+        )
 
     def load_plan(self, environment_key: str, owner: str) -> StagedPlan:
         return plans.load_plan(self.database, environment_key, owner)
@@ -213,7 +217,9 @@ class MembershipStore:
         a capture process runs many deltas: each base chunk is read once). Chunks never
         change, so a cached one is never stale."""
         with _CACHES_LOCK:
-            shared = _CACHES.setdefault(self.url, ChunkCache(self.database, DEFAULT_CACHE_BYTES))
+            shared = _CACHES.setdefault(
+                (self.url, self.cache_bytes), ChunkCache(self.database, self.cache_bytes)
+            )
         return shared.using(self.database)
 
     def pending_identities(self, environment_key: str) -> PendingIdentities:

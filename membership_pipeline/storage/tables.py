@@ -118,11 +118,15 @@ bitmap_chunk = sa.Table(
     sa.Column("min_id", sa.BigInteger(), nullable=False),
     sa.Column("max_id", sa.BigInteger(), nullable=False),
     sa.Column("cardinality", sa.BigInteger(), nullable=False),
-    # Null for a link (migration 0008): the bytes are ``source_version_id``'s chunk
-    # ``source_chunk_index`` of the same bitmap (always a chunk with a payload: links never chain).
+    # Null for a link (migration 0008): the chunk is ``source_version_id``'s chunk
+    # ``source_chunk_index`` of the same bitmap — a payload or a patched link, never a plain link.
     sa.Column("payload", sa.LargeBinary()),
     sa.Column("source_version_id", VersionId),
     sa.Column("source_chunk_index", sa.Integer()),
+    # A patched link (migration 0009): the source payload minus ``patch_removed`` plus
+    # ``patch_added`` (serialized bitmaps), relative to that payload (patches never chain).
+    sa.Column("patch_removed", sa.LargeBinary()),
+    sa.Column("patch_added", sa.LargeBinary()),
     sa.Index("ix_membership_bitmap_chunk_source", "source_version_id", "kind", "key"),
     sa.ForeignKeyConstraint(
         ["version_id"],
@@ -218,13 +222,29 @@ def chunk_owner() -> sa.ColumnElement[Any]:
     return sa.func.coalesce(bitmap.c.chunk_version_id, bitmap.c.version_id)
 
 
-def payload_version() -> sa.ColumnElement[Any]:
-    """The version whose chunk row holds a chunk's bytes (itself, or a link's source)."""
-    return sa.func.coalesce(bitmap_chunk.c.source_version_id, bitmap_chunk.c.version_id)
+def content_version() -> sa.ColumnElement[Any]:
+    """The version whose chunk row holds what a chunk row shows: itself for a payload or a
+    patched link (its patch over its source's payload), a plain link's source otherwise."""
+    return sa.case(
+        (bitmap_chunk.c.patch_added.is_not(None), bitmap_chunk.c.version_id),
+        else_=sa.func.coalesce(bitmap_chunk.c.source_version_id, bitmap_chunk.c.version_id),
+    )
 
 
-def payload_index() -> sa.ColumnElement[Any]:
-    return sa.func.coalesce(bitmap_chunk.c.source_chunk_index, bitmap_chunk.c.chunk_index)
+def content_index() -> sa.ColumnElement[Any]:
+    return sa.case(
+        (bitmap_chunk.c.patch_added.is_not(None), bitmap_chunk.c.chunk_index),
+        else_=sa.func.coalesce(bitmap_chunk.c.source_chunk_index, bitmap_chunk.c.chunk_index),
+    )
+
+
+def stored_bytes(chunk: sa.Table = bitmap_chunk) -> sa.ColumnElement[Any]:
+    """Bytes a chunk row itself stores: its payload, or its patch."""
+    return sum(
+        (sa.func.coalesce(sa.func.length(column), 0) for column in
+         (chunk.c.payload, chunk.c.patch_removed, chunk.c.patch_added)),
+        sa.literal(0),
+    )  # fmt: skip
 
 
 def chunks_of_bitmap() -> sa.ColumnElement[bool]:

@@ -23,6 +23,7 @@ from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
 from membership_pipeline.storage.claims import RUNNING, Claim, end_claim
 from membership_pipeline.storage.environment_metadata import BackfillStatus
 from membership_pipeline.storage.pending_identities import clear_covered
+from membership_pipeline.storage.publications import announce
 from membership_pipeline.storage.tables import bitmap, environment, version
 from membership_pipeline.structured_logging import get_logger
 
@@ -206,6 +207,7 @@ def publish(database: StoreDatabase, held: Claim, version_id: int, *, now: datet
             .where(version.c.version_id == version_id)
             .values(state="published", published_at=now)
         )
+        announce(conn, held.environment_key)
     publication = Publication(
         held.environment_key, version_id, previous_id, flipped.publication, now
     )
@@ -264,6 +266,7 @@ def rollback(
             .values(**_pointer_values(target, now))
             .returning(environment.c.publication)
         ).scalar_one()
+        announce(conn, environment_key)
     log.warning(
         "segment_membership.store.rolled_back",
         environment=environment_key,

@@ -29,6 +29,21 @@ def small_source(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
     )
 
 
+@pytest.fixture(scope="session")
+def medium_source(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
+    """Two environments of a few thousand identities: segment payloads of hundreds of bytes and
+    more, so a delta of a few identities patches chunks instead of rewriting them."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('medium') / 'flagsmith.sqlite'}"
+    return write_demo_dataset(
+        url,
+        identities=6000,
+        organisations=1,
+        projects_per_organisation=1,
+        environments_per_project=2,
+        segments_per_project=25,
+    )
+
+
 def sharded_backfill(
     source: FlagsmithSource,
     store: MembershipStore,

@@ -1,8 +1,9 @@
 """Identity-delta backfills: after any sequence of trait inserts, value updates (the type
 changing too), trait deletes, identity creations and deletions, each published by a delta
 backfill of the identities it changed, every read answer equals a full backfill of the same
-source state; only chunks holding a changed bit are written; garbage collection and rollback
-keep every linked chunk."""
+source state; a changed chunk is written as a patch over its payload (or rewritten once its
+patch outgrows it), every other chunk is linked; garbage collection and rollback keep every
+linked chunk and payload."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from membership_pipeline.storage import MembershipStore, delta_versions
 from membership_pipeline.storage.tables import bitmap_chunk, pending_identity, version
 from membership_pipeline_tests.backfill.conftest import (
     delta_backfill,
@@ -44,13 +46,15 @@ from membership_pipeline_tests.membership_answers import assert_same_answers
     chunk_bytes=st.sampled_from([64, 1 << 20]),
     collect_between=st.booleans(),
     seed=st.integers(0, 2**16),
+    medium=st.booleans(),  # payloads big enough that changes are patches, else rewrites
 )
 def test_delta_equals_full_after_any_identity_writes(
-    small_source, tmp_path_factory, steps, chunk_bytes, collect_between, seed
+    small_source, medium_source, tmp_path_factory, steps, chunk_bytes, collect_between, seed, medium
 ):
     work = tmp_path_factory.mktemp("delta")
-    source_url, source = copy_source(small_source, work)
-    environment = small_source.environments[seed % 2]
+    dataset = medium_source if medium else small_source
+    source_url, source = copy_source(dataset, work)
+    environment = dataset.environments[seed % 2]
     env_key = environment["api_key"]
     rng = random.Random(seed)
     store = fresh_store(work, chunk_bytes)
@@ -103,23 +107,8 @@ def test_delta_writes_only_changed_chunks_and_survives_gc_and_rollback(small_sou
                     bitmap_chunk.c.version_id == latest, bitmap_chunk.c.payload.is_(None)
                 )
             ).scalar()
-            chained = conn.execute(  # a link always names a chunk with a payload
-                sa.select(sa.func.count())
-                .select_from(
-                    bitmap_chunk.join(
-                        target := bitmap_chunk.alias("target"),
-                        sa.and_(
-                            target.c.version_id == bitmap_chunk.c.source_version_id,
-                            target.c.kind == bitmap_chunk.c.kind,
-                            target.c.key == bitmap_chunk.c.key,
-                            target.c.chunk_index == bitmap_chunk.c.source_chunk_index,
-                        ),
-                    )
-                )
-                .where(target.c.payload.is_(None))
-            ).scalar()
         assert row.mode == "delta" and row.delta_identity_count == 1
-        assert chained == 0
+        assert_links_never_chain(store)
         # One identity changed: a few chunks written, most of every rewritten bitmap linked,
         # far fewer bytes written than the version shares.
         assert row.byte_size < row.shared_byte_size, (row.byte_size, row.shared_byte_size)
@@ -142,6 +131,105 @@ def test_delta_writes_only_changed_chunks_and_survives_gc_and_rollback(small_sou
         assert_same_answers(store, full, env_key)
     source.close()
     store.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_delta_patches_changed_chunks_over_the_first_payload(
+    medium_source, tmp_path, monkeypatch, streamed
+):
+    """Trait writes of a few identities: each changed chunk is a patch of a few ids over the
+    full version's payload, the next delta's patches still name that payload (they accumulate,
+    they do not chain), a delta writes a small fraction of a full version's bytes, and readers
+    of any of them answer as a full backfill does. ``streamed``: the payloads do not fit the
+    chunk cache, so each delta reads them in small batches and keeps none."""
+    source_url, source = copy_source(medium_source, tmp_path)
+    environment = medium_source.environments[1]
+    env_key = environment["api_key"]
+    store = fresh_store(tmp_path)
+    if streamed:
+        monkeypatch.setattr(delta_versions, "STREAM_BATCH_BYTES", 4096)
+        store.close()
+        store = MembershipStore(store.url, cache_bytes=1024)
+    first = sharded_backfill(source, store, env_key, 1000)
+    rng = random.Random(11)
+    patched = 0
+    for position in range(1, 4):
+        changed: set[int] = set()
+        for _ in range(3):
+            changed |= apply_identity_edit(source_url, "update_value", environment["id"], rng)
+        record_changed(store, env_key, changed, position)
+        latest = delta_backfill(source, store, env_key)
+        with store.database.reader.connect() as conn:
+            sizes = dict(
+                conn.execute(
+                    sa.select(version.c.version_id, version.c.byte_size).where(
+                        version.c.version_id.in_([first, latest])
+                    )
+                ).all()
+            )
+            patch_sources = set(
+                conn.execute(
+                    sa.select(bitmap_chunk.c.source_version_id).where(
+                        bitmap_chunk.c.version_id == latest,
+                        bitmap_chunk.c.patch_added.is_not(None),
+                    )
+                ).scalars()
+            )
+        assert patch_sources <= {first}, patch_sources
+        assert (store.chunks_cache.bytes_cached == 0) == streamed
+        patched += len(patch_sources)
+        assert sizes[latest] * 20 < sizes[first], sizes
+        assert_links_never_chain(store)
+        with fresh_store(tmp_path) as full:
+            sharded_backfill(source, full, env_key, 1000)
+            assert answers(store, env_key) == answers(full, env_key)
+            assert_same_answers(store, full, env_key)
+    assert patched  # some delta changed a bit
+    # Many more changes: patches outgrow their payloads, and those chunks are rewritten whole.
+    changed = set()
+    for _ in range(120):
+        changed |= apply_identity_edit(source_url, "update_value", environment["id"], rng)
+    record_changed(store, env_key, changed, 9)
+    latest = delta_backfill(source, store, env_key)
+    with store.database.reader.connect() as conn:
+        rewritten = conn.execute(
+            sa.select(sa.func.count()).where(
+                bitmap_chunk.c.version_id == latest, bitmap_chunk.c.payload.is_not(None)
+            )
+        ).scalar()
+    assert rewritten
+    assert_links_never_chain(store)
+    with fresh_store(tmp_path) as full:
+        sharded_backfill(source, full, env_key, 1000)
+        assert_same_answers(store, full, env_key)
+    source.close()
+    store.close()
+
+
+def assert_links_never_chain(store) -> None:
+    """A patched link names a payload; a plain link names a payload or a patched link."""
+    target = bitmap_chunk.alias("target")
+    with store.database.reader.connect() as conn:
+        pairs = conn.execute(
+            sa.select(
+                bitmap_chunk.c.patch_added.is_not(None).label("patched"),
+                target.c.payload.is_not(None).label("to_payload"),
+                target.c.patch_added.is_not(None).label("to_patch"),
+            ).select_from(
+                bitmap_chunk.join(
+                    target,
+                    sa.and_(
+                        target.c.version_id == bitmap_chunk.c.source_version_id,
+                        target.c.kind == bitmap_chunk.c.kind,
+                        target.c.key == bitmap_chunk.c.key,
+                        target.c.chunk_index == bitmap_chunk.c.source_chunk_index,
+                    ),
+                )
+            )
+        ).all()
+    assert pairs, "no links"
+    for patched, to_payload, to_patch in pairs:
+        assert to_payload or (to_patch and not patched), (patched, to_payload, to_patch)
 
 
 @pytest.mark.parametrize("share, expected", [(0.05, "full"), (0.5, "delta")])

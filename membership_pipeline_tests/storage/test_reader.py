@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from membership_pipeline.model.errors import (
     VersionCollected,
 )
 from membership_pipeline.storage import MembershipReader
+from membership_pipeline.storage.publications import PublicationListener
 from membership_pipeline.storage.tables import environment
 from membership_pipeline_tests.storage.conftest import backfill
 
@@ -158,16 +160,61 @@ def test_a_reader_never_goes_back_to_an_older_publication(published, store, cloc
     assert reader.published("env").version_id == newer.version_id
 
 
+def republish_tens(store, clock, *members: int) -> None:
+    """A new version (after the cooldown) in which segment "tens" holds ``members``."""
+    clock.advance(61)
+    backfill(store, "env", {"tens": BitMap(members)})
+
+
 def test_a_ttl_reader_sees_a_new_publication_after_its_ttl(published, store, clock):
     now = [0.0]
     reader = MembershipReader(store.database, pointer_ttl=5, monotonic=lambda: now[0])
     assert reader.count("env", "tens") == 2_000
-    clock.advance(61)
-    backfill(store, "env", {"tens": BitMap([10])})
+    republish_tens(store, clock, 10)
     now[0] = 4.9
     assert reader.count("env", "tens") == 2_000
     now[0] = 5.0
     assert reader.count("env", "tens") == 1
+
+
+def test_an_announced_publication_is_read_at_once_whatever_the_ttl(published, store, clock):
+    now = [0.0]
+    reader = MembershipReader(store.database, pointer_ttl=3600, monotonic=lambda: now[0])
+    assert reader.count("env", "tens") == 2_000
+    republish_tens(store, clock, 10)
+    assert reader.count("env", "tens") == 2_000  # within its TTL
+    reader.expire("other-env")
+    assert reader.count("env", "tens") == 2_000
+    reader.expire("env")
+    assert reader.count("env", "tens") == 1
+    republish_tens(store, clock, 20, 30)
+    reader.expire(None)  # every environment (a listener that reconnected)
+    assert reader.count("env", "tens") == 2
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_listening_reader_serves_a_flip_within_moments(published, store, clock):
+    """The flip's NOTIFY reaches the listener: a reader caching its pointer for an hour serves
+    the new version as soon as the flip commits (PostgreSQL)."""
+    reader = MembershipReader(store.database, pointer_ttl=3600)
+    listener = PublicationListener(store.database.writer, reader.expire).start()
+    try:
+        assert listener.connected.wait(10)
+        assert reader.count("env", "tens") == 2_000
+        republish_tens(store, clock, 10)
+        deadline = time.monotonic() + 10
+        while reader.count("env", "tens") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reader.count("env", "tens") == 1
+        clock.advance(61)
+        store.rollback("env")  # announced too
+        deadline = time.monotonic() + 10
+        while reader.count("env", "tens") != 2_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reader.count("env", "tens") == 2_000
+    finally:
+        listener.close()
+    assert not listener.running
 
 
 def test_a_collected_version_is_reread_from_the_new_publication(published, store, clock):

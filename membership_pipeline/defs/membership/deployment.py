@@ -56,6 +56,7 @@ RESOURCE_VARIABLES: dict[str, dict[str, str]] = {
         "cooldown_seconds": "MEMBERSHIP_COOLDOWN_SECONDS",
         "change_cooldown_seconds": "MEMBERSHIP_CHANGE_COOLDOWN_SECONDS",
         "lease_seconds": "MEMBERSHIP_LEASE_SECONDS",
+        "chunk_cache_mb": "MEMBERSHIP_CHUNK_CACHE_MB",
         "orphaned_run_grace_seconds": "MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS",
     },
     "dispatch_policy": {name: setting.variable for name, setting in POLICY_SETTINGS.items()},

@@ -157,13 +157,15 @@ def _metadata(
         "failed_segments": dg.MetadataValue.json(published.failed_segments),
         "bytes": totals.bytes,  # written by this version
         "bytes_shared": totals.shared_bytes,  # shared with earlier versions, not copied
-        # A delta: the changed identities re-evaluated on every segment; only the chunks holding
-        # a changed bit written, the others linked.
+        # A delta: the changed identities re-evaluated on every segment; a chunk holding a
+        # changed bit patched over its payload (or rewritten once the patch outgrows it), the
+        # others linked.
         **(
             {
                 "identities_reevaluated": delta.get("identities", 0),
                 "bitmaps_rewritten": delta.get("bitmaps_rewritten", 0),
                 "bitmaps_shared": delta.get("bitmaps_shared", 0),
+                "chunks_patched": delta.get("chunks_patched", 0),
                 "chunks_rewritten": delta.get("chunks_written", 0),
                 "chunks_linked": delta.get("chunks_linked", 0),
             }

@@ -24,6 +24,7 @@ from membership_pipeline.dispatch.settings import POLICY_SETTINGS, policy_settin
 from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL, FlagsmithSource
 from membership_pipeline.sources.replication import DEFAULT_PUBLICATION, DEFAULT_SLOT
 from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
+from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES
 from membership_pipeline.storage.store import (
     DEFAULT_CHANGE_COOLDOWN,
     DEFAULT_COOLDOWN,
@@ -80,6 +81,13 @@ class MembershipStoreResource(dg.ConfigurableResource):
         description="A started run whose claim has ended and whose log has been quiet this many "
         "seconds is ended as failed. Deployment: $MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS.",
     )
+    chunk_cache_mb: int = Field(
+        default=DEFAULT_CACHE_BYTES >> 20,
+        description="Deserialized bitmap chunks a process keeps between delta backfills (MB). "
+        "While every payload a delta touches fits in half of it, deltas read each payload once; "
+        "beyond that they read them in bounded batches each time. Deployment: "
+        "$MEMBERSHIP_CHUNK_CACHE_MB.",
+    )
     _store: MembershipStore | None = PrivateAttr(default=None)
 
     def get(self) -> MembershipStore:
@@ -90,6 +98,7 @@ class MembershipStoreResource(dg.ConfigurableResource):
                 cooldown=timedelta(seconds=self.cooldown_seconds),
                 change_cooldown=timedelta(seconds=self.change_cooldown_seconds),
                 lease=timedelta(seconds=self.lease_seconds),
+                cache_bytes=self.chunk_cache_mb << 20,
             )
         return self._store
 

@@ -91,6 +91,7 @@ def test_trait_writes_are_published_by_a_delta_run(
     assert metadata["mode"] == "delta", metadata["mode_reason"]
     assert metadata["identities_reevaluated"] == len(changed)
     assert metadata["bitmaps_rewritten"] >= 1  # the universe at least (a new identity)
+    assert metadata["chunks_patched"] + metadata["chunks_rewritten"] >= 1
     assert metadata["bytes"] < metadata["bytes_shared"]
     assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
     idle = tick(sensor, instance, resources)  # nothing new: a quiet tick says so
