@@ -48,6 +48,7 @@ def test_values_a_deployment_sets_are_bound_to_their_variables_the_rest_keep_def
         "change_cooldown_seconds": 2,
         "lease_seconds": 600,
         "orphaned_run_grace_seconds": 120,
+        "chunk_cache_mb": 256,
     }
     assert config["dispatch_policy"]["organisation_caps"] == {"env": "MEMBERSHIP_ORG_CAPS"}
     assert config["dispatch_policy"]["max_attempts"] == 3
