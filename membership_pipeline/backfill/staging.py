@@ -8,10 +8,13 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from membership_pipeline.backfill.shards import ShardOutcome
 from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline.storage.bitmap_writer import BitmapWriter
+from membership_pipeline.storage.identity_answers import column_keys
 
 if TYPE_CHECKING:
     from membership_pipeline.evaluation import MembershipResult
@@ -23,9 +26,16 @@ def stage_membership_result(
     shadow: BitmapWriter, result: MembershipResult, *, with_universe: bool = True
 ) -> None:
     """Universe, every segment (bitmap or failure) and the atoms shared by several segments.
-    Without the universe (an incremental version shares its base's), only its size is kept."""
+    Without the universe (an incremental version shares its base's), only its size is kept;
+    with it, the answers by identity a later delta reads."""
+    from membership_pipeline.evaluation.bitmaps import membership_matrix  # compiled: in steps
+
     if with_universe:
         shadow.add_universe(result.universe)
+        keys = column_keys([*result.segments, *result.failures])
+        ids = np.frombuffer(result.universe.to_array(), dtype=np.uint32)
+        columns = [result.universe, *(result.segments.get(key) for key in keys[1:])]
+        shadow.add_answers(ids, membership_matrix(ids, columns), keys)
     else:
         shadow.identity_count = len(result.universe)
     for key, members in result.segments.items():

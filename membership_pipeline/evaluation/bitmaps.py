@@ -151,3 +151,109 @@ def _serialized(
 def _put32(out: np.ndarray, at: int, value: int) -> None:  # pragma: no cover - compiled
     out[at] = np.uint16(value & 0xFFFF)
     out[at + 1] = np.uint16((value >> 16) & 0xFFFF)
+
+
+def membership_matrix(ids: np.ndarray, columns: list[BitMap | None]) -> np.ndarray:
+    """Identity-major answers: row ``i`` holds one bit per column (little-endian within each
+    byte) for ``ids[i]``, set where the column's bitmap holds it. ``ids`` sorted ascending and
+    distinct; a bitmap's ids outside ``ids`` are ignored, a None column is all clear.
+
+    Each column is tested straight from its portable serialization (a bitset container is one
+    lookup per id), into a column-major matrix whose byte rows are contiguous, transposed once
+    at the end: about 1 ns per (identity, column)."""
+    ids = np.ascontiguousarray(ids, dtype=np.uint32)
+    width = max((len(columns) + 7) // 8, 1)
+    by_column = np.zeros((width, len(ids)), dtype=np.uint8)
+    for column, members in enumerate(columns):
+        if members:
+            serialized = np.frombuffer(members.serialize(), dtype=np.uint8)
+            _mark_column(ids, serialized, by_column[column >> 3], column & 7)
+    return np.ascontiguousarray(by_column.T)
+
+
+# _SPREAD[b][byte]: eight bytes, byte k holding bit b where bit k of ``byte`` is set.
+_SPREAD = (
+    (
+        np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little")[None]
+        << np.arange(8, dtype=np.uint8)[:, None, None]
+    )
+    .view(np.uint64)[:, :, 0]
+    .copy()
+)
+_SERIAL_COOKIE = 12347  # with run containers: the container count is in the cookie's high half
+_NO_OFFSET_THRESHOLD = 4  # fewer containers (with runs): no offset table
+
+
+@numba.njit(cache=True, nogil=True)
+def _u16(data: np.ndarray, at: int) -> int:  # pragma: no cover - compiled
+    return np.int64(data[at]) | (np.int64(data[at + 1]) << 8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _u32(data: np.ndarray, at: int) -> int:  # pragma: no cover - compiled
+    return _u16(data, at) | (_u16(data, at + 2) << 16)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_column(
+    ids: np.ndarray, data: np.ndarray, out: np.ndarray, bit_index: int
+) -> None:  # pragma: no cover - compiled
+    # Roaring's portable format: a header (cookie; with runs, a bitset of which containers are
+    # runs), (key, cardinality - 1) per container, offsets (unless few containers with runs),
+    # then the containers: sorted uint16s, a 65536-bit bitset, or (start, length - 1) runs.
+    bit = np.uint8(1 << bit_index)
+    cookie = _u32(data, 0)
+    if (cookie & 0xFFFF) == _SERIAL_COOKIE:
+        count = (cookie >> 16) + 1
+        runs_at = 4
+        at = 4 + (count + 7) // 8
+        offsets = count >= _NO_OFFSET_THRESHOLD
+    else:
+        count = _u32(data, 4)
+        runs_at = -1
+        at = 8
+        offsets = True
+    headers = at
+    expanded = np.empty(65536, dtype=np.uint8)
+    wide = expanded.view(np.uint64)
+    spread = _SPREAD[bit_index]
+    start = at + 4 * count + (4 * count if offsets else 0)
+    for c in range(count):
+        key = _u16(data, headers + 4 * c)
+        cardinality = _u16(data, headers + 4 * c + 2) + 1
+        is_run = runs_at >= 0 and (data[runs_at + (c >> 3)] >> (c & 7)) & 1
+        if offsets:
+            start = _u32(data, headers + 4 * count + 4 * c)
+        if is_run:
+            size = 2 + 4 * _u16(data, start)
+        elif cardinality > 4096:
+            size = 8192
+        else:
+            size = 2 * cardinality
+        position = np.searchsorted(ids, np.uint32(key << 16))
+        end = np.searchsorted(ids, np.uint32(((key + 1) << 16) - 1), side="right")
+        if is_run:
+            runs, r = _u16(data, start), 0
+            first, last = -1, -1
+            for i in range(position, end):
+                low = np.int64(ids[i] & 0xFFFF)
+                while r < runs and low > last:
+                    first = _u16(data, start + 2 + 4 * r)
+                    last = first + _u16(data, start + 4 + 4 * r)
+                    r += 1
+                if first <= low <= last:
+                    out[i] |= bit
+        elif cardinality > 4096 and end > position:
+            for j in range(8192):  # one byte per id: branch-free lookups (random bits)
+                wide[j] = spread[data[start + j]]
+            for i in range(position, end):
+                out[i] |= expanded[ids[i] & 0xFFFF]
+        else:
+            v = 0
+            for i in range(position, end):
+                low = np.int64(ids[i] & 0xFFFF)
+                while v < cardinality and _u16(data, start + 2 * v) < low:
+                    v += 1
+                if v < cardinality and _u16(data, start + 2 * v) == low:
+                    out[i] |= bit
+        start += size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import sqlalchemy as sa
 from pyroaring import BitMap, FrozenBitMap
 
@@ -17,7 +18,8 @@ from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.model.errors import InvalidVersion
 from membership_pipeline.storage.binary_copy import copy_rows
 from membership_pipeline.storage.chunking import split_bitmap
-from membership_pipeline.storage.tables import bitmap_chunk
+from membership_pipeline.storage.identity_answers import answer_rows
+from membership_pipeline.storage.tables import bitmap_chunk, identity_answers
 
 BitmapKind = Literal["universe", "segment", "atom"]
 UNIVERSE_KEY = ""
@@ -29,6 +31,7 @@ class BitmapWriter:
     """Subclasses name the directory table (and its extra columns) and the write guard."""
 
     directory: sa.Table
+    environment_key: str
 
     def __init__(
         self,
@@ -46,6 +49,9 @@ class BitmapWriter:
         self._chunk_index_limit = chunk_index_limit
         self._bitmap_rows: list[dict[str, Any]] = []
         self._chunk_rows: list[dict[str, Any]] = []
+        self._answer_rows: list[dict[str, Any]] = []
+        self.answer_keys: list[str] | None = None
+        self.answer_bytes = 0
         self._buffered_bytes = 0
         self._keys: set[tuple[str, str]] = set()
         self.totals = {"segment": 0, "failed": 0, "atom": 0, "chunks": 0, "bytes": 0}
@@ -71,6 +77,20 @@ class BitmapWriter:
     def add_atom(self, key: str, label: str | None, members: BitMap | FrozenBitMap) -> None:
         self._add("atom", key, label, members)
         self.totals["atom"] += 1
+
+    def add_answers(self, ids: np.ndarray, matrix: np.ndarray, keys: list[str]) -> None:
+        """The answers by identity (``storage.identity_answers``) of ``ids`` (the universe,
+        ascending), a row of packed bits per id, columns in ``keys`` order: what a later delta
+        reads instead of chunks."""
+        if self.answer_keys is not None:
+            raise InvalidVersion(f"answers added twice to version {self.version_id}")
+        self.answer_keys = list(keys)
+        rows = answer_rows(self.environment_key, self.version_id, ids, matrix, len(keys))
+        self._answer_rows.extend(rows)
+        self.answer_bytes = sum(len(row["bits"]) + len(row["ids"]) for row in rows)
+        self._buffered_bytes += self.answer_bytes
+        if self._buffered_bytes >= FLUSH_BYTES:
+            self._flush()
 
     @property
     def byte_size(self) -> int:
@@ -140,7 +160,7 @@ class BitmapWriter:
         self._keys.add((kind, key))
 
     def _flush(self) -> None:
-        if self._bitmap_rows:
+        if self._bitmap_rows or self._answer_rows:
             with self._database.writer.begin() as conn:
                 self._require_writable(conn)
                 self._write_buffer(conn)
@@ -153,4 +173,10 @@ class BitmapWriter:
                 copy_rows(conn, bitmap_chunk, self._chunk_rows)
             else:
                 conn.execute(bitmap_chunk.insert(), self._chunk_rows)
-        self._bitmap_rows, self._chunk_rows, self._buffered_bytes = [], [], 0
+        if self._answer_rows:
+            if conn.dialect.name == "postgresql":
+                copy_rows(conn, identity_answers, self._answer_rows)
+            else:
+                conn.execute(identity_answers.insert(), self._answer_rows)
+        self._bitmap_rows, self._chunk_rows, self._answer_rows = [], [], []
+        self._buffered_bytes = 0

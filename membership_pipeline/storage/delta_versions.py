@@ -34,6 +34,12 @@ from membership_pipeline.model.refresh_mode import definition_digest
 from membership_pipeline.storage.base_versions import lock_base
 from membership_pipeline.storage.binary_copy import copy_rows
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES, Chunk, split_bitmap
+from membership_pipeline.storage.identity_answers import (
+    PreviousAnswers,
+    delete_staged_answers,
+    previous_answers,
+    replacement_rows,
+)
 from membership_pipeline.storage.plans import StagedPlan
 from membership_pipeline.storage.reader import ChunkCache, ChunkKey
 from membership_pipeline.storage.sealing import SealedTotals
@@ -44,6 +50,7 @@ from membership_pipeline.storage.tables import (
     chunks_of_bitmap,
     content_index,
     content_version,
+    identity_answers,
     shard,
     stored_bytes,
     version,
@@ -82,6 +89,9 @@ class DeltaTotals:
     chunks_linked: int = 0
     bytes_written: int = 0  # payloads and patches
     bytes_shared: int = 0  # what the links and shared bitmaps show, written by earlier versions
+    payload_bytes_read: int = 0  # payloads under chunks computed from them
+    answer_rows_read: int = 0  # of the answers by identity (0: none describe the base)
+    answer_rows_written: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -154,7 +164,11 @@ def write_delta(
             for kind, key in wanted
             if kind == "universe" or key in answers.segments
         }
-        changed = _changed_chunks(chunks_cache, chunks, evaluated, answers.changed, chunk_bytes)
+        conn.execute(delete_staged_answers(plan.version_id))
+        previous = previous_answers(conn, plan.environment_key, base_id, answers.changed)
+        changed = _changed_chunks(
+            chunks_cache, chunks, evaluated, answers.changed, chunk_bytes, previous, totals
+        )
         rows, chunk_rows = [], []
         for kind, key in wanted:
             base_row = directory.get((kind, key))
@@ -233,6 +247,16 @@ def write_delta(
         elif chunk_rows:
             conn.execute(bitmap_chunk.insert(), chunk_rows)
         conn.execute(bitmap.insert(), rows)
+        if previous is not None:  # folded into the live answers when this version publishes
+            staged = replacement_rows(
+                previous, plan.version_id, answers.changed, answers.universe, answers.segments
+            )
+            totals.answer_rows_read = len(previous.rows)
+            totals.answer_rows_written = len(staged)
+            if staged and conn.dialect.name == "postgresql":
+                copy_rows(conn, identity_answers, staged)
+            elif staged:
+                conn.execute(identity_answers.insert(), staged)
         universe = next(r for r in rows if r["kind"] == "universe")
         conn.execute(
             version.update()
@@ -366,12 +390,18 @@ def _changed_chunks(
     answers: dict[tuple[str, str], BitMap],
     changed: BitMap,
     chunk_bytes: int,
+    previous: PreviousAnswers | None,
+    totals: DeltaTotals,
 ) -> dict[tuple[str, str], dict[int, Pieces]]:
     """What each base chunk holding a changed bit becomes (by bitmap and position; a chunk
-    absent is unchanged). Each is computed from its payload and the base's patch over it:
-    from the cache when every payload touched fits in it (a long-running process reads each
-    once), else read in batches of ``STREAM_BATCH_BYTES`` and dropped after use, so a delta's
-    memory stays bounded whatever the environment's size."""
+    absent is unchanged).
+
+    Where the previous answers by identity hold the bitmap's column, the chunk's new patch and
+    cardinality follow from which bits flip, and its payload is not read (unless the patch
+    outgrows a quarter of it: then it is rewritten). Otherwise the chunk is computed from its
+    payload and the base's patch over it: from the cache when every payload touched fits in it
+    (a long-running process reads each once), else read in batches of ``STREAM_BATCH_BYTES``
+    and dropped after use, so a delta's memory stays bounded whatever the environment's size."""
     work = [
         _Touched(kind, key, position, base[position], ids)
         for (kind, key), base in chunks.items()
@@ -382,7 +412,26 @@ def _changed_chunks(
         {(t.chunk.content[0], t.kind, t.key, t.chunk.content[1]) for t in work if t.chunk.patched}
     )
     patches = cache.patches(patched)
-    sizes = {_payload_key(t): t.chunk.payload_size for t in work}
+    result: dict[tuple[str, str], dict[int, Pieces]] = {}
+    members_before = {
+        key: previous.members(key)
+        for kind, key in answers
+        if previous is not None and previous.usable(key)
+    }
+    from_payloads = []
+    for t in work:
+        before = members_before.get(t.key)
+        if before is None:
+            from_payloads.append(t)
+            continue
+        content = (t.chunk.content[0], t.kind, t.key, t.chunk.content[1])
+        pieces = _repatch(t, patches.get(content), before, answers[(t.kind, t.key)])
+        if isinstance(pieces, _Rewrite):
+            from_payloads.append(t)
+        elif pieces is not None:
+            result.setdefault((t.kind, t.key), {})[t.position] = pieces
+    sizes = {_payload_key(t): t.chunk.payload_size for t in from_payloads}
+    totals.payload_bytes_read = sum(sizes.values())
     if sum(sizes.values()) <= cache.max_bytes // 2:
         batches = [sorted(sizes)]
         fetch = cache.get
@@ -397,11 +446,10 @@ def _changed_chunks(
         batches.append(batch)
         fetch = cache.load
     by_payload: dict[ChunkKey, list[_Touched]] = {}
-    for touched in work:
+    for touched in from_payloads:
         by_payload.setdefault(_payload_key(touched), []).append(touched)
-    result: dict[tuple[str, str], dict[int, Pieces]] = {}
     for keys in batches:
-        payloads = fetch(keys)
+        payloads = fetch(keys) if keys else {}
         for payload_key in keys:
             for t in by_payload[payload_key]:
                 content = (t.chunk.content[0], t.kind, t.key, t.chunk.content[1])
@@ -413,6 +461,49 @@ def _changed_chunks(
                     result.setdefault((t.kind, t.key), {})[t.position] = pieces
         del payloads
     return result
+
+
+class _Rewrite:
+    """The chunk is rewritten from its payload."""
+
+
+_REWRITE = _Rewrite()
+
+
+def _repatch(
+    touched: _Touched,
+    patch: tuple[BitMap, BitMap] | None,
+    before: BitMap,
+    answer: BitMap,
+) -> Pieces | _Rewrite | None:
+    """The chunk after the change, from which of its bits flip (``before``: the changed ids
+    that were members): None when none flips; else its patch over the same payload, or nothing
+    when it emptied; ``_REWRITE`` when the patch would outgrow a quarter of the payload. Its id
+    range only widens (a removed end id leaves it as it was: ranges only need to cover)."""
+    ids, chunk = touched.ids, touched.chunk
+    was, now = before & ids, answer & ids
+    if was == now:
+        return None
+    joined, left = now - was, was - now
+    removed, added = (BitMap(p) for p in patch) if patch is not None else (BitMap(), BitMap())
+    # content = (payload - removed) | added, removed within the payload, added outside it
+    unadded = left & added
+    added -= unadded
+    removed |= left - unadded
+    restored = joined & removed
+    removed -= restored
+    added |= joined - restored
+    cardinality = chunk.cardinality - len(left) + len(joined)
+    if cardinality == 0:
+        return []
+    removed.run_optimize()
+    added.run_optimize()
+    patch_bytes = (removed.serialize(), added.serialize())
+    if len(patch_bytes[0]) + len(patch_bytes[1]) > chunk.payload_size // PATCH_SHARE:
+        return _REWRITE
+    low = min(chunk.min_id, joined.min()) if joined else chunk.min_id
+    high = max(chunk.max_id, joined.max()) if joined else chunk.max_id
+    return [_Patch(low, high, cardinality, chunk.payload, chunk.payload_size, *patch_bytes)]
 
 
 def _rechunk(

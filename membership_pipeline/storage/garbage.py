@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from membership_pipeline.database.engines import StoreDatabase
+from membership_pipeline.storage.identity_answers import collect_answers
 from membership_pipeline.storage.tables import (
     bitmap,
     bitmap_chunk,
@@ -44,6 +45,7 @@ class GarbageReport:
     # Collected, but part of their chunks is still used by kept versions.
     still_referenced_versions: list[int] = field(default_factory=list)
     bytes_freed: int = 0
+    answer_rows_deleted: int = 0  # answers by identity neither live nor being written
 
 
 def collect_garbage(
@@ -99,6 +101,8 @@ def collect_garbage(
         with database.writer.begin() as conn:
             if _lock(conn, version_id, version.c.state == COLLECTED):
                 report.bytes_freed += _collect(conn, version_id)
+    with database.writer.begin() as conn:
+        report.answer_rows_deleted = collect_answers(conn)
     with database.reader.connect() as conn:
         report.still_referenced_versions = list(
             conn.execute(
@@ -107,13 +111,19 @@ def collect_garbage(
                 .order_by(version.c.version_id)
             ).scalars()
         )
-    if report.abandoned_versions or report.retired_versions or report.bytes_freed:
+    if (
+        report.abandoned_versions
+        or report.retired_versions
+        or report.bytes_freed
+        or report.answer_rows_deleted
+    ):
         log.info(
             "segment_membership.store.garbage_collected",
             abandoned_versions=report.abandoned_versions,
             retired_versions=report.retired_versions,
             still_referenced_versions=report.still_referenced_versions,
             bytes_freed=report.bytes_freed,
+            answer_rows_deleted=report.answer_rows_deleted,
         )
     return report
 

@@ -25,6 +25,7 @@ from membership_pipeline.database.metadata import VersionId
 from membership_pipeline.model.errors import InvalidVersion
 from membership_pipeline.model.refresh_mode import definition_digest
 from membership_pipeline.storage.base_versions import lock_base
+from membership_pipeline.storage.identity_answers import column_keys, record_answer_keys
 from membership_pipeline.storage.plans import StagedPlan
 from membership_pipeline.storage.tables import bitmap, bitmap_chunk, shard, shard_bitmap, version
 from membership_pipeline.storage.versions import log_sealed, mark_sealed, require_shadow
@@ -96,6 +97,10 @@ def seal_shards(database: StoreDatabase, plan: StagedPlan, *, now: datetime) -> 
             conn.execute(bitmap.insert(), merged)
         if plan.incremental:
             _share_base_bitmaps(conn, plan)
+        else:  # every shard wrote its identities' answers, columns in this order (its keys
+            # are the segments the merge found in every shard)
+            keys = column_keys([row["key"] for row in merged if row["kind"] == "segment"])
+            record_answer_keys(conn, plan.version_id, keys)
         totals = _directory_totals(conn, plan.version_id)
         mark_sealed(
             conn,

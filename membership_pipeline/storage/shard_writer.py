@@ -22,6 +22,7 @@ from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.model.errors import ClaimLost, InvalidVersion
 from membership_pipeline.model.shard_plan import CHUNK_INDEX_STRIDE, ShardSpec
 from membership_pipeline.storage.bitmap_writer import BitmapWriter
+from membership_pipeline.storage.identity_answers import delete_staged_answers
 from membership_pipeline.storage.plans import StagedPlan
 from membership_pipeline.storage.tables import bitmap_chunk, shard, shard_bitmap
 from membership_pipeline.storage.versions import require_shadow
@@ -63,6 +64,7 @@ class ShardWriter(BitmapWriter):
             chunk_index_limit=spec.first_chunk_index + CHUNK_INDEX_STRIDE - 1,
         )
         self.plan = plan
+        self.environment_key = plan.environment_key
         self.spec = spec
         self.token = uuid.uuid4().hex
         with database.writer.begin() as conn:
@@ -94,6 +96,7 @@ class ShardWriter(BitmapWriter):
                         ),
                     )
                 )
+                conn.execute(delete_staged_answers(plan.version_id, spec.first_id, spec.last_id))
         self.attempt = previous + 1
 
     def finish(self, *, now: datetime, report: Mapping[str, Any]) -> None:
@@ -102,6 +105,8 @@ class ShardWriter(BitmapWriter):
             raise InvalidVersion(f"shard {self.spec.index} has no universe: call add_universe")
         with self._database.writer.begin() as conn:
             self._require_writable(conn)
+            if self.answer_keys is None and not self.plan.incremental:
+                raise InvalidVersion(f"shard {self.spec.index} has no answers: call add_answers")
             self._write_buffer(conn)
             conn.execute(
                 shard.update()

@@ -47,6 +47,13 @@ environment = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     # "organisation / project / environment", as its last backfill planned it (migration 0007)
     sa.Column("display_name", sa.Text()),
+    # The answers by identity (migration 0010, ``storage.identity_answers``): the version the
+    # live rows describe, the version id they are stored under, their column order (JSON keys)
+    # and the columns re-evaluated since (JSON keys; stale, not used).
+    sa.Column("answers_version_id", VersionId),
+    sa.Column("answers_generation_id", VersionId),
+    sa.Column("answers_keys", sa.Text()),
+    sa.Column("answers_stale", sa.Text()),
 )
 
 version = sa.Table(
@@ -82,6 +89,8 @@ version = sa.Table(
     # to (written by earlier versions) rather than writes.
     sa.Column("delta_identity_count", sa.BigInteger()),
     sa.Column("shared_byte_size", sa.BigInteger()),
+    # A full version that wrote its answers by identity (migration 0010): their column order.
+    sa.Column("answer_keys", sa.Text()),
 )
 
 bitmap = sa.Table(
@@ -214,6 +223,23 @@ pending_identity = sa.Table(
     sa.Column("identity_id", sa.BigInteger(), primary_key=True, autoincrement=False),
     sa.Column("position", sa.BigInteger(), nullable=False),
     sa.Column("captured_at", UtcDateTime(), nullable=False),
+)
+
+
+# The published answers by identity (migration 0010, ``storage.identity_answers``): rows of
+# consecutive identities, each with one bit per bitmap of the version they describe.
+identity_answers = sa.Table(
+    "membership_identity_answers",
+    metadata,
+    sa.Column("environment_key", sa.String(255), primary_key=True),
+    sa.Column("version_id", VersionId, primary_key=True, autoincrement=False),
+    sa.Column("first_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("last_id", sa.BigInteger(), nullable=False),
+    sa.Column("identity_count", sa.Integer(), nullable=False),
+    sa.Column("ids", sa.LargeBinary(), nullable=False),  # uint32, ascending
+    sa.Column("bits", sa.LargeBinary(), nullable=False),  # identity_count rows of packed bits
+    # A delta's staged row: the live row (its first id) it replaces when the delta publishes.
+    sa.Column("replaces_first_id", sa.BigInteger()),
 )
 
 

@@ -22,6 +22,11 @@ from membership_pipeline.storage.bitmap_writer import UNIVERSE_KEY, BitmapWriter
 from membership_pipeline.storage.chunking import DEFAULT_CHUNK_BYTES
 from membership_pipeline.storage.claims import RUNNING, Claim, end_claim
 from membership_pipeline.storage.environment_metadata import BackfillStatus
+from membership_pipeline.storage.identity_answers import (
+    forget_reused_id,
+    publish_answers,
+    record_answer_keys,
+)
 from membership_pipeline.storage.pending_identities import clear_covered
 from membership_pipeline.storage.publications import announce
 from membership_pipeline.storage.tables import bitmap, environment, version
@@ -57,6 +62,7 @@ class ShadowVersion(BitmapWriter):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         self.claim = held
+        self.environment_key = held.environment_key
         version_id = create_shadow(database, held, as_of=as_of, now=now)
         super().__init__(database, version_id, chunk_bytes=chunk_bytes)
 
@@ -74,6 +80,8 @@ class ShadowVersion(BitmapWriter):
         with self._database.writer.begin() as conn:
             self._require_writable(conn)
             self._write_buffer(conn)
+            if self.answer_keys is not None:
+                record_answer_keys(conn, self.version_id, self.answer_keys)
             mark_sealed(
                 conn,
                 self.version_id,
@@ -100,7 +108,7 @@ def create_shadow(database: StoreDatabase, held: Claim, *, as_of: datetime, now:
         ).first()
         if holds is None:
             raise ClaimLost(f"cannot stage a version of {held.environment_key!r}: claim lost")
-        return conn.execute(
+        version_id = conn.execute(
             version.insert()
             .values(
                 environment_key=held.environment_key,
@@ -111,6 +119,8 @@ def create_shadow(database: StoreDatabase, held: Claim, *, as_of: datetime, now:
             )
             .returning(version.c.version_id)
         ).scalar_one()
+        forget_reused_id(conn, version_id)
+        return version_id
 
 
 def require_shadow(
@@ -201,6 +211,7 @@ def publish(database: StoreDatabase, held: Claim, version_id: int, *, now: datet
                 f"version {version_id} was not published"
             )
         previous_id = _retire_published(conn, held.environment_key, version_id, now)
+        publish_answers(conn, held.environment_key, totals)
         clear_covered(conn, held.environment_key, version_id)
         conn.execute(
             version.update()

@@ -8,21 +8,33 @@ linked chunk and payload."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from membership_pipeline.model.refresh_mode import RefreshMode
 from membership_pipeline.storage import MembershipStore, delta_versions
-from membership_pipeline.storage.tables import bitmap_chunk, pending_identity, version
+from membership_pipeline.storage.tables import (
+    bitmap_chunk,
+    identity_answers,
+    pending_identity,
+    version,
+)
+from membership_pipeline.storage.tables import (
+    environment as environment_table,
+)
 from membership_pipeline_tests.backfill.conftest import (
     delta_backfill,
     record_changed,
     sharded_backfill,
 )
 from membership_pipeline_tests.backfill.identity_edits import IDENTITY_EDITS, apply_identity_edit
+from membership_pipeline_tests.backfill.segment_edits import apply_edit
 from membership_pipeline_tests.backfill.test_incremental_exactness import (
     NO_GRACE,
     answers,
@@ -47,9 +59,18 @@ from membership_pipeline_tests.membership_answers import assert_same_answers
     collect_between=st.booleans(),
     seed=st.integers(0, 2**16),
     medium=st.booleans(),  # payloads big enough that changes are patches, else rewrites
+    by_identity=st.booleans(),  # previous answers read by identity, else from the chunks
 )
 def test_delta_equals_full_after_any_identity_writes(
-    small_source, medium_source, tmp_path_factory, steps, chunk_bytes, collect_between, seed, medium
+    small_source,
+    medium_source,
+    tmp_path_factory,
+    steps,
+    chunk_bytes,
+    collect_between,
+    seed,
+    medium,
+    by_identity,
 ):
     work = tmp_path_factory.mktemp("delta")
     dataset = medium_source if medium else small_source
@@ -59,6 +80,8 @@ def test_delta_equals_full_after_any_identity_writes(
     rng = random.Random(seed)
     store = fresh_store(work, chunk_bytes)
     sharded_backfill(source, store, env_key, 60)
+    if not by_identity:
+        forget_answers_by_identity(store, env_key)
     position = itertools.count(1)
     for edits in steps:
         for kind in edits:
@@ -73,10 +96,15 @@ def test_delta_equals_full_after_any_identity_writes(
         assert {key: pinned.bitmap(key) for key in pinned.segment_counts()} == before
         if collect_between:
             store.collect_garbage(keep_retired=0, retired_grace=NO_GRACE)
+        report = store.shard_reports(store.metadata(env_key).published_version_id)[0].report
+        if report["delta"]["identities"]:
+            assert (report["delta"]["answer_rows_read"] > 0) == by_identity, report["delta"]
         with fresh_store(work, chunk_bytes) as full:
             sharded_backfill(source, full, env_key, 60)
             assert answers(store, env_key) == answers(full, env_key)
             assert_same_answers(store, full, env_key)
+            if by_identity:  # the deltas kept the answers by identity exact
+                assert answers_by_identity(store, env_key) == answers_by_identity(full, env_key)
         with store.database.reader.connect() as conn:  # the publish cleared what it covered
             assert (
                 conn.execute(sa.select(sa.func.count()).select_from(pending_identity)).scalar() == 0
@@ -133,15 +161,17 @@ def test_delta_writes_only_changed_chunks_and_survives_gc_and_rollback(small_sou
     store.close()
 
 
-@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("previous", ["by_identity", "cached", "streamed"])
 def test_a_delta_patches_changed_chunks_over_the_first_payload(
-    medium_source, tmp_path, monkeypatch, streamed
+    medium_source, tmp_path, monkeypatch, previous
 ):
     """Trait writes of a few identities: each changed chunk is a patch of a few ids over the
     full version's payload, the next delta's patches still name that payload (they accumulate,
     they do not chain), a delta writes a small fraction of a full version's bytes, and readers
-    of any of them answer as a full backfill does. ``streamed``: the payloads do not fit the
-    chunk cache, so each delta reads them in small batches and keeps none."""
+    of any of them answer as a full backfill does. Where the previous answers come from:
+    ``by_identity``, the answers by identity (no payload read); else the chunks' payloads, from
+    the chunk cache (``cached``) or, when they do not fit it, in small batches (``streamed``)."""
+    streamed = previous == "streamed"
     source_url, source = copy_source(medium_source, tmp_path)
     environment = medium_source.environments[1]
     env_key = environment["api_key"]
@@ -151,6 +181,8 @@ def test_a_delta_patches_changed_chunks_over_the_first_payload(
         store.close()
         store = MembershipStore(store.url, cache_bytes=1024)
     first = sharded_backfill(source, store, env_key, 1000)
+    if previous != "by_identity":
+        forget_answers_by_identity(store, env_key)
     rng = random.Random(11)
     patched = 0
     for position in range(1, 4):
@@ -176,7 +208,9 @@ def test_a_delta_patches_changed_chunks_over_the_first_payload(
                 ).scalars()
             )
         assert patch_sources <= {first}, patch_sources
-        assert (store.chunks_cache.bytes_cached == 0) == streamed
+        assert (store.chunks_cache.bytes_cached == 0) == (previous != "cached")
+        delta = store.shard_reports(latest)[0].report["delta"]
+        assert (delta["payload_bytes_read"] == 0) == (previous == "by_identity"), delta
         patched += len(patch_sources)
         assert sizes[latest] * 20 < sizes[first], sizes
         assert_links_never_chain(store)
@@ -204,6 +238,47 @@ def test_a_delta_patches_changed_chunks_over_the_first_payload(
         assert_same_answers(store, full, env_key)
     source.close()
     store.close()
+
+
+def forget_answers_by_identity(store: MembershipStore, env_key: str) -> None:
+    """As a store upgraded from before the answers by identity has them: none describe the
+    published version, so deltas read the previous answers from the chunks."""
+    with store.database.writer.begin() as conn:
+        conn.execute(
+            environment_table.update()
+            .where(environment_table.c.environment_key == env_key)
+            .values(answers_version_id=None)
+        )
+
+
+def answers_by_identity(store: MembershipStore, env_key: str) -> dict[int, dict[str, bool]]:
+    """The live answers by identity, decoded: identity → column key → bit."""
+    with store.database.reader.connect() as conn:
+        state = conn.execute(
+            sa.select(environment_table).where(environment_table.c.environment_key == env_key)
+        ).one()
+        rows = conn.execute(
+            sa.select(identity_answers).where(
+                identity_answers.c.environment_key == env_key,
+                identity_answers.c.version_id == state.answers_generation_id,
+            )
+        ).all()
+    assert state.answers_version_id == state.published_version_id
+    keys, stale = json.loads(state.answers_keys), set(json.loads(state.answers_stale))
+    width = (len(keys) + 7) // 8
+    decoded: dict[int, dict[str, bool]] = {}
+    for row in rows:
+        ids = np.frombuffer(row.ids, dtype=np.uint32)
+        bits = np.unpackbits(
+            np.frombuffer(row.bits, dtype=np.uint8).reshape(-1, width), axis=1, bitorder="little"
+        )
+        assert row.identity_count == len(ids) and row.first_id == ids[0] == min(ids)
+        for identity, answer in zip(ids.tolist(), bits.tolist(), strict=True):
+            assert identity not in decoded
+            decoded[identity] = {
+                key: bool(bit) for key, bit in zip(keys, answer, strict=False) if key not in stale
+            }
+    return decoded
 
 
 def assert_links_never_chain(store) -> None:
@@ -252,5 +327,61 @@ def test_delta_naming_too_much_of_the_environment_runs_as_full(
     assert plan.mode == expected
     if expected == "full":
         assert "more than 5%" in plan.mode_reason
+    source.close()
+    store.close()
+
+
+def test_deltas_after_segment_edits_read_only_edited_segments_from_chunks(medium_source, tmp_path):
+    """A segment edit (an incremental version) leaves the answers by identity describing the
+    new version with the re-evaluated segments stale: the next deltas read those segments'
+    previous answers from their chunks and every other segment's by identity, and equal a full
+    backfill; the next full version makes every column live again."""
+    source_url, source = copy_source(medium_source, tmp_path)
+    environment = medium_source.environments[0]
+    env_key, project = environment["api_key"], environment["project_id"]
+    store = fresh_store(tmp_path)
+    sharded_backfill(source, store, env_key, 2000)
+    rng = random.Random(3)
+    for round_ in range(3):
+        edited = None
+        while edited is None:
+            edited = apply_edit(source_url, rng.choice(["edit", "create"]), project, rng)
+        plans = []
+        incremental = sharded_backfill(
+            source, store, env_key, 2000, mode=RefreshMode.INCREMENTAL, plans=plans
+        )
+        assert plans[0].mode == "incremental", plans[0].mode_reason
+        with store.database.reader.connect() as conn:
+            state = conn.execute(
+                sa.select(environment_table).where(environment_table.c.environment_key == env_key)
+            ).one()
+        assert state.answers_version_id == incremental
+        stale = set(json.loads(state.answers_stale))
+        assert str(edited) in stale or str(edited) not in json.loads(state.answers_keys)
+        changed: set[int] = set()
+        for _ in range(40):
+            changed |= apply_identity_edit(source_url, "update_value", environment["id"], rng)
+        record_changed(store, env_key, changed, round_ + 1)
+        latest = delta_backfill(source, store, env_key)
+        delta = store.shard_reports(latest)[0].report["delta"]
+        assert delta["answer_rows_read"] > 0, delta
+        with fresh_store(tmp_path) as full:
+            sharded_backfill(source, full, env_key, 2000)
+            assert_same_answers(store, full, env_key)
+            mine, theirs = answers_by_identity(store, env_key), answers_by_identity(full, env_key)
+            assert mine.keys() == theirs.keys()
+            assert all(
+                mine[i] == {k: v for k, v in theirs[i].items() if k in mine[i]} for i in mine
+            )
+    sharded_backfill(source, store, env_key, 2000)
+    with store.database.reader.connect() as conn:
+        assert (
+            conn.execute(
+                sa.select(environment_table.c.answers_stale).where(
+                    environment_table.c.environment_key == env_key
+                )
+            ).scalar()
+            == "[]"
+        )
     source.close()
     store.close()

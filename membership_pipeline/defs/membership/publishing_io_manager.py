@@ -168,6 +168,9 @@ def _metadata(
                 "chunks_patched": delta.get("chunks_patched", 0),
                 "chunks_rewritten": delta.get("chunks_written", 0),
                 "chunks_linked": delta.get("chunks_linked", 0),
+                # previous answers: rows of the answers by identity, else payload bytes read
+                "answer_rows_read": delta.get("answer_rows_read", 0),
+                "payload_bytes_read": delta.get("payload_bytes_read", 0),
             }
             if plan.delta
             else {}

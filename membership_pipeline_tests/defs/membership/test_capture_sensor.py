@@ -92,6 +92,10 @@ def test_trait_writes_are_published_by_a_delta_run(
     assert metadata["identities_reevaluated"] == len(changed)
     assert metadata["bitmaps_rewritten"] >= 1  # the universe at least (a new identity)
     assert metadata["chunks_patched"] + metadata["chunks_rewritten"] >= 1
+    # the previous answers came by identity (the full version wrote them): payloads are read
+    # only under chunks rewritten whole (a patch outgrowing a quarter of a tiny payload)
+    assert metadata["answer_rows_read"] >= 1
+    assert metadata["payload_bytes_read"] == 0 or metadata["chunks_rewritten"] >= 1
     assert metadata["bytes"] < metadata["bytes_shared"]
     assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
     idle = tick(sensor, instance, resources)  # nothing new: a quiet tick says so

@@ -1,0 +1,402 @@
+"""The published answers by identity: for every identity of an environment, one bit per bitmap
+(the universe, then each segment by key) of the version these rows describe.
+
+A delta must know each changed identity's previous answer for every segment, to write only the
+bits that flip and keep each chunk's cardinality exact. Reading them from the chunks means
+reading every chunk holding a changed identity: at 10M identities, 1,000 changed identities
+fall in nearly every chunk of every segment (the whole version, 360 MB). Read by identity, the
+same answers are 1,000 rows of a few hundred bytes.
+
+- A full version writes its answers beside its chunks (rows of ``rows_per_group`` consecutive
+  identities, a shard its own), under its own version id; publishing it makes them **live**
+  (``membership_environment.answers_*``: the version described, the id the rows are stored
+  under, the column order). A failed full backfill leaves the live rows as they were.
+- A delta whose base is the version the live rows describe reads its identities' rows, and
+  stages their replacements under its own id; publishing it folds them in (same transaction as
+  the flip), so the rows then describe the delta.
+- An incremental version marks the segments it re-evaluated **stale** (a delta reads those
+  from their chunks); a rollback, or a version published without answers, leaves the rows
+  describing another version, so deltas read chunks until the next full version.
+- The garbage collector removes rows that are neither live nor staged by a version in writing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from pyroaring import BitMap
+
+from membership_pipeline.storage.tables import bitmap, environment, identity_answers, version
+
+UNIVERSE_COLUMN = ""  # the universe's key, first column
+ROW_BYTES = 1536  # a row's answers stay under PostgreSQL's 2 kB TOAST threshold: stored inline
+_IN_WRITING = ("shadow", "sealed")
+
+
+def column_keys(segment_keys: Sequence[str]) -> list[str]:
+    """The column order: the universe, then the segments by key."""
+    return [UNIVERSE_COLUMN, *sorted(segment_keys)]
+
+
+def rows_per_group(columns: int) -> int:
+    return max(4, ROW_BYTES // ((columns + 7) // 8 + 4))
+
+
+def answer_rows(
+    environment_key: str, version_id: int, ids: np.ndarray, matrix: np.ndarray, columns: int
+) -> list[dict[str, Any]]:
+    """Rows of ``ids`` (ascending) and their answers (``matrix``: a row of packed bits per id,
+    ``columns`` bits; built by ``evaluation.bitmaps.membership_matrix``)."""
+    return _rows(environment_key, version_id, ids, matrix, rows_per_group(columns))
+
+
+def _few_answers(ids: np.ndarray, columns: Sequence[BitMap | None]) -> np.ndarray:
+    """``membership_matrix`` for a delta's few identities (numpy; no compiled kernel)."""
+    bits = np.zeros((len(ids), 8 * max((len(columns) + 7) // 8, 1)), dtype=bool)
+    for column, members in enumerate(columns):
+        if members:
+            bits[:, column] = np.isin(ids, np.frombuffer(members.to_array(), dtype=np.uint32))
+    return np.packbits(bits, axis=1, bitorder="little")
+
+
+def _rows(
+    environment_key: str,
+    version_id: int,
+    ids: np.ndarray,
+    matrix: np.ndarray,
+    group: int,
+    replaces: int | None = None,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "environment_key": environment_key,
+            "version_id": version_id,
+            "first_id": int(ids[start]),
+            "last_id": int(ids[min(start + group, len(ids)) - 1]),
+            "identity_count": len(ids[start : start + group]),
+            "ids": ids[start : start + group].tobytes(),
+            "bits": matrix[start : start + group].tobytes(),
+            "replaces_first_id": replaces,
+        }
+        for start in range(0, len(ids), group)
+    ]
+
+
+def record_answer_keys(conn: sa.Connection, version_id: int, keys: Sequence[str]) -> None:
+    conn.execute(
+        version.update()
+        .where(version.c.version_id == version_id)
+        .values(answer_keys=json.dumps(list(keys)))
+    )
+
+
+@dataclass(frozen=True)
+class _LiveRow:
+    first_id: int
+    last_id: int
+    ids: np.ndarray
+    bits: np.ndarray  # identity_count × width
+
+
+@dataclass
+class PreviousAnswers:
+    """The live rows holding (or whose id range would hold) some changed identities, as the
+    delta's base published them."""
+
+    environment_key: str
+    generation_id: int
+    keys: list[str]
+    stale: set[str]
+    rows: list[_LiveRow]
+    zones: dict[int, list[int]]  # first id of a live row → the changed ids in its range
+    before: np.ndarray  # the changed ids found in a row, ascending
+    before_bits: np.ndarray  # their rows of bits
+
+    def usable(self, key: str) -> bool:
+        return key in self._columns and key not in self.stale
+
+    def members(self, key: str) -> BitMap:
+        """The changed identities that were members of column ``key`` (usable keys only)."""
+        column = self._columns[key]
+        mask = (self.before_bits[:, column >> 3] >> (column & 7)) & 1
+        return BitMap(self.before[mask.astype(bool)])
+
+    @property
+    def _columns(self) -> dict[str, int]:
+        return {key: index for index, key in enumerate(self.keys)}
+
+
+def previous_answers(
+    conn: sa.Connection, environment_key: str, base_version_id: int | None, changed: BitMap
+) -> PreviousAnswers | None:
+    """The changed identities' answers in the base version, or None when the live rows do not
+    describe it (then a delta reads chunks)."""
+    state = conn.execute(
+        sa.select(
+            environment.c.answers_version_id,
+            environment.c.answers_generation_id,
+            environment.c.answers_keys,
+            environment.c.answers_stale,
+        ).where(environment.c.environment_key == environment_key)
+    ).one_or_none()
+    if state is None or base_version_id is None or state.answers_version_id != base_version_id:
+        return None
+    keys = json.loads(state.answers_keys)
+    generation = int(state.answers_generation_id)
+    live = sa.and_(
+        identity_answers.c.environment_key == environment_key,
+        identity_answers.c.version_id == generation,
+    )
+    zones = _zones(conn, environment_key, generation, changed)
+    found = conn.execute(
+        sa.select(
+            identity_answers.c.first_id,
+            identity_answers.c.last_id,
+            identity_answers.c.ids,
+            identity_answers.c.bits,
+        )
+        .where(live, identity_answers.c.first_id.in_(sorted(zones)))
+        .order_by(identity_answers.c.first_id)
+    ).all()
+    width = (len(keys) + 7) // 8
+    rows = [
+        _LiveRow(
+            int(r.first_id),
+            int(r.last_id),
+            np.frombuffer(r.ids, dtype=np.uint32),
+            np.frombuffer(r.bits, dtype=np.uint8).reshape(-1, width),
+        )
+        for r in found
+    ]
+    wanted = np.frombuffer(changed.to_array(), dtype=np.uint32)
+    before, before_bits = [], []
+    for row in rows:
+        at = np.searchsorted(row.ids, wanted)
+        hit = (at < len(row.ids)) & (row.ids[np.minimum(at, len(row.ids) - 1)] == wanted)
+        before.append(wanted[hit])
+        before_bits.append(row.bits[at[hit]])
+    order_ids = np.concatenate(before) if before else np.zeros(0, dtype=np.uint32)
+    order_bits = (
+        np.concatenate(before_bits) if before_bits else np.zeros((0, width), dtype=np.uint8)
+    )
+    order = np.argsort(order_ids, kind="stable")
+    return PreviousAnswers(
+        environment_key,
+        generation,
+        keys,
+        set(json.loads(state.answers_stale or "[]")),
+        rows,
+        zones,
+        order_ids[order],
+        order_bits[order],
+    )
+
+
+def _zones(
+    conn: sa.Connection, environment_key: str, generation: int, changed: BitMap
+) -> dict[int, list[int]]:
+    """The live row each changed id belongs to: the row with the greatest first id at or below
+    it (the first row for ids below every row). Empty when there are no live rows."""
+    live = sa.and_(
+        identity_answers.c.environment_key == environment_key,
+        identity_answers.c.version_id == generation,
+    )
+    ids = [int(i) for i in changed]
+    zones: dict[int, list[int]] = {}
+    if conn.dialect.name == "postgresql":  # one index probe per id
+        pairs = conn.execute(
+            sa.text(
+                "SELECT c.id, z.first_id FROM unnest(CAST(:ids AS bigint[])) AS c(id) "
+                "LEFT JOIN LATERAL (SELECT first_id FROM membership_identity_answers a "
+                "WHERE a.environment_key = :env AND a.version_id = :generation "
+                "AND a.first_id <= c.id ORDER BY a.first_id DESC LIMIT 1) z ON true"
+            ),
+            {"ids": ids, "env": environment_key, "generation": generation},
+        ).all()
+        below = [int(p.id) for p in pairs if p.first_id is None]
+        for p in pairs:
+            if p.first_id is not None:
+                zones.setdefault(int(p.first_id), []).append(int(p.id))
+        if below:
+            first = conn.execute(
+                sa.select(sa.func.min(identity_answers.c.first_id)).where(live)
+            ).scalar()
+            if first is not None:
+                zones.setdefault(int(first), []).extend(below)
+        return zones
+    starts = sorted(conn.execute(sa.select(identity_answers.c.first_id).where(live)).scalars())
+    for i in ids:
+        if starts:
+            zones.setdefault(starts[max(bisect.bisect_right(starts, i) - 1, 0)], []).append(i)
+    return zones
+
+
+def replacement_rows(
+    previous: PreviousAnswers,
+    version_id: int,
+    changed: BitMap,
+    universe: BitMap,
+    segments: Mapping[str, BitMap],
+) -> list[dict[str, Any]]:
+    """The delta's replacements for every live row its identities fall in (a row emptied is
+    staged as a tombstone: no identities), and rows for identities no live row's range holds
+    (only when there are no live rows)."""
+    keys = previous.keys
+    present = np.frombuffer((changed & universe).to_array(), dtype=np.uint32)
+    now = _few_answers(present, [universe, *(segments.get(key) for key in keys[1:])])
+    group = rows_per_group(len(keys))
+    changed_ids = np.frombuffer(changed.to_array(), dtype=np.uint32)
+    rows: list[dict[str, Any]] = []
+    placed = BitMap()
+    for row in previous.rows:
+        mine = np.asarray(sorted(previous.zones.get(row.first_id, [])), dtype=np.uint32)
+        placed.update(mine)
+        keep = ~np.isin(row.ids, changed_ids)
+        new = np.isin(present, mine)
+        ids = np.concatenate([row.ids[keep], present[new]])
+        bits = np.concatenate([row.bits[keep], now[new]])
+        order = np.argsort(ids, kind="stable")
+        if not len(ids):
+            rows.append(
+                {
+                    "environment_key": previous.environment_key,
+                    "version_id": version_id,
+                    "first_id": row.first_id,
+                    "last_id": row.last_id,
+                    "identity_count": 0,
+                    "ids": b"",
+                    "bits": b"",
+                    "replaces_first_id": row.first_id,
+                }
+            )
+            continue
+        # a row grown past twice its size splits (new identities join the last row)
+        size = group if len(ids) > 2 * group else len(ids)
+        rows.extend(
+            _rows(
+                previous.environment_key, version_id, ids[order], bits[order], size,
+                replaces=row.first_id,
+            )
+        )  # fmt: skip
+    unplaced = ~np.isin(present, np.frombuffer(placed.to_array(), dtype=np.uint32))
+    if unplaced.any():
+        rows.extend(
+            _rows(previous.environment_key, version_id, present[unplaced], now[unplaced], group)
+        )
+    return rows
+
+
+def publish_answers(conn: sa.Connection, environment_key: str, published: sa.Row[Any]) -> None:
+    """In the flip's transaction: keep the live answers describing the published version."""
+    state = conn.execute(
+        sa.select(
+            environment.c.answers_version_id,
+            environment.c.answers_generation_id,
+            environment.c.answers_stale,
+        )
+        .where(environment.c.environment_key == environment_key)
+        .with_for_update()
+    ).one()
+    mode = published.mode or "full"
+    values: dict[str, Any]
+    if mode == "full":
+        if published.answer_keys is None:  # written without answers: none describe it
+            values = {"answers_version_id": None, "answers_generation_id": None}
+        else:
+            values = {
+                "answers_version_id": published.version_id,
+                "answers_generation_id": published.version_id,
+                "answers_keys": published.answer_keys,
+                "answers_stale": "[]",
+            }
+    elif state.answers_version_id is None or state.answers_version_id != published.base_version_id:
+        return  # the rows describe another version: nothing to keep up to date
+    elif mode == "incremental":
+        reevaluated = conn.execute(
+            sa.select(bitmap.c.key).where(
+                bitmap.c.version_id == published.version_id,
+                bitmap.c.kind == "segment",
+                bitmap.c.chunk_version_id.is_(None),
+            )
+        ).scalars()
+        stale = sorted(set(json.loads(state.answers_stale or "[]")) | set(reevaluated))
+        values = {"answers_version_id": published.version_id, "answers_stale": json.dumps(stale)}
+    else:
+        _fold(conn, environment_key, int(state.answers_generation_id), published.version_id)
+        values = {"answers_version_id": published.version_id}
+    conn.execute(
+        environment.update()
+        .where(environment.c.environment_key == environment_key)
+        .values(**values)
+    )
+
+
+def _fold(conn: sa.Connection, environment_key: str, generation: int, delta_id: int) -> None:
+    this_env = identity_answers.c.environment_key == environment_key
+    staged = sa.and_(this_env, identity_answers.c.version_id == delta_id)
+    replaced = sa.select(identity_answers.c.replaces_first_id).where(
+        staged, identity_answers.c.replaces_first_id.is_not(None)
+    )
+    conn.execute(
+        identity_answers.delete().where(
+            this_env,
+            identity_answers.c.version_id == generation,
+            identity_answers.c.first_id.in_(replaced),
+        )
+    )
+    conn.execute(identity_answers.delete().where(staged, identity_answers.c.identity_count == 0))
+    conn.execute(
+        identity_answers.update()
+        .where(staged)
+        .values(version_id=generation, replaces_first_id=None)
+    )
+
+
+def delete_staged_answers(
+    version_id: int, first_id: int | None = None, last_id: int | None = None
+) -> sa.Delete:
+    """A retried attempt's rows (a shard's: those starting in its id range)."""
+    condition = [identity_answers.c.version_id == version_id]
+    if first_id is not None and last_id is not None:
+        condition.append(identity_answers.c.first_id.between(first_id, last_id))
+    return identity_answers.delete().where(*condition)
+
+
+def forget_reused_id(conn: sa.Connection, version_id: int) -> None:
+    """A new version's id names no answers. SQLite reuses the greatest id once its row is
+    deleted (an abandoned shadow collected, say); answers stored or described under it then
+    belonged to another version (PostgreSQL's sequence never reuses one: a no-op)."""
+    conn.execute(identity_answers.delete().where(identity_answers.c.version_id == version_id))
+    conn.execute(
+        environment.update()
+        .where(
+            sa.or_(
+                environment.c.answers_version_id == version_id,
+                environment.c.answers_generation_id == version_id,
+            )
+        )
+        .values(answers_version_id=None, answers_generation_id=None)
+    )
+
+
+def collect_answers(conn: sa.Connection) -> int:
+    """Delete rows neither live nor staged by a version still being written; returns how many."""
+    live = (
+        sa.select(environment.c.answers_generation_id)
+        .where(environment.c.environment_key == identity_answers.c.environment_key)
+        .scalar_subquery()
+    )
+    writing = sa.exists().where(
+        version.c.version_id == identity_answers.c.version_id, version.c.state.in_(_IN_WRITING)
+    )
+    return conn.execute(
+        identity_answers.delete().where(
+            identity_answers.c.version_id.is_distinct_from(live), ~writing
+        )
+    ).rowcount
