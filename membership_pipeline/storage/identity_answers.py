@@ -26,6 +26,7 @@ import bisect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,7 @@ class PreviousAnswers:
         mask = (self.before_bits[:, column >> 3] >> (column & 7)) & 1
         return BitMap(self.before[mask.astype(bool)])
 
-    @property
+    @cached_property
     def _columns(self) -> dict[str, int]:
         return {key: index for index, key in enumerate(self.keys)}
 
@@ -174,9 +175,9 @@ def previous_answers(
         )
         for r in found
     ]
-    wanted = np.frombuffer(changed.to_array(), dtype=np.uint32)
     before, before_bits = [], []
     for row in rows:
+        wanted = np.asarray(sorted(zones[row.first_id]), dtype=np.uint32)
         at = np.searchsorted(row.ids, wanted)
         hit = (at < len(row.ids)) & (row.ids[np.minimum(at, len(row.ids) - 1)] == wanted)
         before.append(wanted[hit])
@@ -340,16 +341,21 @@ def publish_answers(conn: sa.Connection, environment_key: str, published: sa.Row
 def _fold(conn: sa.Connection, environment_key: str, generation: int, delta_id: int) -> None:
     this_env = identity_answers.c.environment_key == environment_key
     staged = sa.and_(this_env, identity_answers.c.version_id == delta_id)
-    replaced = sa.select(identity_answers.c.replaces_first_id).where(
-        staged, identity_answers.c.replaces_first_id.is_not(None)
+    replaced = sorted(
+        conn.execute(
+            sa.select(identity_answers.c.replaces_first_id).where(
+                staged, identity_answers.c.replaces_first_id.is_not(None)
+            )
+        ).scalars()
     )
-    conn.execute(
-        identity_answers.delete().where(
-            this_env,
-            identity_answers.c.version_id == generation,
-            identity_answers.c.first_id.in_(replaced),
+    if replaced:  # by key (a list, not a subquery: the planner would scan every live row)
+        conn.execute(
+            identity_answers.delete().where(
+                this_env,
+                identity_answers.c.version_id == generation,
+                identity_answers.c.first_id.in_(replaced),
+            )
         )
-    )
     conn.execute(identity_answers.delete().where(staged, identity_answers.c.identity_count == 0))
     conn.execute(
         identity_answers.update()
