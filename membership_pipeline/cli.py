@@ -190,7 +190,14 @@ def _status(args: argparse.Namespace) -> tuple[Any, str]:
             rows = store.all_metadata()
         captured = capture_status(store.database)
         waiting = store.pending_counts()
+        by_identity = store.answers_by_identity()
     text = _status_table(rows)
+    keys = {row.environment_key for row in rows}
+    shown = sorted((key, words) for key, words in by_identity.items() if key in keys)
+    if shown:
+        text += "\nanswers by identity (what a delta reads): " + "; ".join(
+            f"{key} {words}" for key, words in shown[:10]
+        )
     if waiting:
         shown = ", ".join(f"{key} {count:,}" for key, count in sorted(waiting.items())[:10])
         text += f"\nidentities waiting for a delta backfill: {shown}"
@@ -200,7 +207,10 @@ def _status(args: argparse.Namespace) -> tuple[Any, str]:
         else "change capture: not running (change detection and the refresh schedule keep "
         "environments fresh; see `membership capture enable`)"
     )
-    return [row.as_dict() for row in rows], text
+    return [
+        row.as_dict() | {"answers_by_identity": by_identity.get(row.environment_key)}
+        for row in rows
+    ], text
 
 
 def _capture(args: argparse.Namespace) -> tuple[Any, str]:

@@ -41,6 +41,8 @@ def test_the_store_commands(database_url):
     status = membership(database_url, "status")
     assert status.returncode == 0
     assert status.stdout.splitlines()[1].split()[:3] == ["env", "-", "succeeded"]  # no name
+    # written as a bare version (no answers by identity): deltas would read chunks
+    assert "answers by identity (what a delta reads): env none (its deltas read" in status.stdout
     assert (
         json.loads(membership(database_url, "--json", "status", "env").stdout)[0][
             "published_identity_count"

@@ -58,12 +58,16 @@ def answer_rows(
 
 
 def _few_answers(ids: np.ndarray, columns: Sequence[BitMap | None]) -> np.ndarray:
-    """``membership_matrix`` for a delta's few identities (numpy; no compiled kernel)."""
-    bits = np.zeros((len(ids), 8 * max((len(columns) + 7) // 8, 1)), dtype=bool)
+    """``membership_matrix`` for a delta's identities (numpy; each column's members are among
+    ``ids``, which are sorted: a binary search each, no compiled kernel needed)."""
+    matrix = np.zeros((len(ids), max((len(columns) + 7) // 8, 1)), dtype=np.uint8)
     for column, members in enumerate(columns):
-        if members:
-            bits[:, column] = np.isin(ids, np.frombuffer(members.to_array(), dtype=np.uint32))
-    return np.packbits(bits, axis=1, bitorder="little")
+        if members and len(ids):
+            found = np.frombuffer(members.to_array(), dtype=np.uint32)
+            at = np.minimum(np.searchsorted(ids, found), len(ids) - 1)
+            at = at[ids[at] == found]
+            matrix[at, column >> 3] |= np.uint8(1 << (column & 7))
+    return matrix
 
 
 def _rows(
@@ -175,18 +179,14 @@ def previous_answers(
         )
         for r in found
     ]
-    before, before_bits = [], []
-    for row in rows:
-        wanted = np.asarray(sorted(zones[row.first_id]), dtype=np.uint32)
-        at = np.searchsorted(row.ids, wanted)
-        hit = (at < len(row.ids)) & (row.ids[np.minimum(at, len(row.ids) - 1)] == wanted)
-        before.append(wanted[hit])
-        before_bits.append(row.bits[at[hit]])
-    order_ids = np.concatenate(before) if before else np.zeros(0, dtype=np.uint32)
-    order_bits = (
-        np.concatenate(before_bits) if before_bits else np.zeros((0, width), dtype=np.uint8)
+    # The rows cover increasing id ranges: their ids, concatenated, are sorted.
+    held = np.concatenate([row.ids for row in rows]) if rows else np.zeros(0, dtype=np.uint32)
+    wanted = np.frombuffer(changed.to_array(), dtype=np.uint32)
+    at = np.minimum(np.searchsorted(held, wanted), max(len(held) - 1, 0))
+    hit = held[at] == wanted if len(held) else np.zeros(len(wanted), dtype=bool)
+    held_bits = (
+        np.concatenate([row.bits for row in rows]) if rows else np.zeros((0, width), np.uint8)
     )
-    order = np.argsort(order_ids, kind="stable")
     return PreviousAnswers(
         environment_key,
         generation,
@@ -194,8 +194,8 @@ def previous_answers(
         set(json.loads(state.answers_stale or "[]")),
         rows,
         zones,
-        order_ids[order],
-        order_bits[order],
+        wanted[hit],
+        held_bits[at[hit]],
     )
 
 
@@ -252,18 +252,28 @@ def replacement_rows(
     present = np.frombuffer((changed & universe).to_array(), dtype=np.uint32)
     now = _few_answers(present, [universe, *(segments.get(key) for key in keys[1:])])
     group = rows_per_group(len(keys))
+    if not previous.rows:
+        return _rows(previous.environment_key, version_id, present, now, group)
+    # Vectorised over every touched row (a delta costs what changed, not rows × identities):
+    # the rows' identities minus the changed ones, plus the present changed ones, each labelled
+    # with its row (the row with the greatest first id at or below it, else the first row).
+    # Sorted by id, each row's identities are contiguous: rows cover increasing id ranges.
+    firsts = np.asarray([row.first_id for row in previous.rows], dtype=np.int64)
+    old_ids = np.concatenate([row.ids for row in previous.rows])
+    old_bits = np.concatenate([row.bits for row in previous.rows])
     changed_ids = np.frombuffer(changed.to_array(), dtype=np.uint32)
+    at = np.minimum(np.searchsorted(changed_ids, old_ids), len(changed_ids) - 1)
+    keep = changed_ids[at] != old_ids
+    ids = np.concatenate([old_ids[keep], present])
+    bits = np.concatenate([old_bits[keep], now])
+    order = np.argsort(ids, kind="stable")
+    ids, bits = ids[order], bits[order]
+    labels = np.maximum(np.searchsorted(firsts, ids, side="right") - 1, 0)
+    bounds = np.searchsorted(labels, np.arange(len(firsts) + 1))
     rows: list[dict[str, Any]] = []
-    placed = BitMap()
-    for row in previous.rows:
-        mine = np.asarray(sorted(previous.zones.get(row.first_id, [])), dtype=np.uint32)
-        placed.update(mine)
-        keep = ~np.isin(row.ids, changed_ids)
-        new = np.isin(present, mine)
-        ids = np.concatenate([row.ids[keep], present[new]])
-        bits = np.concatenate([row.bits[keep], now[new]])
-        order = np.argsort(ids, kind="stable")
-        if not len(ids):
+    for position, row in enumerate(previous.rows):
+        start, stop = bounds[position], bounds[position + 1]
+        if start == stop:  # emptied: a tombstone
             rows.append(
                 {
                     "environment_key": previous.environment_key,
@@ -278,18 +288,13 @@ def replacement_rows(
             )
             continue
         # a row grown past twice its size splits (new identities join the last row)
-        size = group if len(ids) > 2 * group else len(ids)
+        size = group if stop - start > 2 * group else stop - start
         rows.extend(
             _rows(
-                previous.environment_key, version_id, ids[order], bits[order], size,
+                previous.environment_key, version_id, ids[start:stop], bits[start:stop], size,
                 replaces=row.first_id,
             )
         )  # fmt: skip
-    unplaced = ~np.isin(present, np.frombuffer(placed.to_array(), dtype=np.uint32))
-    if unplaced.any():
-        rows.extend(
-            _rows(previous.environment_key, version_id, present[unplaced], now[unplaced], group)
-        )
     return rows
 
 
@@ -372,6 +377,31 @@ def delete_staged_answers(
     if first_id is not None and last_id is not None:
         condition.append(identity_answers.c.first_id.between(first_id, last_id))
     return identity_answers.delete().where(*condition)
+
+
+def describe_answers(conn: sa.Connection) -> dict[str, str]:
+    """Per environment with a published version: whether the answers by identity describe it
+    (what a delta reads), in words."""
+    described: dict[str, str] = {}
+    for row in conn.execute(
+        sa.select(
+            environment.c.environment_key,
+            environment.c.published_version_id,
+            environment.c.answers_version_id,
+            environment.c.answers_stale,
+        ).where(environment.c.published_version_id.is_not(None))
+    ):
+        if row.answers_version_id != row.published_version_id:
+            described[row.environment_key] = (
+                "none (its deltas read previous answers from the chunks until the next full "
+                "backfill)"
+            )
+            continue
+        stale = len(json.loads(row.answers_stale or "[]"))
+        described[row.environment_key] = "live" + (
+            f", {stale} segments edited since (read from their chunks)" if stale else ""
+        )
+    return described
 
 
 def forget_reused_id(conn: sa.Connection, version_id: int) -> None:

@@ -30,6 +30,7 @@ from membership_pipeline.storage import (
     claims,
     delta_versions,
     garbage,
+    identity_answers,
     pending_identities,
     plans,
     sealing,
@@ -227,6 +228,11 @@ class MembershipStore:
 
     def pending_counts(self) -> dict[str, int]:
         return pending_identities.pending_counts(self.database)
+
+    def answers_by_identity(self) -> dict[str, str]:
+        """Per published environment, whether deltas read its answers by identity (words)."""
+        with self.database.reader.connect() as conn:
+            return identity_answers.describe_answers(conn)
 
     def shard_reports(self, version_id: int) -> list[ShardReport]:
         return shard_reports(self.database, version_id)

@@ -183,6 +183,7 @@ def test_a_delta_patches_changed_chunks_over_the_first_payload(
     first = sharded_backfill(source, store, env_key, 1000)
     if previous != "by_identity":
         forget_answers_by_identity(store, env_key)
+        assert store.answers_by_identity()[env_key].startswith("none (its deltas read")
     rng = random.Random(11)
     patched = 0
     for position in range(1, 4):
@@ -358,6 +359,9 @@ def test_deltas_after_segment_edits_read_only_edited_segments_from_chunks(medium
         assert state.answers_version_id == incremental
         stale = set(json.loads(state.answers_stale))
         assert str(edited) in stale or str(edited) not in json.loads(state.answers_keys)
+        described = store.answers_by_identity()[env_key]
+        assert described == (f"live, {len(stale)} segments edited since (read from their chunks)"
+                             if stale else "live")  # fmt: skip
         changed: set[int] = set()
         for _ in range(40):
             changed |= apply_identity_edit(source_url, "update_value", environment["id"], rng)
