@@ -115,11 +115,9 @@ class PreviousAnswers:
     delta's base published them."""
 
     environment_key: str
-    generation_id: int
     keys: list[str]
     stale: set[str]
     rows: list[_LiveRow]
-    zones: dict[int, list[int]]  # first id of a live row → the changed ids in its range
     before: np.ndarray  # the changed ids found in a row, ascending
     before_bits: np.ndarray  # their rows of bits
 
@@ -158,7 +156,7 @@ def previous_answers(
         identity_answers.c.environment_key == environment_key,
         identity_answers.c.version_id == generation,
     )
-    zones = _zones(conn, environment_key, generation, changed)
+    starts = _row_starts(conn, environment_key, generation, changed)
     found = conn.execute(
         sa.select(
             identity_answers.c.first_id,
@@ -166,7 +164,7 @@ def previous_answers(
             identity_answers.c.ids,
             identity_answers.c.bits,
         )
-        .where(live, identity_answers.c.first_id.in_(sorted(zones)))
+        .where(live, identity_answers.c.first_id.in_(starts))
         .order_by(identity_answers.c.first_id)
     ).all()
     width = (len(keys) + 7) // 8
@@ -189,53 +187,47 @@ def previous_answers(
     )
     return PreviousAnswers(
         environment_key,
-        generation,
         keys,
         set(json.loads(state.answers_stale or "[]")),
         rows,
-        zones,
         wanted[hit],
         held_bits[at[hit]],
     )
 
 
-def _zones(
+def _row_starts(
     conn: sa.Connection, environment_key: str, generation: int, changed: BitMap
-) -> dict[int, list[int]]:
-    """The live row each changed id belongs to: the row with the greatest first id at or below
-    it (the first row for ids below every row). Empty when there are no live rows."""
+) -> list[int]:
+    """The first ids of the live rows the changed ids fall in: for each id, the row with the
+    greatest first id at or below it (the first row for ids below every row)."""
     live = sa.and_(
         identity_answers.c.environment_key == environment_key,
         identity_answers.c.version_id == generation,
     )
     ids = [int(i) for i in changed]
-    zones: dict[int, list[int]] = {}
     if conn.dialect.name == "postgresql":  # one index probe per id
-        pairs = conn.execute(
+        found = conn.execute(
             sa.text(
-                "SELECT c.id, z.first_id FROM unnest(CAST(:ids AS bigint[])) AS c(id) "
+                "SELECT DISTINCT z.first_id FROM unnest(CAST(:ids AS bigint[])) AS c(id) "
                 "LEFT JOIN LATERAL (SELECT first_id FROM membership_identity_answers a "
                 "WHERE a.environment_key = :env AND a.version_id = :generation "
                 "AND a.first_id <= c.id ORDER BY a.first_id DESC LIMIT 1) z ON true"
             ),
             {"ids": ids, "env": environment_key, "generation": generation},
-        ).all()
-        below = [int(p.id) for p in pairs if p.first_id is None]
-        for p in pairs:
-            if p.first_id is not None:
-                zones.setdefault(int(p.first_id), []).append(int(p.id))
-        if below:
+        ).scalars()
+        starts = set(found)
+        if None in starts:  # ids below every row: the first row's
+            starts.discard(None)
             first = conn.execute(
                 sa.select(sa.func.min(identity_answers.c.first_id)).where(live)
             ).scalar()
             if first is not None:
-                zones.setdefault(int(first), []).extend(below)
-        return zones
-    starts = sorted(conn.execute(sa.select(identity_answers.c.first_id).where(live)).scalars())
-    for i in ids:
-        if starts:
-            zones.setdefault(starts[max(bisect.bisect_right(starts, i) - 1, 0)], []).append(i)
-    return zones
+                starts.add(first)
+        return sorted(int(start) for start in starts)
+    every = sorted(conn.execute(sa.select(identity_answers.c.first_id).where(live)).scalars())
+    if not every:
+        return []
+    return sorted({every[max(bisect.bisect_right(every, i) - 1, 0)] for i in ids})
 
 
 def replacement_rows(
