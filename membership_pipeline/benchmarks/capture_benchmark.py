@@ -121,6 +121,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the Dagster instance's storage: PostgreSQL as deployed (deploy/dagster.postgres.yaml"
         ", a scratch database), or the embedded default",
     )
+    parser.add_argument(
+        "--keep-home",
+        action="store_true",
+        help="keep each run's DAGSTER_HOME (the daemon's and capture process's logs) and say "
+        "where",
+    )
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as scratch:
         source_url = scratch.enter_context(ScratchDatabase("postgresql"))
@@ -237,7 +243,10 @@ class Bench:
                 _stop(process)
             disable_capture(self.engine, self.settings.publication, self.settings.slot)
             self.engine.dispose()
-            shutil.rmtree(self.home, ignore_errors=True)
+            if args.keep_home:
+                progress(f"kept DAGSTER_HOME {self.home} (daemon.log, capture.log, capture.out)")
+            else:
+                shutil.rmtree(self.home, ignore_errors=True)
 
     # -- the scenarios ---------------------------------------------------------------------
     def _trait_updates(self, full_bytes: int) -> dict[str, float]:
@@ -402,6 +411,8 @@ class Bench:
             f"{max(s[1] for s in last) / 1e6:.1f}); every change published {drained:.1f} s "
             "after the last commit"
         )
+        for line in self._versions_since(started):
+            progress(line)
         with ScratchDatabase("postgresql") as full_url:
             migrate(full_url)
             materialize(self.home, self.source_url, full_url, self.env, 500_000)
@@ -415,6 +426,44 @@ class Bench:
         print(f"published answers equal a full backfill of the final source: {verdict}")
 
     # -- helpers ---------------------------------------------------------------------------
+    def _versions_since(self, started: float) -> list[str]:
+        """One line per version of the environment made since ``started``: its mode, the
+        identities a delta re-evaluated, created → published seconds, and its step phases."""
+        with MembershipStore(self.store_url) as store:
+            with store.database.reader.connect() as conn:
+                rows = conn.execute(
+                    sa.select(
+                        version.c.version_id,
+                        version.c.mode,
+                        version.c.delta_identity_count,
+                        version.c.created_at,
+                        version.c.published_at,
+                        version.c.state,
+                    )
+                    .where(version.c.environment_key == self.env)
+                    .where(version.c.created_at >= _utc(started))
+                    .order_by(version.c.version_id)
+                ).all()
+            lines = []
+            for row in rows:
+                reports = [r.report for r in store.shard_reports(row.version_id)]
+                seconds: dict[str, float] = {}
+                for report in reports:
+                    for phase, value in report.get("seconds", {}).items():
+                        seconds[phase] = round(seconds.get(phase, 0.0) + value, 3)
+                took = (
+                    f"{(row.published_at - row.created_at).total_seconds():.2f} s"
+                    if row.published_at
+                    else row.state
+                )
+                lines.append(
+                    f"version {row.version_id} ({row.mode}, "
+                    f"{row.delta_identity_count or 0:,} identities re-evaluated, made at "
+                    f"+{row.created_at.timestamp() - started:.1f} s): created → published "
+                    f"{took}; phases {seconds}"
+                )
+        return lines
+
     def _update_traits(self, count: int, rng: random.Random, quiet: bool = False) -> float:
         """``count`` trait rows of ``count`` different identities get a new value, in one
         transaction; returns the commit's time."""
@@ -530,7 +579,7 @@ class Bench:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "membership-capture"), "--interval",
              str(self.args.tick)],
-            env=self.environ, cwd=ROOT, stdout=subprocess.DEVNULL,
+            env=self.environ, cwd=ROOT, stdout=open(Path(self.home) / "capture.out", "a"),  # noqa: SIM115
             stderr=open(Path(self.home) / "capture.log", "a"),  # noqa: SIM115
             start_new_session=True,
         )  # fmt: skip

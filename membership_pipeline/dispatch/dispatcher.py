@@ -38,6 +38,7 @@ def preview_tick(
         guarded={env: (refused.reason, refused.describe()) for env, refused in refusals.items()},
         dedup_locks=queue.dedup_locks(now),
         recent_launches=queue.recent_launches(now),
+        recent_delta_launches=queue.recent_launches(now, delta=True),
     )
     return pending, decide(pending, world, settings, now)
 

@@ -7,12 +7,14 @@ Order of the rules, per tick:
 2. **Coalesce**: per environment, requests whose windows overlap or lie within
    ``coalesce_window`` of each other merge into one covering the union; it keeps the earliest
    created-at and the most urgent reason (the others are reported as coalesced into it). Their
-   segment sets merge too: a full request makes the merge full.
+   segment sets merge too: a full request makes the merge full. Deltas merge into one delta;
+   with segment edits (and no full request) they stay a delta beside the edits' merge.
    **Escalate**: a segments-only request naming more than ``incremental_max_share`` of the
    environment's segments becomes a full backfill (every decision says its mode and why).
 3. In urgency order, each merged request is **dedup-suppressed** if its dedup key is locked,
    **deferred** (kept queued) if its environment is running or cooling down, or has already
-   been launched this tick, **rate-limited** (kept queued) if its organisation reached its cap
+   been launched this tick (an edit goes before its environment's delta), **rate-limited**
+   (kept queued) if its organisation reached its cap (deltas have a cap of their own)
    in the rolling minute, else **published**: launched, its dedup key locked for ``dedup_ttl``.
 """
 
@@ -71,9 +73,17 @@ class PolicySettings:
     organisation_caps: Mapping[str, int] = field(default_factory=dict)  # 0 = deny-listed
     max_age: timedelta = timedelta(hours=24)
     incremental_max_share: float = 0.5
+    # Deltas cost what changed (about a second each), and one environment under steady SDK
+    # writes makes one every few seconds: they count against a cap of their own, so a burst of
+    # writes neither waits behind the full-backfill cap nor uses it up.
+    delta_launches_per_organisation_per_minute: int = 60
 
-    def cap(self, organisation: str) -> int:
-        return self.organisation_caps.get(organisation, self.launches_per_organisation_per_minute)
+    def cap(self, organisation: str, delta: bool = False) -> int:
+        """An organisation's launches per rolling minute (a deny-listed one launches nothing)."""
+        cap = self.organisation_caps.get(organisation, self.launches_per_organisation_per_minute)
+        if delta:
+            return 0 if cap == 0 else self.delta_launches_per_organisation_per_minute
+        return cap
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,8 @@ class WorldView:
 
     guarded: Mapping[str, tuple[Literal["running", "cooldown"], str]]  # env → (why, detail)
     dedup_locks: Mapping[str, datetime]  # dedup key → lock expiry
-    recent_launches: Sequence[tuple[str, datetime]]  # (organisation, launched at)
+    recent_launches: Sequence[tuple[str, datetime]]  # (organisation, launched at): not deltas
+    recent_delta_launches: Sequence[tuple[str, datetime]] = ()  # counted against their own cap
 
 
 @dataclass
@@ -137,7 +148,12 @@ def decide(
     ]
     decisions.extend(absorbed)
 
-    launched_orgs = Counter(org for org, at in world.recent_launches if now - at < RATE_WINDOW)
+    launched_orgs = Counter(
+        (org, delta)
+        for delta, launches in ((False, world.recent_launches), (True, world.recent_delta_launches))
+        for org, at in launches
+        if now - at < RATE_WINDOW
+    )
     launched_envs: set[str] = set()
     for request in sorted(merged, key=_priority):
         lock = world.dedup_locks.get(request.dedup_key)
@@ -152,14 +168,16 @@ def decide(
         elif guarded is not None and not (request.force and guarded[0] == "cooldown"):
             kind, detail = guarded
             outcome = Outcome.DEFERRED_RUNNING if kind == "running" else Outcome.DEFERRED_COOLDOWN
-        elif launched_orgs[request.organisation] >= settings.cap(request.organisation):
+        elif launched_orgs[request.organisation, request.delta] >= (
+            cap := settings.cap(request.organisation, request.delta)
+        ):
             outcome = Outcome.RATE_LIMITED
-            detail = (
-                f"organisation {request.organisation}: cap {settings.cap(request.organisation)}/min"
+            detail = f"organisation {request.organisation}: cap {cap}/min" + (
+                " (deltas)" if request.delta else ""
             )
         else:
             outcome, detail = Outcome.PUBLISHED, f"reason {request.reason.value}"
-            launched_orgs[request.organisation] += 1
+            launched_orgs[request.organisation, request.delta] += 1
             launched_envs.add(request.environment)
         decisions.append(_decided(request, outcome, detail, mode_details[request.job_id]))
     return TickResult(decisions)
@@ -183,8 +201,10 @@ def escalate(request: BackfillRequest, max_share: float) -> tuple[BackfillReques
     )
 
 
-def _priority(request: BackfillRequest) -> tuple[int, datetime, str]:
-    return (request.reason.urgency, request.created_at, request.job_id)
+def _priority(request: BackfillRequest) -> tuple[int, bool, datetime, str]:
+    # A segment edit before a delta of its environment: a delta planned on a version whose
+    # segments are not today's runs as full (model/refresh_mode.decide_delta).
+    return (request.reason.urgency, request.delta, request.created_at, request.job_id)
 
 
 def _decided(
@@ -207,6 +227,17 @@ def _merged_segments(run: Sequence[BackfillRequest]) -> tuple[str, ...] | None:
     return tuple(sorted({k for r in run for k in r.segments or ()}, key=lambda k: (len(k), k)))
 
 
+def _lanes(run: list[BackfillRequest]) -> list[list[BackfillRequest]]:
+    """A run of deltas and segment edits stays two requests: the edit's incremental backfill,
+    then the delta on the version it published (each about a second). Merged, they would be a
+    full backfill, held by its 60 s cooldown while the writes keep coming. A full request takes
+    the whole run (it re-evaluates every identity on every segment)."""
+    if any(r.segments is None and not r.delta for r in run):
+        return [run]
+    lanes = [[r for r in run if not r.delta], [r for r in run if r.delta]]
+    return [lane for lane in lanes if lane]
+
+
 def _coalesce(
     requests: list[BackfillRequest], window: timedelta
 ) -> tuple[list[BackfillRequest], list[Decision]]:
@@ -225,7 +256,7 @@ def _coalesce(
             else:
                 runs.append([request])
                 end = request.window_end
-        for run in runs:
+        for run in [lane for window in runs for lane in _lanes(window)]:
             keeper = min(run, key=lambda r: (r.created_at, r.job_id))
             if len(run) == 1:
                 merged.append(keeper)
@@ -239,7 +270,7 @@ def _coalesce(
                 force=any(r.force for r in run),
                 segments=_merged_segments(run),
                 # Deltas merge into one delta (their identities are all pending in the store);
-                # a delta with a segment edit or a full request is a full backfill.
+                # a delta with a full request is a full backfill.
                 delta=all(r.delta for r in run),
                 segment_total=max((r.segment_total or 0 for r in run), default=0) or None,
                 coalesced=tuple(

@@ -21,7 +21,7 @@ class RequestQueue(Protocol):
     def enqueue(self, requests: Iterable[BackfillRequest]) -> None: ...
     def pending(self) -> list[BackfillRequest]: ...
     def dedup_locks(self, now: datetime) -> dict[str, datetime]: ...
-    def recent_launches(self, now: datetime) -> list[tuple[str, datetime]]: ...
+    def recent_launches(self, now: datetime, delta: bool = False) -> list[tuple[str, datetime]]: ...
     def record(self, read: list[BackfillRequest], result: TickResult, now: datetime,
                dedup_ttl: timedelta) -> None: ...  # fmt: skip
 
@@ -30,7 +30,7 @@ class InMemoryQueue:
     def __init__(self) -> None:
         self.requests: dict[str, BackfillRequest] = {}
         self.locks: dict[str, datetime] = {}
-        self.launches: list[tuple[str, datetime]] = []
+        self.launches: list[tuple[str, datetime, bool]] = []
 
     def enqueue(self, requests: Iterable[BackfillRequest]) -> None:
         self.requests.update((r.job_id, r) for r in requests)
@@ -41,8 +41,8 @@ class InMemoryQueue:
     def dedup_locks(self, now: datetime) -> dict[str, datetime]:
         return {key: until for key, until in self.locks.items() if until > now}
 
-    def recent_launches(self, now: datetime) -> list[tuple[str, datetime]]:
-        return [(org, at) for org, at in self.launches if now - at < RATE_WINDOW]
+    def recent_launches(self, now: datetime, delta: bool = False) -> list[tuple[str, datetime]]:
+        return [(o, at) for o, at, d in self.launches if now - at < RATE_WINDOW and d == delta]
 
     def record(
         self, read: list[BackfillRequest], result: TickResult, now: datetime, dedup_ttl: timedelta
@@ -51,7 +51,7 @@ class InMemoryQueue:
             self.requests.pop(request.job_id, None)
         self.enqueue(result.still_queued)
         for launched in result.launches:
-            self.launches.append((launched.organisation, now))
+            self.launches.append((launched.organisation, now, launched.delta))
             self.locks[launched.dedup_key] = now + dedup_ttl
 
 
@@ -91,11 +91,11 @@ class DatabaseQueue:
             ).all()
         return dict(rows)  # type: ignore[arg-type]
 
-    def recent_launches(self, now: datetime) -> list[tuple[str, datetime]]:
+    def recent_launches(self, now: datetime, delta: bool = False) -> list[tuple[str, datetime]]:
         with self._database.reader.connect() as conn:
             rows = conn.execute(
                 sa.select(launch.c.organisation, launch.c.launched_at).where(
-                    launch.c.launched_at > now - RATE_WINDOW
+                    launch.c.launched_at > now - RATE_WINDOW, launch.c.delta == delta
                 )
             ).all()
         return [(row.organisation, row.launched_at) for row in rows]
@@ -134,7 +134,8 @@ class DatabaseQueue:
                     launch.insert(),
                     [
                         {"job_id": r.job_id, "organisation": r.organisation,
-                         "environment_key": r.environment, "launched_at": now}
+                         "environment_key": r.environment, "launched_at": now,
+                         "delta": r.delta}
                         for r in launched
                     ],
                 )  # fmt: skip

@@ -38,6 +38,12 @@ POLICY_SETTINGS: dict[str, Setting] = {
         10,
         "Backfills launched per organisation in any rolling minute (the rest wait).",
     ),
+    "delta_launches_per_organisation_per_minute": Setting(
+        "MEMBERSHIP_ORG_DELTA_LAUNCHES_PER_MINUTE",
+        60,
+        "Delta backfills launched per organisation in any rolling minute, counted apart from the "
+        "cap above (a deny-listed organisation launches none).",
+    ),
     "organisation_caps": Setting(
         "MEMBERSHIP_ORG_CAPS",
         "",
@@ -78,6 +84,9 @@ def policy_settings(values: Mapping[str, Any]) -> PolicySettings:
         dedup_ttl=timedelta(seconds=values["dedup_ttl_seconds"]),
         launches_per_organisation_per_minute=values["launches_per_organisation_per_minute"],
         organisation_caps=organisation_caps(values["organisation_caps"]),
+        delta_launches_per_organisation_per_minute=values[
+            "delta_launches_per_organisation_per_minute"
+        ],
         max_age=timedelta(seconds=values["max_request_age_seconds"]),
         incremental_max_share=values.get("incremental_max_share", 0.5),
     )

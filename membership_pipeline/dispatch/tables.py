@@ -46,4 +46,5 @@ launch = sa.Table(
     sa.Column("organisation", sa.String(255), nullable=False),
     sa.Column("environment_key", sa.String(255), nullable=False),
     sa.Column("launched_at", UtcDateTime(), nullable=False, index=True),
+    sa.Column("delta", sa.Boolean(), nullable=False, server_default="0"),  # its own cap
 )

@@ -1,7 +1,8 @@
 """Delta requests (identities captured as changed) through the dispatcher: deltas merge into one
-delta, a delta with a segment edit or a full request is a full backfill, the mode survives the
-durable queue and the run tags, deltas and edits wait out the short change cooldown (not the 60
-s one), and a capture process can dispatch only them, leaving full requests queued."""
+delta, a delta with a full request is a full backfill, a delta with segment edits runs after
+their incremental backfill, deltas have a cap of their own, the mode survives the durable queue
+and the run tags, deltas and edits wait out the short change cooldown (not the 60 s one), and a
+capture process can dispatch only them, leaving full requests queued."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from membership_pipeline.dispatch.dispatcher import dispatch_tick
 from membership_pipeline.dispatch.intake import RequestIntake
-from membership_pipeline.dispatch.policy import Outcome, PolicySettings
+from membership_pipeline.dispatch.policy import Outcome, PolicySettings, WorldView, decide
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.requests import BackfillRequest, Reason
 from membership_pipeline.dispatch.run_tags import request_from_tags, request_tags
@@ -42,11 +43,71 @@ def test_deltas_merge_into_one_delta():
     assert sum(d.outcome is Outcome.COALESCED for d in result.decisions) == 2
 
 
-@pytest.mark.parametrize("other", [("3",), None], ids=["segment edit", "full"])
-def test_a_delta_with_an_edit_or_a_full_request_is_full(other):
-    published, _ = launched(delta(10), request(9, other))
+def test_a_delta_with_a_full_request_is_full():
+    published, result = launched(delta(10), delta(8), request(9, None))
     assert published.mode == "full" and not published.request.delta
     assert published.request.segments is None
+    assert sum(d.outcome is Outcome.COALESCED for d in result.decisions) == 2
+
+
+def test_a_delta_with_segment_edits_stays_a_delta_after_the_edits_incremental(store, clock):
+    """Merged, they would be a full backfill held by the 60 s cooldown: the edits' incremental
+    backfill launches first (a delta planned before it would escalate to full), then, after the
+    short change cooldown, one delta of every captured identity."""
+    queue = DatabaseQueue(store.database)
+    at = clock.now
+    queue.enqueue(
+        [delta(3, at), request(2, ("3",), now=at), delta(1, at), request(0, ("5",), now=at)]
+    )
+    first = dispatch_tick(queue, store, PolicySettings(), clock.now)
+    [edit] = [d for d in first.decisions if d.outcome is Outcome.PUBLISHED]
+    assert (edit.mode, edit.request.segments) == ("incremental", ("3", "5"))
+    [waiting] = queue.pending()
+    assert waiting.delta and len(waiting.coalesced) == 1
+    assert {d.outcome for d in first.decisions} == {
+        Outcome.PUBLISHED, Outcome.COALESCED, Outcome.DEFERRED_RUNNING
+    }  # fmt: skip
+    held = store.claim("env", owner="the edit", force=True)  # the edit's run, then its end
+    assert isinstance(held, Claim)
+    store.fail(held, "ended")
+    clock.advance(store.change_cooldown.total_seconds() + 1)
+    second = dispatch_tick(queue, store, PolicySettings(), clock.now)
+    assert [(d.outcome, d.mode) for d in second.decisions] == [(Outcome.PUBLISHED, "delta")]
+    assert queue.pending() == []
+
+
+def test_deltas_count_against_their_own_cap():
+    def world(full: int, deltas: int) -> WorldView:
+        return WorldView(
+            {}, {}, [("o", NOW - timedelta(seconds=5))] * full,
+            [("o", NOW - timedelta(seconds=5))] * deltas,
+        )  # fmt: skip
+
+    policy = PolicySettings(
+        launches_per_organisation_per_minute=2, delta_launches_per_organisation_per_minute=3
+    )
+    [by_full_cap] = decide([delta(0)], world(full=2, deltas=2), policy, NOW).decisions
+    assert by_full_cap.outcome is Outcome.PUBLISHED  # the full backfills' cap is not the deltas'
+    [capped] = decide([delta(0)], world(full=0, deltas=3), policy, NOW).decisions
+    assert (capped.outcome, capped.detail) == (
+        Outcome.RATE_LIMITED,
+        "organisation o: cap 3/min (deltas)",
+    )
+    [full] = decide([request(0, None)], world(full=2, deltas=0), policy, NOW).decisions
+    assert full.outcome is Outcome.RATE_LIMITED
+    denied = PolicySettings(organisation_caps={"o": 0})
+    [deny_listed] = decide([delta(0)], world(0, 0), denied, NOW).decisions
+    assert deny_listed.outcome is Outcome.RATE_LIMITED
+
+
+def test_the_launch_log_counts_deltas_apart(store, clock):
+    queue = DatabaseQueue(store.database)
+    queue.enqueue([delta(0, clock.now)])
+    assert [
+        d.outcome for d in dispatch_tick(queue, store, PolicySettings(), clock.now).decisions
+    ] == [Outcome.PUBLISHED]
+    assert queue.recent_launches(clock.now) == []
+    assert [org for org, _ in queue.recent_launches(clock.now, delta=True)] == ["o"]
 
 
 def test_a_delta_names_no_segments():

@@ -128,6 +128,9 @@ class DispatchPolicyResource(dg.ConfigurableResource):
     launches_per_organisation_per_minute: int = _policy_field(
         "launches_per_organisation_per_minute"
     )
+    delta_launches_per_organisation_per_minute: int = _policy_field(
+        "delta_launches_per_organisation_per_minute"
+    )
     organisation_caps: str = _policy_field("organisation_caps")
     max_request_age_seconds: int = _policy_field("max_request_age_seconds")
     max_attempts: int = _policy_field("max_attempts")

@@ -127,6 +127,7 @@ SETTINGS = {
     "coalesce_seconds": ("MEMBERSHIP_COALESCE_SECONDS",),
     "dedup_ttl_seconds": ("MEMBERSHIP_DEDUP_TTL_SECONDS",),
     "launches_per_organisation_per_minute": ("MEMBERSHIP_ORG_LAUNCHES_PER_MINUTE",),
+    "delta_launches_per_organisation_per_minute": ("MEMBERSHIP_ORG_DELTA_LAUNCHES_PER_MINUTE",),
     "organisation_caps": ("MEMBERSHIP_ORG_CAPS",),
     "max_request_age_seconds": ("MEMBERSHIP_MAX_REQUEST_AGE_SECONDS",),
     "max_attempts": ("MEMBERSHIP_MAX_ATTEMPTS",),
