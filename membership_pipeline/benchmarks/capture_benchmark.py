@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--keep-home",
         action="store_true",
-        help="keep each run's DAGSTER_HOME (the daemon's and capture process's logs) and say "
-        "where",
+        help="keep each run's DAGSTER_HOME (the daemon's and capture process's logs) and say where",
     )
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as scratch:

@@ -8,8 +8,16 @@ import dagster as dg
 
 from membership_pipeline.defs.membership.assets import bitmaps_asset, segment_membership_counts
 from membership_pipeline.defs.membership.capture_sensor import capture_sensor
-from membership_pipeline.defs.membership.deployment import REFRESH_CRON_VARIABLE, Deployment
+from membership_pipeline.defs.membership.deployment import (
+    GC_CRON_VARIABLE,
+    REFRESH_CRON_VARIABLE,
+    Deployment,
+)
 from membership_pipeline.defs.membership.executors import executor_for
+from membership_pipeline.defs.membership.garbage_collection import (
+    garbage_collection_job,
+    garbage_collection_schedule,
+)
 from membership_pipeline.defs.membership.jobs import bitmaps_job, edit_job
 from membership_pipeline.defs.membership.publishing_io_manager import (
     PUBLISHING_IO_MANAGER,
@@ -40,12 +48,16 @@ def membership_definitions(deployment: Deployment) -> dg.Definitions:
         schedule = refresh_schedule(deployment.refresh_cron)
     except dg.DagsterInvalidDefinitionError as error:
         raise InvalidSetting(f"{REFRESH_CRON_VARIABLE}: {error}") from None
+    try:
+        gc_schedule = garbage_collection_schedule(deployment.gc_cron)
+    except dg.DagsterInvalidDefinitionError as error:
+        raise InvalidSetting(f"{GC_CRON_VARIABLE}: {error}") from None
     return dg.Definitions(
         assets=[
             bitmaps_asset(deployment.shard_identities, deployment.shard_retries),
             segment_membership_counts,
         ],
-        jobs=[bitmaps_job, edit_job],
+        jobs=[bitmaps_job, edit_job, garbage_collection_job],
         sensors=[
             capture_sensor(deployment.capture_interval),
             environment_discovery_sensor,
@@ -53,7 +65,7 @@ def membership_definitions(deployment: Deployment) -> dg.Definitions:
             backfill_retry_sensor,
             backfill_reconcile_sensor,
         ],
-        schedules=[schedule],
+        schedules=[schedule, gc_schedule],
         resources=build_resources(deployment=deployment),
         executor=executor_for(deployment),
     )

@@ -32,6 +32,7 @@ from membership_pipeline.model.shard_plan import DEFAULT_SHARD_IDENTITIES
 
 EXECUTOR_VARIABLE = "MEMBERSHIP_EXECUTOR"
 REFRESH_CRON_VARIABLE = "MEMBERSHIP_REFRESH_CRON"
+GC_CRON_VARIABLE = "MEMBERSHIP_GC_CRON"
 SHARD_RETRIES_VARIABLE = "MEMBERSHIP_SHARD_RETRIES"
 SHARD_IDENTITIES_VARIABLE = "MEMBERSHIP_SHARD_IDENTITIES"
 CAPTURE_INTERVAL_VARIABLE = "MEMBERSHIP_CAPTURE_INTERVAL_SECONDS"
@@ -44,6 +45,9 @@ DEFAULT_CAPTURE_INTERVAL = 5
 # trait and an edited trait value leave no trace it can read cheaply, so the refresh schedule
 # catches them: every 6 hours by default (Flagsmith's own membership counts refresh as often).
 DEFAULT_REFRESH_CRON = "0 */6 * * *"
+# Garbage collection (``garbage_collection.py``): deltas publish a version every few seconds
+# under a stream of trait writes, so retired versions are collected often.
+DEFAULT_GC_CRON = "*/10 * * * *"
 # A shard step that fails is retried this many times (a new attempt replaces what the failed
 # one staged) before the backfill fails.
 DEFAULT_SHARD_RETRIES = 2
@@ -113,6 +117,10 @@ class Deployment:
     @property
     def refresh_cron(self) -> str:
         return self.environ.get(REFRESH_CRON_VARIABLE, DEFAULT_REFRESH_CRON)
+
+    @property
+    def gc_cron(self) -> str:
+        return self.environ.get(GC_CRON_VARIABLE, DEFAULT_GC_CRON)
 
     @property
     def shard_retries(self) -> int:

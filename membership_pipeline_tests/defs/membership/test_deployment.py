@@ -9,11 +9,14 @@ import pytest
 
 from membership_pipeline.defs.membership.definitions import build_resources, membership_definitions
 from membership_pipeline.defs.membership.deployment import (
+    DEFAULT_GC_CRON,
     DEFAULT_REFRESH_CRON,
     DEFAULT_SHARD_RETRIES,
     RESOURCE_VARIABLES,
     Deployment,
 )
+from membership_pipeline.defs.membership.garbage_collection import GC_SCHEDULE
+from membership_pipeline.defs.membership.schedules import SCHEDULE_NAME
 from membership_pipeline.model.errors import InvalidSetting
 from membership_pipeline.model.shard_plan import DEFAULT_SHARD_IDENTITIES
 
@@ -24,6 +27,7 @@ SET = {
     "MEMBERSHIP_SHARD_IDENTITIES": "1_000_000",
     "MEMBERSHIP_SHARD_RETRIES": "0",
     "MEMBERSHIP_REFRESH_CRON": "*/30 * * * *",
+    "MEMBERSHIP_GC_CRON": "*/5 * * * *",
     "MEMBERSHIP_EXECUTOR": "in_process",
 }
 
@@ -66,8 +70,8 @@ def test_the_shape_a_deployment_chooses_is_read_when_the_definitions_load():
     assert graph.node_dict["backfill_shard"].retry_policy == dg.RetryPolicy(max_retries=0, delay=1)
     outer = graph.config_mapping.config_schema.config_type.fields  # the launchpad's block
     assert outer["shard_identities"].default_value == 1_000_000
-    [schedule] = chosen.get_repository_def().schedule_defs
-    assert schedule.cron_schedule == "*/30 * * * *"
+    schedules = {s.name: s.cron_schedule for s in chosen.get_repository_def().schedule_defs}
+    assert schedules == {SCHEDULE_NAME: "*/30 * * * *", GC_SCHEDULE: "*/5 * * * *"}
     assert chosen.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
 
     embedded = membership_definitions(Deployment({}))
@@ -76,8 +80,8 @@ def test_the_shape_a_deployment_chooses_is_read_when_the_definitions_load():
     assert retries.max_retries == DEFAULT_SHARD_RETRIES
     shard_identities = graph.config_mapping.config_schema.config_type.fields["shard_identities"]
     assert shard_identities.default_value == DEFAULT_SHARD_IDENTITIES
-    [schedule] = embedded.get_repository_def().schedule_defs
-    assert schedule.cron_schedule == DEFAULT_REFRESH_CRON
+    schedules = {s.name: s.cron_schedule for s in embedded.get_repository_def().schedule_defs}
+    assert schedules == {SCHEDULE_NAME: DEFAULT_REFRESH_CRON, GC_SCHEDULE: DEFAULT_GC_CRON}
 
 
 @pytest.mark.parametrize(
@@ -90,6 +94,7 @@ def test_the_shape_a_deployment_chooses_is_read_when_the_definitions_load():
         ("MEMBERSHIP_SHARD_RETRIES", "twice", "MEMBERSHIP_SHARD_RETRIES must be a whole number "
                                               "of at least 0, got 'twice'"),
         ("MEMBERSHIP_REFRESH_CRON", "every hour", "MEMBERSHIP_REFRESH_CRON: "),
+        ("MEMBERSHIP_GC_CRON", "often", "MEMBERSHIP_GC_CRON: "),
     ],
 )  # fmt: skip
 def test_a_bad_variable_is_one_line_naming_it(variable, value, message):
