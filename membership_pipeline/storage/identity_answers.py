@@ -157,16 +157,25 @@ def previous_answers(
         identity_answers.c.version_id == generation,
     )
     starts = _row_starts(conn, environment_key, generation, changed)
-    found = conn.execute(
-        sa.select(
-            identity_answers.c.first_id,
-            identity_answers.c.last_id,
-            identity_answers.c.ids,
-            identity_answers.c.bits,
-        )
-        .where(live, identity_answers.c.first_id.in_(starts))
-        .order_by(identity_answers.c.first_id)
-    ).all()
+    if conn.dialect.name == "postgresql":  # one index probe per row (see _probed_rows)
+        found = conn.execute(
+            sa.text(
+                "SELECT r.first_id, r.last_id, r.ids, r.bits FROM "
+                f"{_probed_rows('first_id, last_id, ids, bits')} ORDER BY r.first_id"
+            ),
+            {"keys": starts, "env": environment_key, "generation": generation},
+        ).all()
+    else:
+        found = conn.execute(
+            sa.select(
+                identity_answers.c.first_id,
+                identity_answers.c.last_id,
+                identity_answers.c.ids,
+                identity_answers.c.bits,
+            )
+            .where(live, identity_answers.c.first_id.in_(starts))
+            .order_by(identity_answers.c.first_id)
+        ).all()
     width = (len(keys) + 7) // 8
     rows = [
         _LiveRow(
@@ -192,6 +201,19 @@ def previous_answers(
         rows,
         wanted[hit],
         held_bits[at[hit]],
+    )
+
+
+def _probed_rows(columns: str) -> str:
+    """PostgreSQL: the live rows whose first ids are ``:keys``, as ``r``, one primary-key probe
+    each. ``first_id IN (...)`` (or a join) lets the planner scan every live row of the
+    generation instead when its statistics predate the full version that wrote them (measured
+    at 10M identities: 0.3-0.4 s for 1,000 rows, against 10-40 ms probed); the ``LIMIT`` keeps
+    the subquery from being flattened into such a join."""
+    return (
+        "unnest(CAST(:keys AS bigint[])) AS k(first_id) CROSS JOIN LATERAL (SELECT ctid, "
+        f"{columns} FROM membership_identity_answers a WHERE a.environment_key = :env AND "
+        "a.version_id = :generation AND a.first_id = k.first_id LIMIT 1) r"
     )
 
 
@@ -345,7 +367,15 @@ def _fold(conn: sa.Connection, environment_key: str, generation: int, delta_id: 
             )
         ).scalars()
     )
-    if replaced:  # by key (a list, not a subquery: the planner would scan every live row)
+    if replaced and conn.dialect.name == "postgresql":  # by key, probed (see _probed_rows)
+        conn.execute(
+            sa.text(
+                "DELETE FROM membership_identity_answers WHERE ctid = ANY(ARRAY("
+                f"SELECT r.ctid FROM {_probed_rows('first_id')}))"
+            ),
+            {"keys": replaced, "env": environment_key, "generation": generation},
+        )
+    elif replaced:  # by key (a list, not a subquery: the planner would scan every live row)
         conn.execute(
             identity_answers.delete().where(
                 this_env,
