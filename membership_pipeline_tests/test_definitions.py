@@ -38,7 +38,10 @@ def test_definitions_object_loads() -> None:
         "backfill_retry_sensor",
         "backfill_reconcile_sensor",
     }
-    assert [s.name for s in repository.schedule_defs] == ["membership_refresh_schedule"]
+    assert {s.name for s in repository.schedule_defs} == {
+        "membership_refresh_schedule",
+        "membership_garbage_collection_schedule",
+    }
     assert set(repository.get_top_level_resources()) == {
         "flagsmith",
         "membership_store",
