@@ -164,7 +164,7 @@ def write_delta(
             for kind, key in wanted
             if kind == "universe" or key in answers.segments
         }
-        conn.execute(delete_staged_answers(plan.version_id))
+        conn.execute(delete_staged_answers(plan.environment_key, plan.version_id))
         previous = previous_answers(conn, plan.environment_key, base_id, answers.changed)
         changed = _changed_chunks(
             chunks_cache, chunks, evaluated, answers.changed, chunk_bytes, previous, totals

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,6 +34,7 @@ import numpy as np
 import sqlalchemy as sa
 from pyroaring import BitMap
 
+from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.storage.tables import bitmap, environment, identity_answers, version
 
 UNIVERSE_COLUMN = ""  # the universe's key, first column
@@ -392,10 +394,15 @@ def _fold(conn: sa.Connection, environment_key: str, generation: int, delta_id: 
 
 
 def delete_staged_answers(
-    version_id: int, first_id: int | None = None, last_id: int | None = None
+    environment_key: str, version_id: int, first_id: int | None = None, last_id: int | None = None
 ) -> sa.Delete:
-    """A retried attempt's rows (a shard's: those starting in its id range)."""
-    condition = [identity_answers.c.version_id == version_id]
+    """A retried attempt's rows (a shard's: those starting in its id range). By the primary
+    key's leading columns: without the environment, every row of every environment is scanned
+    (30-45 ms per delta at 10M identities)."""
+    condition = [
+        identity_answers.c.environment_key == environment_key,
+        identity_answers.c.version_id == version_id,
+    ]
     if first_id is not None and last_id is not None:
         condition.append(identity_answers.c.first_id.between(first_id, last_id))
     return identity_answers.delete().where(*condition)
@@ -429,7 +436,10 @@ def describe_answers(conn: sa.Connection) -> dict[str, str]:
 def forget_reused_id(conn: sa.Connection, version_id: int) -> None:
     """A new version's id names no answers. SQLite reuses the greatest id once its row is
     deleted (an abandoned shadow collected, say); answers stored or described under it then
-    belonged to another version (PostgreSQL's sequence never reuses one: a no-op)."""
+    belonged to another version. PostgreSQL's sequence never reuses one: nothing to do (the
+    delete alone would scan every environment's rows, 45 ms at 10M identities)."""
+    if conn.dialect.name == "postgresql":
+        return
     conn.execute(identity_answers.delete().where(identity_answers.c.version_id == version_id))
     conn.execute(
         environment.update()
@@ -458,3 +468,21 @@ def collect_answers(conn: sa.Connection) -> int:
             identity_answers.c.version_id.is_distinct_from(live), ~writing
         )
     ).rowcount
+
+
+def vacuum_answers(database: StoreDatabase) -> float | None:
+    """PostgreSQL: ``VACUUM (ANALYZE)`` the answers by identity; returns its seconds (None on
+    SQLite; a vacuum already running on the table is left to it: ``SKIP_LOCKED``).
+
+    A full version writes a row per ~30 identities and each delta's fold replaces some. Until a
+    vacuum marks their pages all-visible, each delta's probe of a row start fetches its heap
+    page (at 10M identities, 1,000 probes: 0.13 s from the page cache, 0.03 s index-only), and
+    the planner's statistics predate the rows. Autovacuum does it within minutes where it is
+    on; the publish of a full version and garbage collection do it at once, whatever the
+    server's settings."""
+    if database.dialect != "postgresql":
+        return None
+    started = time.perf_counter()
+    with database.probe.connect() as conn:  # autocommit: VACUUM runs outside a transaction
+        conn.exec_driver_sql(f"VACUUM (ANALYZE, SKIP_LOCKED) {identity_answers.name}")
+    return time.perf_counter() - started

@@ -168,25 +168,17 @@ class ChunkCache:
         return loaded
 
     def _rows(self, missing: list[ChunkKey]) -> list[sa.Row]:
-        wanted = sa.tuple_(
-            bitmap_chunk.c.version_id,
-            bitmap_chunk.c.kind,
-            bitmap_chunk.c.key,
-            bitmap_chunk.c.chunk_index,
-        )
         with self._database.reader.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                return _probed_chunk_rows(conn, missing)
+            wanted = sa.tuple_(
+                bitmap_chunk.c.version_id,
+                bitmap_chunk.c.kind,
+                bitmap_chunk.c.key,
+                bitmap_chunk.c.chunk_index,
+            )
             return conn.execute(
-                sa.select(
-                    bitmap_chunk.c.version_id,
-                    bitmap_chunk.c.kind,
-                    bitmap_chunk.c.key,
-                    bitmap_chunk.c.chunk_index,
-                    bitmap_chunk.c.payload,
-                    bitmap_chunk.c.source_version_id,
-                    bitmap_chunk.c.source_chunk_index,
-                    bitmap_chunk.c.patch_removed,
-                    bitmap_chunk.c.patch_added,
-                ).where(
+                sa.select(*_CHUNK_ROW).where(
                     bitmap_chunk.c.version_id.in_(sorted({m[0] for m in missing})),
                     wanted.in_(missing),
                 )
@@ -601,3 +593,41 @@ def _identity(identity_id: int) -> int:
     if not 0 <= identity_id <= MAX_IDENTITY_ID:
         raise ValueError(f"identity id {identity_id} is outside 0..{MAX_IDENTITY_ID}")
     return identity_id
+
+
+_CHUNK_ROW = (
+    bitmap_chunk.c.version_id,
+    bitmap_chunk.c.kind,
+    bitmap_chunk.c.key,
+    bitmap_chunk.c.chunk_index,
+    bitmap_chunk.c.payload,
+    bitmap_chunk.c.source_version_id,
+    bitmap_chunk.c.source_chunk_index,
+    bitmap_chunk.c.patch_removed,
+    bitmap_chunk.c.patch_added,
+)
+
+
+def _probed_chunk_rows(conn: sa.Connection, wanted: list[ChunkKey]) -> list[sa.Row]:
+    """PostgreSQL: the chunk rows by key, one primary-key probe each. A row-value ``IN`` list
+    is planned as one ``OR`` term per key, each row tested against every term: a delta touching
+    every chunk of a 10M-identity environment asked for 1,300 keys, 70 ms to plan and
+    0.2-0.35 s to run, against a few milliseconds probed."""
+    columns = ", ".join(f"c.{column.name}" for column in _CHUNK_ROW)
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT r.* FROM unnest(CAST(:versions AS bigint[]), CAST(:kinds AS text[]), "
+                "CAST(:keys AS text[]), CAST(:indexes AS int[])) AS w(version_id, kind, key, "
+                f"chunk_index) CROSS JOIN LATERAL (SELECT {columns} FROM membership_bitmap_chunk "
+                "c WHERE c.version_id = w.version_id AND c.kind = w.kind AND c.key = w.key AND "
+                "c.chunk_index = w.chunk_index LIMIT 1) r"
+            ).columns(*(sa.column(column.name, column.type) for column in _CHUNK_ROW)),
+            {
+                "versions": [k[0] for k in wanted],
+                "kinds": [k[1] for k in wanted],
+                "keys": [k[2] for k in wanted],
+                "indexes": [k[3] for k in wanted],
+            },
+        )
+    )

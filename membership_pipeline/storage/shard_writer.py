@@ -96,7 +96,11 @@ class ShardWriter(BitmapWriter):
                         ),
                     )
                 )
-                conn.execute(delete_staged_answers(plan.version_id, spec.first_id, spec.last_id))
+                conn.execute(
+                    delete_staged_answers(
+                        plan.environment_key, plan.version_id, spec.first_id, spec.last_id
+                    )
+                )
         self.attempt = previous + 1
 
     def finish(self, *, now: datetime, report: Mapping[str, Any]) -> None:

@@ -234,6 +234,9 @@ class MembershipStore:
         with self.database.reader.connect() as conn:
             return identity_answers.describe_answers(conn)
 
+    def vacuum_answers(self) -> float | None:
+        return identity_answers.vacuum_answers(self.database)
+
     def shard_reports(self, version_id: int) -> list[ShardReport]:
         return shard_reports(self.database, version_id)
 

@@ -20,8 +20,10 @@ from membership_pipeline.model.errors import (
     VersionCollected,
 )
 from membership_pipeline.storage import MembershipReader
+from membership_pipeline.storage.chunking import load_chunk
 from membership_pipeline.storage.publications import PublicationListener
-from membership_pipeline.storage.tables import environment
+from membership_pipeline.storage.reader import ChunkCache
+from membership_pipeline.storage.tables import bitmap_chunk, environment
 from membership_pipeline_tests.storage.conftest import backfill
 
 EVENS = BitMap(range(0, 20_000, 2))
@@ -140,6 +142,28 @@ def test_the_chunk_cache_is_bounded_in_bytes(published):
     reader = MembershipReader(published.database, cache_bytes=2_000)
     assert reader.members("env", "evens", limit=100_000).ids == list(EVENS)
     assert 0 < reader.chunks.bytes_cached <= 2_000
+
+
+def test_many_chunks_are_fetched_by_key_in_one_query(published):
+    """Every chunk of the version at once (a delta touching every chunk asks for thousands: on
+    PostgreSQL one primary-key probe per key), in any order, each the row its key names."""
+    with published.database.reader.connect() as conn:
+        stored = {
+            (r.version_id, r.kind, r.key, r.chunk_index): r.payload
+            for r in conn.execute(sa.select(bitmap_chunk)).all()
+        }
+    assert len(stored) > 40  # 512-byte chunks: many per bitmap
+    wanted = sorted(stored, key=lambda k: (-k[3], k[2]))  # not in the primary key's order
+    cache = ChunkCache(published.database, 1 << 20)
+    with count_queries() as statements:
+        chunks = cache.get(wanted)
+    assert len(statements) == 1
+    assert chunks == {k: load_chunk(payload) for k, payload in stored.items()}
+    evens = BitMap().union(*(c for k, c in chunks.items() if k[2] == "evens"))
+    assert evens == EVENS
+    missing = (wanted[0][0], "segment", "no-such-segment", 0)
+    with pytest.raises(VersionCollected):
+        ChunkCache(published.database, 1 << 20).get([wanted[0], missing])
 
 
 def test_a_reader_never_goes_back_to_an_older_publication(published, store, clock):

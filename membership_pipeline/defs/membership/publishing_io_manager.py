@@ -10,6 +10,7 @@ import dagster as dg
 
 from membership_pipeline.defs.membership.backfill_events import log
 from membership_pipeline.defs.membership.resources import MembershipStoreResource
+from membership_pipeline.model.refresh_mode import RefreshMode
 from membership_pipeline.storage import PublishedMembership, SealedTotals, ShardReport, StagedPlan
 from membership_pipeline.storage.reader import segment_order
 
@@ -55,6 +56,10 @@ class PublishingIOManager(dg.IOManager):
             bytes_written=totals.bytes,
             bytes_shared=totals.shared_bytes,
         )
+        if plan.mode is RefreshMode.FULL:  # its answers by identity are the live ones now
+            vacuumed = store.vacuum_answers()
+            if vacuumed is not None:
+                obj.seconds["vacuum_answers"] = vacuumed
         published = store.reader().published(plan.environment_key)
         context.add_output_metadata(_metadata(obj, published, totals))
 

@@ -126,6 +126,28 @@ def test_first_backfill_is_running_then_succeeded_with_metadata(
     assert check.metadata["mismatches"].value == 0
 
 
+def test_a_full_version_vacuums_the_answers_by_identity_after_its_flip(
+    instance, resources, store, env_key
+):
+    """Its rows are the live answers deltas probe: on PostgreSQL every page is all-visible at
+    once (index-only probes), whatever autovacuum does; SQLite has nothing to vacuum."""
+    result = run(instance, resources, env_key)
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("segment_membership_bitmaps")
+    if store.database.dialect != "postgresql":
+        assert "seconds_vacuum_answers" not in materialization.metadata
+        return
+    assert materialization.metadata["seconds_vacuum_answers"].value > 0
+    with store.database.reader.connect() as conn:
+        visible, pages = conn.execute(
+            sa.text(
+                "SELECT relallvisible, relpages FROM pg_class "
+                "WHERE oid = 'membership_identity_answers'::regclass"
+            )
+        ).one()
+    assert pages > 0 and visible == pages
+
+
 def test_a_refresh_keeps_the_published_version_until_it_flips(instance, resources, store, env_key):
     assert run(instance, resources, env_key).success
     first = store.metadata(env_key)
