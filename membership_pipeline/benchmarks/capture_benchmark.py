@@ -10,7 +10,8 @@ scratch publication and slot, dropped at the end); ``dagster-daemon run`` starts
 ``membership-capture --interval TICK`` beside it (``--via process``, the default) or the
 daemon's capture sensor at ``--tick`` seconds (``--via sensor``), and ``membership serve`` (the
 read API); capture's first tick requests a full refresh, which the daemon runs: the first
-version. Then:
+version. Once its run has ended and what it wrote is on disk (CHECKPOINT, sync: the figures are
+of a steady environment, not of one writing back a fresh load), then:
 
 - per repeat, after 3 s idle (past the 2 s change cooldown), ``--updates`` (1,000) trait
   updates across as many identities in one transaction: commit → the read API answering from
@@ -214,6 +215,7 @@ class Bench:
                 f"{time.time() - started:.0f} s after start: {full_bytes:,} bytes, steps' peak "
                 f"RSS {full_rss:,.0f} MB"
             )
+            self._settle()
             print(
                 f"capture benchmark: {identities:,} identities × {args.segments} segments, "
                 f"capture every {args.tick} s by the {args.via} (PostgreSQL source and store, "
@@ -246,6 +248,19 @@ class Bench:
                 progress(f"kept DAGSTER_HOME {self.home} (daemon.log, capture.log, capture.out)")
             else:
                 shutil.rmtree(self.home, ignore_errors=True)
+
+    def _settle(self) -> None:
+        """Before the measured writes: the first version's run has ended (its vacuum of the
+        answers runs after the flip), and what seeding, growing and backfilling wrote is on
+        disk (a CHECKPOINT, then the OS's sync). Without it the 10M figures measured the
+        writeback of a fresh 10M load: at 10M every phase of a delta, evaluation included,
+        took 2-4 times what it takes once the machine is quiet."""
+        started = time.time()
+        self._last_run("full")  # waits for it to end
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("CHECKPOINT")
+        os.sync()
+        progress(f"settled in {time.time() - started:.1f} s (full run ended, CHECKPOINT, sync)")
 
     # -- the scenarios ---------------------------------------------------------------------
     def _trait_updates(self, full_bytes: int) -> dict[str, float]:

@@ -34,6 +34,7 @@ from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.defs.membership.step_server import preload_in_background
 from membership_pipeline.dispatch.requests import BackfillRequest
 from membership_pipeline.structured_logging import get_logger
 
@@ -59,6 +60,9 @@ def run_capture(
 ) -> None:
     """Drain, launch, sleep; ``ticks`` times (None: until ``stop`` is set or a signal)."""
     stop = stop or _stop_on_signals()
+    # The engine and its compiled kernels load now, beside the first ticks, not in the first
+    # delta's evaluate (about 0.6 s of its run).
+    preload_in_background()
     consumer = f"{socket.gethostname()}:{os.getpid()}"
     # A long-lived process writing runs' events: hold pooled connections to the instance's
     # storage as the webserver does (dagster-postgres otherwise connects once per event, about
