@@ -98,9 +98,14 @@ def backfill_dispatch_sensor(
         assert detection.changes is not None
         changes = detection.changes
         if capturing(store.database, now):
-            # Capture records every identity and trait change as a delta: new rows seen here
-            # are its, not a reason for a full backfill (segment changes still count here).
-            changes = dataclasses.replace(changes, identities={}, traits={})
+            # Capture's stream carries every identity, trait and segment change (the segment
+            # tables are in its publication) and requests each at once: new rows seen here are
+            # not a reason for a full backfill, and a second request for an edit capture has
+            # already published would run as full once identities are pending.
+            changes = dataclasses.replace(
+                changes, identities={}, traits={}, segment_projects={}, segment_keys={},
+                segment_totals={},
+            )  # fmt: skip
         published = {m.environment_key: m.published_as_of for m in store.all_metadata()}
         intake = RequestIntake(dispatch_policy.max_attempts)
         requests = intake.changes(changes, detection.live, published, now)

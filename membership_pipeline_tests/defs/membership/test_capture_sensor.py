@@ -23,6 +23,7 @@ from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.run_tags import MODE_TAG
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline_tests.backfill.identity_edits import apply_identity_edit
+from membership_pipeline_tests.backfill.segment_edits import apply_edit
 from membership_pipeline_tests.captured_source import CapturedSource
 from membership_pipeline_tests.defs.membership.test_incremental_backfill import (
     materialize,
@@ -100,6 +101,21 @@ def test_trait_writes_are_published_by_a_delta_run(
     assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
     idle = tick(sensor, instance, resources)  # nothing new: a quiet tick says so
     assert isinstance(idle, dg.SkipReason) and idle.skip_message == "no changes"
+
+    # A segment edit rides the stream: capture requests it, change detection does not (its
+    # second request, launched beside capture's deltas, would meet pending identities and
+    # run as a full backfill).
+    assert apply_edit(source.url, "edit", environment["project_id"], rng) is not None
+    detected = tick(backfill_dispatch_sensor, instance, resources)
+    assert not detected.run_requests, detected.skip_reason
+    result = tick(sensor, instance, resources)
+    assert isinstance(result, dg.SensorResult), result
+    [request] = [r for r in result.run_requests if r.partition_key == env_key]
+    assert (request.job_name, request.tags[MODE_TAG]) == (EDIT_JOB, "incremental")
+    config = request.run_config["ops"]["segment_membership_bitmaps"]["config"]
+    ran = materialize(instance, resources, env_key, **config)
+    assert ran.success and metadata_of(ran)["mode"] == "incremental"
+    assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
 
 
 def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
