@@ -15,6 +15,7 @@ keeps what was not recorded), and its lease lapses so the sensor takes over.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import socket
@@ -84,6 +85,7 @@ def run_capture(
             interval=interval,
         )
         done = 0
+        frozen = False
         try:
             with change_capture.consumer(flagsmith.url) as capture:
                 while not stop.is_set() and (ticks is None or done < ticks):
@@ -97,10 +99,11 @@ def run_capture(
                     )
                     if held:
                         drained = drain_once(capture, flagsmith, store_resource, policy, quick)
-                        report(
-                            drained,
-                            [_execute(definitions, instance, r) for r in drained.run_requests],
-                        )
+                        runs = [_execute(definitions, instance, r) for r in drained.run_requests]
+                        report(drained, runs)
+                        if runs and not frozen:
+                            _freeze_what_stays()
+                            frozen = True
                     else:
                         log.warning(
                             "segment_membership.capture.slot_held",
@@ -128,6 +131,16 @@ def _execute(
         tags=request.tags,
         raise_on_error=False,
     )
+
+
+def _freeze_what_stays() -> None:
+    """After the first run: what it loaded (Dagster's job and instance state, the engine, the
+    source's and store's pools) lives as long as the process, so it leaves the cyclic garbage
+    collector's generations (``gc.freeze``) after one last collection. Otherwise each full
+    collection walks all of it: measured at 10M identities, a 0.16-0.26 s pause in about half
+    of the delta runs, 0.02 s frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 def _stop_on_signals() -> threading.Event:
