@@ -252,9 +252,8 @@ class Bench:
     def _settle(self) -> None:
         """Before the measured writes: the first version's run has ended (its vacuum of the
         answers runs after the flip), and what seeding, growing and backfilling wrote is on
-        disk (a CHECKPOINT, then the OS's sync). Without it the 10M figures measured the
-        writeback of a fresh 10M load: at 10M every phase of a delta, evaluation included,
-        took 2-4 times what it takes once the machine is quiet."""
+        disk (a CHECKPOINT, then the OS's sync): no figure depends on when the writeback of
+        a fresh load happens (growing to 10M and backfilling it write gigabytes)."""
         started = time.time()
         self._last_run("full")  # waits for it to end
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

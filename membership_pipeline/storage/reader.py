@@ -612,7 +612,7 @@ def _probed_chunk_rows(conn: sa.Connection, wanted: list[ChunkKey]) -> list[sa.R
     """PostgreSQL: the chunk rows by key, one primary-key probe each. A row-value ``IN`` list
     is planned as one ``OR`` term per key, each row tested against every term: a delta touching
     every chunk of a 10M-identity environment asked for 1,300 keys, 70 ms to plan and
-    0.2-0.35 s to run, against a few milliseconds probed."""
+    0.2-0.35 s to run, against under 25 ms probed."""
     columns = ", ".join(f"c.{column.name}" for column in _CHUNK_ROW)
     return list(
         conn.execute(
