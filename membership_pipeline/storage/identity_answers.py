@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from pyroaring import BitMap
 
 from membership_pipeline.database.engines import StoreDatabase
+from membership_pipeline.database.key_probes import key_arrays, probed_rows
 from membership_pipeline.storage.tables import bitmap, environment, identity_answers, version
 
 UNIVERSE_COLUMN = ""  # the universe's key, first column
@@ -154,18 +155,14 @@ def previous_answers(
         return None
     keys = json.loads(state.answers_keys)
     generation = int(state.answers_generation_id)
-    live = sa.and_(
-        identity_answers.c.environment_key == environment_key,
-        identity_answers.c.version_id == generation,
-    )
     starts = _row_starts(conn, environment_key, generation, changed)
-    if conn.dialect.name == "postgresql":  # one index probe per row (see _probed_rows)
+    if conn.dialect.name == "postgresql":  # one index probe per row
         found = conn.execute(
             sa.text(
                 "SELECT r.first_id, r.last_id, r.ids, r.bits FROM "
-                f"{_probed_rows('first_id, last_id, ids, bits')} ORDER BY r.first_id"
+                f"{_probed_live_rows('first_id', 'last_id', 'ids', 'bits')} ORDER BY r.first_id"
             ),
-            {"keys": starts, "env": environment_key, "generation": generation},
+            _probe_params(environment_key, generation, starts),
         ).all()
     else:
         found = conn.execute(
@@ -175,7 +172,11 @@ def previous_answers(
                 identity_answers.c.ids,
                 identity_answers.c.bits,
             )
-            .where(live, identity_answers.c.first_id.in_(starts))
+            .where(
+                identity_answers.c.environment_key == environment_key,
+                identity_answers.c.version_id == generation,
+                identity_answers.c.first_id.in_(starts),
+            )
             .order_by(identity_answers.c.first_id)
         ).all()
     width = (len(keys) + 7) // 8
@@ -206,17 +207,19 @@ def previous_answers(
     )
 
 
-def _probed_rows(columns: str) -> str:
-    """PostgreSQL: the live rows whose first ids are ``:keys``, as ``r``, one primary-key probe
-    each. ``first_id IN (...)`` (or a join) lets the planner scan every live row of the
-    generation instead when its statistics predate the full version that wrote them (measured
-    at 10M identities: 0.3-0.4 s for 1,000 rows, against 10-40 ms probed); the ``LIMIT`` keeps
-    the subquery from being flattened into such a join."""
-    return (
-        "unnest(CAST(:keys AS bigint[])) AS k(first_id) CROSS JOIN LATERAL (SELECT ctid, "
-        f"{columns} FROM membership_identity_answers a WHERE a.environment_key = :env AND "
-        "a.version_id = :generation AND a.first_id = k.first_id LIMIT 1) r"
+def _probed_live_rows(*columns: str) -> str:
+    """PostgreSQL: a generation's rows whose first ids are bound, as ``r`` (see key_probes)."""
+    return probed_rows(
+        identity_answers, ["first_id"], columns, fixed=["environment_key", "version_id"]
     )
+
+
+def _probe_params(environment_key: str, generation: int, first_ids: list[int]) -> dict:
+    return {
+        "environment_key": environment_key,
+        "version_id": generation,
+        **key_arrays(["first_id"], [(first_id,) for first_id in first_ids]),
+    }
 
 
 def _row_starts(
@@ -369,13 +372,13 @@ def _fold(conn: sa.Connection, environment_key: str, generation: int, delta_id: 
             )
         ).scalars()
     )
-    if replaced and conn.dialect.name == "postgresql":  # by key, probed (see _probed_rows)
+    if replaced and conn.dialect.name == "postgresql":  # by key, one index probe per row
         conn.execute(
             sa.text(
                 "DELETE FROM membership_identity_answers WHERE ctid = ANY(ARRAY("
-                f"SELECT r.ctid FROM {_probed_rows('first_id')}))"
+                f"SELECT r.ctid FROM {_probed_live_rows('ctid')}))"
             ),
-            {"keys": replaced, "env": environment_key, "generation": generation},
+            _probe_params(environment_key, generation, replaced),
         )
     elif replaced:  # by key (a list, not a subquery: the planner would scan every live row)
         conn.execute(

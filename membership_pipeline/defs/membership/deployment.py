@@ -54,7 +54,10 @@ DEFAULT_SHARD_RETRIES = 2
 
 # Resource field → the variable a deployment sets it by.
 RESOURCE_VARIABLES: dict[str, dict[str, str]] = {
-    "flagsmith": {"url": "MEMBERSHIP_SOURCE_URL"},
+    "flagsmith": {
+        "url": "MEMBERSHIP_SOURCE_URL",
+        "detection_rows_per_tick": "MEMBERSHIP_DETECTION_ROWS_PER_TICK",
+    },
     "membership_store": {
         "url": "MEMBERSHIP_STORE_URL",
         "cooldown_seconds": "MEMBERSHIP_COOLDOWN_SECONDS",

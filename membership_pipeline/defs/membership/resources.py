@@ -21,6 +21,7 @@ from membership_pipeline.changes.capture import (
 from membership_pipeline.dispatch.orphaned_runs import DEFAULT_ORPHANED_RUN_GRACE
 from membership_pipeline.dispatch.policy import PolicySettings
 from membership_pipeline.dispatch.settings import POLICY_SETTINGS, policy_settings
+from membership_pipeline.sources.change_feed import ROWS_PER_TICK
 from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL, FlagsmithSource
 from membership_pipeline.sources.replication import DEFAULT_PUBLICATION, DEFAULT_SLOT
 from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
@@ -39,6 +40,12 @@ class FlagsmithSourceResource(dg.ConfigurableResource):
         default=EMBEDDED_SOURCE_URL,
         description="Flagsmith's core database, as an SQLAlchemy URL (postgresql+psycopg2://... "
         "or sqlite:///...); read-only. Deployment: $MEMBERSHIP_SOURCE_URL.",
+    )
+    detection_rows_per_tick: int = Field(
+        default=ROWS_PER_TICK,
+        description="Change detection looks at no more than this many new rows per table per "
+        "tick, and catches up over later ticks (a bulk import never makes one scan longer than "
+        "the sensor's timeout). Deployment: $MEMBERSHIP_DETECTION_ROWS_PER_TICK.",
     )
 
     def open(self) -> FlagsmithSource:

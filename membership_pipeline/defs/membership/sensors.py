@@ -4,8 +4,6 @@ them (a SIGKILL, a lost worker)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import dagster as dg
 
 from membership_pipeline.changes.capture import capturing
@@ -91,24 +89,24 @@ def backfill_dispatch_sensor(
 ) -> dg.SensorResult:
     store = membership_store.get()
     now = store.clock()
+    # Capture's stream carries every identity, trait and segment change (the segment tables are
+    # in its publication) and requests each at once: rows seen here are no reason for a full
+    # backfill, and a second request for an edit capture has already published would run as
+    # full once identities are pending. So nothing is scanned, only the watermarks move.
+    carried = capturing(store.database, now)
     with flagsmith.open() as source:
-        detection = detect_changes(source, store.database)
+        detection = detect_changes(
+            source,
+            store.database,
+            carried_by_capture=carried,
+            rows_per_tick=flagsmith.detection_rows_per_tick,
+        )
     requests = []
     if detection.anything:
         assert detection.changes is not None
-        changes = detection.changes
-        if capturing(store.database, now):
-            # Capture's stream carries every identity, trait and segment change (the segment
-            # tables are in its publication) and requests each at once: new rows seen here are
-            # not a reason for a full backfill, and a second request for an edit capture has
-            # already published would run as full once identities are pending.
-            changes = dataclasses.replace(
-                changes, identities={}, traits={}, segment_projects={}, segment_keys={},
-                segment_totals={},
-            )  # fmt: skip
         published = {m.environment_key: m.published_as_of for m in store.all_metadata()}
         intake = RequestIntake(dispatch_policy.max_attempts)
-        requests = intake.changes(changes, detection.live, published, now)
+        requests = intake.changes(detection.changes, detection.live, published, now)
     run_requests, result = enqueue_and_dispatch(
         membership_store,
         dispatch_policy,
@@ -119,6 +117,7 @@ def backfill_dispatch_sensor(
     log.debug(
         "segment_membership.changes.detected",
         first_tick=detection.previous is None,
+        carried_by_capture=carried,
         requested=sorted(r.environment for r in requests),
         identity_last_id=detection.keep.tables[IDENTITIES].last_id,
         trait_last_id=detection.keep.tables[TRAITS].last_id,

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from pyroaring import BitMap
 
+from membership_pipeline.changes.detection import detect_changes
 from membership_pipeline.changes.watermarks import load_watermarks
 from membership_pipeline.defs.membership.resources import (
     DispatchPolicyResource,
@@ -23,8 +24,15 @@ from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.run_tags import REASON_TAG
 from membership_pipeline.model.changes import IDENTITIES, TRAITS
+from membership_pipeline.model.errors import InvalidSetting
 from membership_pipeline.sources import flagsmith_tables as tables
-from membership_pipeline.sources.change_feed import IDENTITY_CHANGES, TRAIT_CHANGES, ChangeFeed
+from membership_pipeline.sources.change_feed import (
+    IDENTITY_CHANGES,
+    NO_BOUND,
+    TRAIT_CHANGES,
+    ChangeFeed,
+)
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import Claim, MembershipStore
 
 PUBLISHED_AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
@@ -97,7 +105,7 @@ def add_identity(environment_id: int) -> Callable[[sa.Connection], object]:
     return run
 
 
-def add_trait(environment_id: int) -> Callable[[sa.Connection], object]:
+def add_trait(environment_id: int, key: str = "brand_new_key") -> Callable[[sa.Connection], object]:
     def run(conn: sa.Connection) -> None:
         identity = conn.execute(
             sa.select(sa.func.min(tables.identities.c.id)).where(
@@ -108,7 +116,7 @@ def add_trait(environment_id: int) -> Callable[[sa.Connection], object]:
             sa.insert(tables.traits).values(
                 id=next_id(conn, tables.traits),
                 identity_id=identity,
-                trait_key="brand_new_key",
+                trait_key=key,
                 value_type="unicode",
                 string_value="x",
                 created_date=LATER,
@@ -328,7 +336,7 @@ def test_detection_queries_are_primary_key_range_scans(source, store):
             plans[f"max {table}"] = _plan(conn, f"SELECT max(id) FROM {table}", {})
         for name, query in (("identities", IDENTITY_CHANGES), ("traits", TRAIT_CHANGES)):
             mark = marks.tables[IDENTITIES if name == "identities" else TRAITS]
-            params = {"scan_from": mark.scan_from - 50, "last_id": mark.last_id}
+            params = {"scan_from": mark.scan_from - 50, "last_id": mark.last_id, "upto": NO_BOUND}
             plans[name] = _plan(conn, query, params)
     engine.dispose()
     for name, plan in plans.items():
@@ -376,3 +384,73 @@ def test_a_row_committed_late_below_the_watermark_is_still_seen(
     assert sense(instance, sensor_resources) == [early["api_key"]]
     write(source, trait_with_id(late["id"], -1))  # then id (top + 2) - 1: below the watermark
     assert sense(instance, sensor_resources) == [late["api_key"]]
+
+
+def test_a_bulk_import_is_caught_up_over_ticks_of_bounded_scans(
+    instance, store, source, sensor_resources
+):
+    """No tick looks at more than ``detection_rows_per_tick`` new rows per table: seven new
+    traits, three per tick, take three ticks, each requesting the environments of its own rows,
+    and the watermark advances by the bound until it reaches the table's end."""
+    bounded = {**sensor_resources, "flagsmith": FlagsmithSourceResource(
+        url=source.url, detection_rows_per_tick=3)}  # fmt: skip
+    publish_all(store, source)
+    sense(instance, bounded)
+    start = _trait_mark(store)
+    first, second = source.environments[1], source.environments[6]
+    write(
+        source,
+        *[add_trait(first["id"], f"bulk_{n}") for n in range(3)],
+        *[add_trait(second["id"], f"bulk_{n}") for n in range(4)],
+    )
+
+    assert sense(instance, bounded) == [first["api_key"]]  # only the first three rows
+    assert _trait_mark(store) == start + 3
+    assert sense(instance, bounded) == [second["api_key"]]
+    assert _trait_mark(store) == start + 6
+    # The seventh row: the second environment again, suppressed by its dedup lock.
+    assert sense(instance, bounded) == []
+    assert _trait_mark(store) == start + 7
+    assert sense(instance, bounded) == []
+    assert _trait_mark(store) == start + 7
+    with pytest.raises(InvalidSetting, match=r"MEMBERSHIP_DETECTION_ROWS_PER_TICK.*got 0"):
+        ChangeFeed(sa.create_engine(source.url), rows_per_tick=0)
+
+
+def _trait_mark(store: MembershipStore) -> int:
+    marks = load_watermarks(store.database)
+    assert marks is not None
+    return marks.tables[TRAITS].last_id
+
+
+def test_while_capture_carries_the_changes_no_row_is_scanned_and_nothing_is_lost(store, source):
+    """Capturing: the identity and trait tables are looked at by ``max(id)`` only, and the
+    watermarks move past their rows; once capture stops, the next scan still starts at the
+    previous highest id, so a row that was new at the handover is seen."""
+    statements: list[str] = []
+    with FlagsmithSource(source.url) as flagsmith:
+        sa.event.listen(
+            flagsmith.engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: statements.append(statement),
+        )
+        first = detect_changes(flagsmith, store.database)  # the first look: watermarks only
+        with store.database.writer.begin() as conn:
+            first.save(conn, LATER)
+        environment = source.environments[3]
+        write(source, add_trait(environment["id"]))
+        statements.clear()
+        carried = detect_changes(flagsmith, store.database, carried_by_capture=True)
+        assert carried.changes is None and not carried.anything
+        assert not [s for s in statements if "unseen" in s], statements
+        assert any("max(id)" in s and TRAITS in s for s in statements), statements
+        before = first.keep.tables[TRAITS].last_id
+        assert carried.keep.tables[TRAITS].last_id == before + 1
+        assert carried.keep.tables[TRAITS].scan_from == before
+        with store.database.writer.begin() as conn:
+            carried.save(conn, LATER)
+
+        resumed = detect_changes(flagsmith, store.database)
+    assert resumed.changes is not None
+    assert set(resumed.changes.traits) == {environment["id"]}
+    assert resumed.keep.tables[TRAITS].last_id == before + 1

@@ -24,6 +24,7 @@ SET = {
     "MEMBERSHIP_STORE_URL": "postgresql+psycopg2://membership:s3cret@db/membership",
     "MEMBERSHIP_COOLDOWN_SECONDS": "5",
     "MEMBERSHIP_ORG_CAPS": "12:0,7:50",
+    "MEMBERSHIP_DETECTION_ROWS_PER_TICK": "100000",
     "MEMBERSHIP_SHARD_IDENTITIES": "1_000_000",
     "MEMBERSHIP_SHARD_RETRIES": "0",
     "MEMBERSHIP_REFRESH_CRON": "*/30 * * * *",
@@ -56,7 +57,10 @@ def test_values_a_deployment_sets_are_bound_to_their_variables_the_rest_keep_def
     }
     assert config["dispatch_policy"]["organisation_caps"] == {"env": "MEMBERSHIP_ORG_CAPS"}
     assert config["dispatch_policy"]["max_attempts"] == 3
-    assert config["flagsmith"] == {"url": "sqlite:///.membership/flagsmith_demo.sqlite"}
+    assert config["flagsmith"] == {
+        "url": "sqlite:///.membership/flagsmith_demo.sqlite",
+        "detection_rows_per_tick": {"env": "MEMBERSHIP_DETECTION_ROWS_PER_TICK"},
+    }
     # A URL given by the caller (a test, the demo) wins over the deployment's.
     given = build_resources(store_url="sqlite:///given.sqlite", deployment=Deployment(SET))
     assert given["membership_store"]._convert_to_config_dictionary()["url"] == (

@@ -116,6 +116,7 @@ query Schema($selector: PipelineSelector!) {
 # Every setting a run or a deployment may set, and the variable a deployment sets it by.
 SETTINGS = {
     "url": ("MEMBERSHIP_SOURCE_URL", "MEMBERSHIP_STORE_URL"),
+    "detection_rows_per_tick": ("MEMBERSHIP_DETECTION_ROWS_PER_TICK",),
     "cooldown_seconds": ("MEMBERSHIP_COOLDOWN_SECONDS",),
     "change_cooldown_seconds": ("MEMBERSHIP_CHANGE_COOLDOWN_SECONDS",),
     "slot": ("MEMBERSHIP_CAPTURE_SLOT",),
