@@ -13,12 +13,13 @@ read API); capture's first tick requests a full refresh, which the daemon runs: 
 version. Once its run has ended and what it wrote is on disk (CHECKPOINT, sync: the figures are
 of a steady environment, not of one writing back a fresh load), then:
 
-- per repeat, after 3 s idle (past the 2 s change cooldown), ``--updates`` (1,000) trait
-  updates across as many identities in one transaction: commit → the read API answering from
-  the new version (polled every 20 ms), and the delta run's RUN_START → RUN_SUCCESS (Dagster's
-  event log), with the bytes the delta version wrote against the full version's;
-- per repeat, after 3 s idle, a segment edit (one condition's value): commit → the read API's
-  new version, and the incremental run;
+- per repeat, after 3 s idle (past the 2 s change cooldown) and a random part of a tick,
+  ``--updates`` (1,000) trait updates across as many identities in one transaction: commit →
+  the read API answering from the new version (polled every 20 ms), and the delta run's
+  RUN_START → RUN_SUCCESS (Dagster's event log), with the bytes the delta version wrote
+  against the full version's, and the run's longest pauses between events;
+- per repeat, after the same idle time, a segment edit (one condition's value): commit → the
+  read API's new version, and the incremental run;
 - an idle tick: ``ChangeCapture.look`` on a drained slot (median of 50);
 - ``--writes-per-second`` trait updates for ``--sustain-seconds``: every second the slot's lag
   and retained WAL; then the time until every change is published, and a check that the
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -265,7 +267,7 @@ class Bench:
     def _trait_updates(self, full_bytes: int) -> dict[str, float]:
         reads, runs, written = [], [], []
         for repeat in range(self.args.repeats):
-            time.sleep(IDLE_GAP)
+            self._idle(repeat)
             before = self._served_version()
             committed = self._update_traits(self.args.updates, random.Random(repeat))
             served = self._wait_for_new_version(before)
@@ -274,6 +276,7 @@ class Bench:
             written.append(self._version_bytes())
             progress(f"timeline after the commit (s): {self._timeline(committed, served, 'delta')}")
             progress(f"the delta step's phases (s): {self._phases()}")
+            progress(f"the delta run's longest pauses between events (s): {self._gaps('delta')}")
             print(
                 f"  {self.args.updates:,} trait updates across {self.args.updates:,} identities: "
                 "commit → read API "
@@ -297,7 +300,7 @@ class Bench:
     def _segment_edit(self) -> None:
         reads, runs = [], []
         for repeat in range(self.args.repeats):
-            time.sleep(IDLE_GAP)
+            self._idle(repeat)
             before = self._served_version()
             with self.engine.begin() as conn:
                 condition = conn.execute(
@@ -319,6 +322,7 @@ class Bench:
                 f"timeline after the commit (s): {self._timeline(committed, served, 'incremental')}"
             )
             progress(f"the incremental step's phases (s): {self._phases()}")
+            progress(f"the incremental run's longest pauses (s): {self._gaps('incremental')}")
             print(
                 f"  segment edit: commit → read API {reads[-1]:.2f} s (incremental run "
                 f"{runs[-1]:.2f} s)"
@@ -439,6 +443,12 @@ class Bench:
         print(f"published answers equal a full backfill of the final source: {verdict}")
 
     # -- helpers ---------------------------------------------------------------------------
+    def _idle(self, repeat: int) -> None:
+        """``IDLE_GAP``, then a random part of one capture interval: each measured write lands
+        at a random point of the capture process's tick, as an SDK's does (with a fixed pause
+        the loop would keep step with the ticks and measure one phase of them every time)."""
+        time.sleep(IDLE_GAP + random.Random(f"idle {repeat}").uniform(0, self.args.tick))
+
     def _versions_since(self, started: float) -> list[str]:
         """One line per version of the environment made since ``started``: its mode, the
         identities a delta re-evaluated, created → published seconds, and its step phases."""
@@ -540,6 +550,29 @@ class Bench:
                     times.setdefault(kind.name, event.timestamp)
         times["run"] = times.get("RUN_SUCCESS", 0) - times.get("RUN_START", 0)
         return times
+
+    def _gaps(self, mode: str, shown: int = 6) -> str:
+        """Where the latest run of ``mode`` spends RUN_START → RUN_SUCCESS: its longest pauses
+        between consecutive events of Dagster's event log, each named by the event that ends it
+        (its type, step, and the start of its message)."""
+        with dg.DagsterInstance.from_config(self.home) as instance:
+            runs = dg.RunsFilter(tags={"membership/mode": mode})
+            records = instance.get_run_records(runs, limit=1)
+            if not records:
+                return "no run"
+            events = [
+                e
+                for e in instance.all_logs(records[0].dagster_run.run_id)
+                if e.timestamp >= self._last_run(mode).get("RUN_START", 0)
+            ]
+        pauses = []
+        for before, after in itertools.pairwise(events):
+            kind = after.dagster_event_type.name if after.dagster_event_type else "log"
+            what = f"{kind} {after.step_key or ''} {after.user_message[:50]!r}".strip()
+            pauses.append((after.timestamp - before.timestamp, what))
+        pauses.sort(reverse=True)
+        longest = "; ".join(f"{s:.3f} before {w}" for s, w in pauses[:shown])
+        return f"{len(events)} events; {longest}"
 
     def _timeline(self, committed: float, served: float, mode: str) -> str:
         times = self._last_run(mode)

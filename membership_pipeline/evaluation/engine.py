@@ -27,6 +27,9 @@ from membership_pipeline.evaluation.tuning import DEFAULT_TUNING, EvaluationTuni
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("evaluation")
+# A progress event at most this often: a long evaluation shows it is moving, and a short one
+# (a delta's, in a tenth of a second) writes none (each is an event in Dagster's log).
+PROGRESS_SECONDS = 5.0
 
 
 @dataclass
@@ -78,13 +81,14 @@ def evaluate_environment(
     universe = bitmap_of(data.ids)
     usage: Counter[Atom] = Counter()
     bitmaps: dict[str, BitMap] = {}
-    progress_every = max(len(parsed) // 10, 1) if len(parsed) >= 50 else 0
+    last_progress = prepared
     for done, segment in enumerate(parsed, start=1):
-        if progress_every and done % progress_every == 0:
+        if time.perf_counter() - last_progress >= PROGRESS_SECONDS:
+            last_progress = time.perf_counter()
             log.info(
                 "segment_membership.evaluation.progress",
                 environment=ref.key,
-                segments_done=done,
+                segments_done=done - 1,
                 segments_total=len(parsed),
                 seconds=round(time.perf_counter() - prepared, 2),
             )

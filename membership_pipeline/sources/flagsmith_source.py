@@ -92,14 +92,16 @@ class FlagsmithSource:
         parallel_reads: int | None = None,
         own_span_share: float = OWN_SPAN_SHARE,
         columnar: bool = True,
+        pre_ping: bool = False,
     ) -> None:
         """On PostgreSQL: ``parallel_reads`` connections read one environment at once (default:
         one per core, at most 4); an environment whose id span holds at most
         ``own_span_share`` identities per own identity reads its traits without a join;
-        ``columnar=False`` reads through pandas as on SQLite (for comparisons)."""
+        ``columnar=False`` reads through pandas as on SQLite (for comparisons);
+        ``pre_ping``: test each pooled connection before use (a source kept open for long)."""
         self.url = url
         self.parallel_reads = parallel_reads or min(os.cpu_count() or 1, 4)
-        self.engine = sa.create_engine(url, future=True)
+        self.engine = sa.create_engine(url, future=True, pool_pre_ping=pre_ping)
         sa.event.listen(self.engine, "connect", _read_only)
         self.catalogue = EnvironmentCatalogue(self.engine)
         self.reader: RangeReader = (
@@ -256,14 +258,13 @@ class FlagsmithSource:
         ids: np.ndarray | None = None,
         reader: RangeReader | None = None,
     ) -> IdentityRange:
-        columns = {c["name"] for c in sa.inspect(conn).get_columns("environments_identity")}
         raw = (reader or self.reader).read(
             conn,
             RangeQuery(
                 info=info,
                 id_range=id_range,
                 trait_keys=trait_keys,
-                system_traits="system_traits" in columns,
+                system_traits=_has_column(conn, "environments_identity", "system_traits"),
                 parallel_reads=parallel_reads or self.parallel_reads,
                 identifiers=identifiers,
                 known_ids=known_ids,
@@ -306,3 +307,19 @@ def _read_only(dbapi_connection: Any, _record: Any) -> None:
         # SET is transactional in PostgreSQL: commit it, or the pool's reset rolls it back.
         dbapi_connection.commit()
     cursor.close()
+
+
+def _has_column(conn: sa.Connection, table: str, column: str) -> bool:
+    """Whether the source's ``table`` (as the connection's search path finds it) has
+    ``column``, asked on every read (a Flagsmith migration may add it): on PostgreSQL one
+    catalogue lookup, not SQLAlchemy's reflection of every column (about 10 ms)."""
+    if conn.dialect.name == "postgresql":
+        found = conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:table) "
+                "AND attname = :column AND attnum > 0 AND NOT attisdropped)"
+            ),
+            {"table": table, "column": column},
+        ).scalar_one()
+        return bool(found)
+    return column in {c["name"] for c in sa.inspect(conn).get_columns(table)}

@@ -6,7 +6,7 @@ import pandas as pd
 from pyroaring import BitMap
 from structlog.testing import capture_logs
 
-from membership_pipeline.evaluation import evaluate_environment, traits_frame
+from membership_pipeline.evaluation import engine, evaluate_environment, traits_frame
 from membership_pipeline_tests.evaluation.membership_helpers import ENVIRONMENT, condition, segment
 
 
@@ -29,6 +29,23 @@ def test_result_bitmaps_atoms_and_completion_event() -> None:
     assert result.segment_names["pro"] == "segment pro"
     completed = [e for e in events if e["event"] == "segment_membership.evaluation.completed"]
     assert completed[0]["identities"] == 3 and completed[0]["segments"] == 3
+
+
+def test_progress_events_are_paced_by_time_not_by_segment_count(monkeypatch) -> None:
+    """A quick evaluation (a delta's) writes no progress event into the run's log; a slow one
+    says how far it got, at most every ``PROGRESS_SECONDS``."""
+    identities = pd.DataFrame({"id": [1, 2], "identifier": ["a", "b"]})
+    traits = traits_frame({1: {"plan": "pro"}})
+    segments = [segment(condition("plan", "EQUAL", f"p{n}"), key=f"s{n}") for n in range(60)]
+    with capture_logs() as quick:
+        evaluate_environment(ENVIRONMENT, identities, traits, segments)
+    assert not [e for e in quick if e["event"] == "segment_membership.evaluation.progress"]
+    monkeypatch.setattr(engine, "PROGRESS_SECONDS", 0.0)
+    with capture_logs() as slow:
+        evaluate_environment(ENVIRONMENT, identities, traits, segments)
+    progress = [e for e in slow if e["event"] == "segment_membership.evaluation.progress"]
+    assert [e["segments_done"] for e in progress] == list(range(60))
+    assert {e["segments_total"] for e in progress} == {60}
 
 
 def test_result_bitmaps_do_not_alias_each_other() -> None:

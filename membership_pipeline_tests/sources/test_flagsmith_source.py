@@ -119,6 +119,25 @@ def test_system_traits_override_user_traits(database_url: str) -> None:
     source.close()
 
 
+def test_a_source_without_system_traits_reads_its_identities_own_traits(database_url: str) -> None:
+    """Flagsmith before ``system_traits``: the column's absence is looked up on each read (the
+    same source object reads on after the migration adds it)."""
+    written = _small_dataset(database_url)
+    api_key = written.environments[0]["api_key"]
+    source = FlagsmithSource(database_url)
+    before = source.read_environment(api_key, all_traits=True)
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE environments_identity DROP COLUMN system_traits")
+    engine.dispose()
+    without = source.read_environment(api_key, all_traits=True)
+    source.close()
+    assert before.overridden_by_system_traits > 0
+    assert without.overridden_by_system_traits == 0
+    assert "device" not in set(without.traits["trait_key"])
+    assert set(without.identities["id"]) == set(before.identities["id"])
+
+
 def test_chunk_size_does_not_change_what_is_read(database_url: str) -> None:
     written = _small_dataset(database_url)
     api_key = written.environments[0]["api_key"]

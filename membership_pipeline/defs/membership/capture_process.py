@@ -86,8 +86,14 @@ def run_capture(
         )
         done = 0
         frozen = False
+        # Every run of this process uses the process's own store and source (their pools stay
+        # connected between runs) instead of building, connecting and closing them per run.
+        shared = {
+            "flagsmith": dg.ResourceDefinition.hardcoded_resource(flagsmith),
+            "membership_store": dg.ResourceDefinition.hardcoded_resource(store_resource),
+        }
         try:
-            with change_capture.consumer(flagsmith.url) as capture:
+            with flagsmith.kept_open(), change_capture.consumer(flagsmith.url) as capture:
                 while not stop.is_set() and (ticks is None or done < ticks):
                     started = time.monotonic()
                     held = hold_consumer(
@@ -99,7 +105,9 @@ def run_capture(
                     )
                     if held:
                         drained = drain_once(capture, flagsmith, store_resource, policy, quick)
-                        runs = [_execute(definitions, instance, r) for r in drained.run_requests]
+                        runs = [
+                            _execute(definitions, instance, r, shared) for r in drained.run_requests
+                        ]
                         report(drained, runs)
                         if runs and not frozen:
                             _freeze_what_stays()
@@ -118,10 +126,13 @@ def run_capture(
 
 
 def _execute(
-    definitions: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest
+    definitions: dg.Definitions,
+    instance: dg.DagsterInstance,
+    request: dg.RunRequest,
+    resources: dict[str, dg.ResourceDefinition],
 ) -> dg.ExecuteInProcessResult:
     """The launch, as a run of its job in this process (the store's claim guards it, as it
-    guards every run)."""
+    guards every run), with ``resources`` in place of the definitions' own."""
     job = definitions.resolve_job_def(request.job_name or "")
     config: Any = request.run_config
     return job.execute_in_process(
@@ -130,6 +141,7 @@ def _execute(
         partition_key=request.partition_key,
         tags=request.tags,
         raise_on_error=False,
+        resources=resources,
     )
 
 

@@ -6,6 +6,8 @@ variable, which ``deployment.py`` binds as a ``dg.EnvVar`` (read by Dagster at l
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -48,10 +50,28 @@ class FlagsmithSourceResource(dg.ConfigurableResource):
         "the sensor's timeout). Deployment: $MEMBERSHIP_DETECTION_ROWS_PER_TICK.",
     )
 
-    def open(self) -> FlagsmithSource:
+    _kept: FlagsmithSource | None = PrivateAttr(default=None)
+
+    def open(self) -> contextlib.AbstractContextManager[FlagsmithSource]:
         """The source, once a connection to it was made: an unreachable database is one line
-        naming its URL (password masked) and the driver's reason, at the start of the step."""
+        naming its URL (password masked) and the driver's reason, at the start of the step.
+        Inside ``kept_open``: the source it keeps (left open at the end of the block)."""
+        if self._kept is not None:
+            return contextlib.nullcontext(self._kept)
         return FlagsmithSource(self.url).require_reachable()
+
+    @contextlib.contextmanager
+    def kept_open(self) -> Iterator[None]:
+        """For a process that runs one backfill after another (``membership-capture``): every
+        ``open`` of this resource in the block shares one source, its engine and its pooled
+        connections, instead of connecting and looking up the source's columns again for each
+        step of each run."""
+        with FlagsmithSource(self.url, pre_ping=True).require_reachable() as source:
+            self._kept = source
+            try:
+                yield
+            finally:
+                self._kept = None
 
     def organisations(self) -> dict[str, str]:
         """Live environments (api key) → their organisation id."""

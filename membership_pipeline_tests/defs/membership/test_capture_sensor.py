@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from membership_pipeline.database.schema import migrate
+from membership_pipeline.defs.membership import resources as resources_module
 from membership_pipeline.defs.membership.capture_sensor import capture_sensor
 from membership_pipeline.defs.membership.definitions import build_resources
 from membership_pipeline.defs.membership.jobs import EDIT_JOB
@@ -22,6 +23,7 @@ from membership_pipeline.defs.membership.resources import (
 from membership_pipeline.defs.membership.sensors import backfill_dispatch_sensor
 from membership_pipeline.dispatch.queue import DatabaseQueue
 from membership_pipeline.dispatch.run_tags import MODE_TAG
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline_tests.backfill.identity_edits import apply_identity_edit
 from membership_pipeline_tests.backfill.segment_edits import apply_edit
@@ -42,6 +44,17 @@ def assert_published_like_a_full_backfill(instance, source, store_url, env_key, 
         assert materialize(instance, build_resources(source.url, full_url), env_key).success
         with MembershipStore(full_url) as full:
             assert_same_answers(store, full, env_key)
+
+
+def _counted(cls, made, name):
+    """``cls``, counting in ``made[name]`` the objects made."""
+
+    class Counted(cls):
+        def __init__(self, *args, **kwargs):
+            made[name] += 1
+            super().__init__(*args, **kwargs)
+
+    return Counted
 
 
 def tick(sensor, instance, resources):
@@ -160,8 +173,19 @@ def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
         changed |= apply_identity_edit(source.url, kind, environment["id"], rng)
     seen = []
     sensor_skips = []
+    # The process's store and source serve its runs: a delta run (two steps opening the
+    # source, three using the store) connects nothing of its own.
+    made = {"sources": 0, "stores": 0}
+    monkeypatch.setattr(
+        resources_module, "FlagsmithSource", _counted(FlagsmithSource, made, "sources")
+    )
+    monkeypatch.setattr(
+        resources_module, "MembershipStore", _counted(MembershipStore, made, "stores")
+    )
+    made_by_runs = []
 
     def report(drained, runs):
+        made_by_runs.append(dict(made))
         seen.append((drained, runs))
         resources = build_resources(source.url, store_url) | {
             "change_capture": ChangeCaptureResource(
@@ -179,6 +203,7 @@ def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
         gc.unfreeze()
     [(drained, [run])] = [s for s in seen if s[1]]
     assert len(drained.tick.pending) == len(changed) and run.success
+    assert made_by_runs[0] == {"sources": 1, "stores": 1}
     assert run.dagster_run.tags[MODE_TAG] == "delta"
     assert instance.get_run_by_id(run.run_id) is not None  # recorded in the instance
     skip = sensor_skips[0]
