@@ -53,6 +53,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -524,10 +525,10 @@ class Bench:
     def _last_run_seconds(self, mode: str) -> float:
         return self._last_run(mode)["run"]
 
-    def _last_run(self, mode: str) -> dict[str, float]:
+    def _last_run(self, mode: str) -> dict[str, Any]:
         """The latest run of ``mode`` once it succeeded (the read API may see its version
         before its last events): when it was made, when the queue let it start, RUN_START,
-        RUN_SUCCESS (epoch seconds), and its run time."""
+        RUN_SUCCESS (epoch seconds), its run time, and its run_id."""
         with dg.DagsterInstance.from_config(self.home) as instance:
             deadline = time.time() + 30
             while time.time() < deadline:
@@ -544,26 +545,26 @@ class Bench:
                 return {"run": float("nan")}
             record = records[0]
             times = {"created": record.create_timestamp.timestamp()}
+            run_id = record.dagster_run.run_id
             for event in instance.all_logs(record.dagster_run.run_id):
                 kind = event.dagster_event_type
                 if kind is not None and kind.name in ("RUN_DEQUEUED", "RUN_START", "RUN_SUCCESS"):
                     times.setdefault(kind.name, event.timestamp)
         times["run"] = times.get("RUN_SUCCESS", 0) - times.get("RUN_START", 0)
-        return times
+        return times | {"run_id": run_id}
 
     def _gaps(self, mode: str, shown: int = 6) -> str:
         """Where the latest run of ``mode`` spends RUN_START → RUN_SUCCESS: its longest pauses
         between consecutive events of Dagster's event log, each named by the event that ends it
         (its type, step, and the start of its message)."""
+        run = self._last_run(mode)
+        if "run_id" not in run:
+            return "no run"
         with dg.DagsterInstance.from_config(self.home) as instance:
-            runs = dg.RunsFilter(tags={"membership/mode": mode})
-            records = instance.get_run_records(runs, limit=1)
-            if not records:
-                return "no run"
             events = [
                 e
-                for e in instance.all_logs(records[0].dagster_run.run_id)
-                if e.timestamp >= self._last_run(mode).get("RUN_START", 0)
+                for e in instance.all_logs(str(run["run_id"]))
+                if e.timestamp >= run.get("RUN_START", 0)
             ]
         pauses = []
         for before, after in itertools.pairwise(events):
