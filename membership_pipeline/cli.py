@@ -17,6 +17,8 @@
     membership capture enable|status|disable    change data capture on Flagsmith's PostgreSQL
                                                 (publication, replica identities, slot); the
                                                 capture process is `membership-capture`
+    membership trait-index status|create        the covering index of Flagsmith's trait table
+                                                that big environments' shards read by
     membership serve [--host H] [--port P]      the HTTP read API (see the README's "Read API")
     membership api-key NAME --scope organisation:ID|project:ID|environment:KEY
                                                 create a key for it (shown once, stored hashed)
@@ -58,6 +60,10 @@ from membership_pipeline.sources.replication import (
     disable_capture,
     enable_capture,
     slot_state,
+)
+from membership_pipeline.sources.trait_index import (
+    create_covering_index,
+    describe_covering_index,
 )
 from membership_pipeline.storage import (
     DEFAULT_STORE_URL,
@@ -161,6 +167,13 @@ def _parser() -> argparse.ArgumentParser:
         "--publication",
         default=os.environ.get("MEMBERSHIP_CAPTURE_PUBLICATION", DEFAULT_PUBLICATION),
     )
+    trait_index = command(
+        "trait-index",
+        _trait_index,
+        "the covering index of Flagsmith's trait table (README: Big environments): status, or "
+        "create it without blocking Flagsmith's writes (needs the table's owner)",
+    )
+    trait_index.add_argument("action", choices=["status", "create"])
     add_serving_commands(command)
     return parser
 
@@ -248,6 +261,28 @@ def _capture(args: argparse.Namespace) -> tuple[Any, str]:
         f"{format_lsn(state.confirmed or 0)}, {state.lag_bytes or 0:,} bytes behind, "
         f"{state.retained_bytes or 0:,} bytes of WAL retained"
     )
+
+
+def _trait_index(args: argparse.Namespace) -> tuple[Any, str]:
+    if not args.source_url:
+        raise ValueError(
+            "trait-index needs --source-url (or $MEMBERSHIP_SOURCE_URL): Flagsmith's PostgreSQL"
+        )
+    engine = sa.create_engine(args.source_url)
+    try:
+        if args.action == "create":
+            if engine.dialect.name != "postgresql":
+                raise ValueError("trait-index create needs Flagsmith's PostgreSQL")
+            try:
+                create_covering_index(engine)
+            except sa.exc.DBAPIError as error:  # e.g. not the table's owner
+                first_line = str(error.orig).strip().splitlines()[0]
+                raise ValueError(f"the covering index was not created: {first_line}") from None
+        with engine.connect() as conn:
+            covering, line = describe_covering_index(conn)
+    finally:
+        engine.dispose()
+    return {"covering": covering, "status": line}, line
 
 
 def _status_table(rows: list[EnvironmentMembershipMetadata]) -> str:

@@ -220,3 +220,40 @@ def test_capture_commands_set_up_show_and_drop_the_slot(postgres_url, tmp_path):
     assert sqlite.returncode == 1 and sqlite.stderr.strip() == (
         "membership capture: change capture cannot be enabled: the source is sqlite, not PostgreSQL"
     )
+
+
+def test_trait_index_command_shows_and_creates_the_covering_index(postgres_url, tmp_path):
+    """``membership trait-index status|create`` on a PostgreSQL source: missing, created (the
+    source then reads by it), an interrupted build's invalid index named; one line elsewhere."""
+    import sqlalchemy as sa
+
+    from membership_pipeline.demo.dataset import write_demo_dataset
+    from membership_pipeline.sources.trait_index import COVERING_INDEX, has_covering_index
+
+    write_demo_dataset(postgres_url, identities=50, organisations=1, projects_per_organisation=1,
+                       environments_per_project=1, segments_per_project=3)  # fmt: skip
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    source = ("--source-url", postgres_url)
+    missing = membership(store_url, *source, "trait-index", "status")
+    assert missing.returncode == 0 and "has no covering index" in missing.stdout
+    assert "membership trait-index create" in missing.stdout
+    created = membership(store_url, *source, "--json", "trait-index", "create")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["covering"] is True
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        assert has_covering_index(conn)
+        conn.execute(  # what an interrupted CREATE INDEX CONCURRENTLY leaves
+            sa.text(f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                    f"to_regclass('{COVERING_INDEX}')")
+        )  # fmt: skip
+        conn.commit()
+        assert not has_covering_index(conn)
+    engine.dispose()
+    invalid = membership(store_url, *source, "trait-index", "status")
+    assert f"{COVERING_INDEX} is invalid" in invalid.stdout
+    assert f"DROP INDEX CONCURRENTLY {COVERING_INDEX}" in invalid.stdout
+    sqlite = membership(store_url, "--source-url", store_url, "trait-index", "create")
+    assert sqlite.returncode == 1 and sqlite.stderr.strip() == (
+        "membership trait-index: trait-index create needs Flagsmith's PostgreSQL"
+    )

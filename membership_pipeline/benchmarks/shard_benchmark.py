@@ -2,20 +2,30 @@
 PostgreSQL source and store.
 
     membership-benchmark-shards [--identities 10000000] [--shard-identities 1000000]
-                                [--compare-identities 1000000] [--skip-large] [--skip-compare]
+                                [--compare-identities 1000000] [--layout scattered|clustered]
+                                [--trait-index covering|none] [--skip-large] [--skip-compare]
 
 1. compare: one environment of ``--compare-identities`` (default 1M, 300 segments) backfilled
    unsharded (one shard) and in two shards, alternating ``--repeats`` times (after ANALYZE, so
    neither pays for fresh tables): wall times, and the ratio of the medians (target: two shards
    ≤ 0.6 × one on two cores);
-2. large: one environment of ``--identities`` (default 10M) in shards of ``--shard-identities``:
-   wall time, and per shard its identities, seconds read / evaluate / audit / write and the peak
-   RSS of its step process; plus the peak RSS of every process of the run, sampled from /proc
-   (target: every step ≤ 1.5 GB).
+2. large: the same environment grown to ``--identities`` (default 10M) in shards of
+   ``--shard-identities``: wall time, and per shard its identities, seconds read / evaluate /
+   audit / write and the peak RSS of its step process; plus the peak RSS of every process of the
+   run, sampled from /proc (target: every step ≤ 1.5 GB); and against the compare's two-shard
+   runs (same machine, same run): the wall ratio (target ≤ 10× on the scattered layout, ≤ 7× on
+   the clustered one) and the ratio of a shard's read seconds per identity (target ≤ 1.5×).
+
+``--layout``: how the trait rows lie on disk. ``scattered`` (the default) as a live deployment
+leaves them (``live_layout``: written over time, rewritten and deleted, vacuumed); ``clustered``
+each 1M copy's rows appended in one block, the layout most favourable to a read by id range.
+``--trait-index covering`` (the default) creates the covering index the README tells operators
+to create (``sources/trait_index.py``) before each measured size; ``none`` reads without it.
 
 The large environment is the 1M one's identities and traits copied ``N / 1M`` times inside
-PostgreSQL (new ids and identifiers), so seeding takes minutes, not an hour. Everything lives in
-scratch schemas dropped afterwards (server: ``MEMBERSHIP_BENCH_POSTGRES_URL``).
+PostgreSQL (new ids and identifiers): growing it to 10M takes about 7 min clustered and about
+15–19 min scattered on this 2-core machine. Everything lives in scratch schemas dropped
+afterwards (server: ``MEMBERSHIP_BENCH_POSTGRES_URL``).
 """
 
 from __future__ import annotations
@@ -23,21 +33,29 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from membership_pipeline.benchmarks.dagster_runs import materialize as _backfill
 from membership_pipeline.benchmarks.scratch_database import (
     BASE_IDENTITIES,
+    CLUSTERED,
+    LAYOUTS,
+    SCATTERED,
     ScratchDatabase,
     grow_environment,
     progress,
     seed_one_environment,
+    set_covering_index,
 )
 from membership_pipeline.benchmarks.scratch_database import analyze as _analyze
 from membership_pipeline.database.schema import migrate
 
 TARGET_RATIO = 0.6
 TARGET_STEP_RSS_MB = 1536
+TARGET_READ_RATIO = 1.5
+# The large backfill's wall against the small one's, per 10× the identities, by layout.
+TARGET_WALL_RATIO = {SCATTERED: 10.0, CLUSTERED: 7.0}
 PHASES = ("read", "evaluate", "audit", "write")
 
 
@@ -49,22 +67,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-identities", type=int, default=1_000_000)
     parser.add_argument("--compare-identities", type=int, default=1_000_000)
     parser.add_argument("--segments", type=int, default=300)
+    parser.add_argument(
+        "--base-identities",
+        type=int,
+        default=BASE_IDENTITIES,
+        help="the environment seeded, and copied to grow it",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="compare runs of each, alternating")
+    parser.add_argument("--layout", choices=LAYOUTS, default=SCATTERED)
+    parser.add_argument("--trait-index", choices=("covering", "none"), default="covering")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args(argv)
+    covering = args.trait_index == "covering"
     with ScratchDatabase("postgresql") as source_url, ScratchDatabase("postgresql") as store_url:
         migrate(store_url)
-        base = min(BASE_IDENTITIES, args.compare_identities, args.identities)
+        base = min(args.base_identities, args.compare_identities, args.identities)
         progress(f"seeding one environment of {base:,} identities, {args.segments} segments")
         written = seed_one_environment(source_url, base, args.segments)
         env_key = written.environments[0]["api_key"]
         _analyze(source_url)  # planner statistics first: no run pays for a fresh table
         size = base
+        compare: list[dict] = []
         with tempfile.TemporaryDirectory(prefix="membership-shards-") as home:
             Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
             if not args.skip_compare:
-                size = grow_environment(source_url, env_key, args.compare_identities, size)
+                size = _prepare(source_url, env_key, args.compare_identities, size, args, covering)
                 runs: dict[int, list[dict]] = {1: [], 2: []}
                 for _ in range(args.repeats):  # alternating, so drift hits both alike
                     for shards in (1, 2):
@@ -73,10 +101,29 @@ def main(argv: list[str] | None = None) -> None:
                             _backfill(home, source_url, store_url, env_key, shard_size)
                         )
                 _report_compare(size, runs[1], runs[2])
+                compare = runs[2]
             if not args.skip_large:
-                size = grow_environment(source_url, env_key, args.identities, size)
+                size = _prepare(source_url, env_key, args.identities, size, args, covering)
                 large = _backfill(home, source_url, store_url, env_key, args.shard_identities)
-                _report_large(size, args.shard_identities, large)
+                _report_large(size, args.shard_identities, large, args.layout, compare)
+
+
+def _prepare(
+    url: str, env_key: str, wanted: int, size: int, args: argparse.Namespace, covering: bool
+) -> int:
+    """The environment at ``wanted`` identities in the chosen layout, with or without the
+    covering index (built after the rows, as on a live table; its build time is printed)."""
+    started = time.perf_counter()
+    set_covering_index(url, False)  # kept up while growing, it would only slow the growth
+    size = grow_environment(url, env_key, wanted, size, args.layout, args.base_identities)
+    progress(
+        f"{size:,} identities laid out ({args.layout}) in {time.perf_counter() - started:.0f} s"
+    )
+    if covering:
+        started = time.perf_counter()
+        set_covering_index(url, True)
+        progress(f"covering index built in {time.perf_counter() - started:.0f} s")
+    return size
 
 
 def _report_compare(size: int, one: list[dict], two: list[dict]) -> None:
@@ -100,10 +147,12 @@ def _report_compare(size: int, one: list[dict], two: list[dict]) -> None:
     )
 
 
-def _report_large(size: int, shard_identities: int, run: dict) -> None:
+def _report_large(
+    size: int, shard_identities: int, run: dict, layout: str, compare: list[dict]
+) -> None:
     peak = run["process_peaks"][0]
     ok = "ok" if peak <= TARGET_STEP_RSS_MB else "MISSED"
-    print(f"large: {size:,} identities in shards of {shard_identities:,}")
+    print(f"large: {size:,} identities in shards of {shard_identities:,}, traits {layout}")
     print(
         f"  wall {run['wall']:.1f} s (start → flip {run['to_flip']:.1f} s), "
         f"{len(run['shards'])} shards, published {run['identities']:,} identities"
@@ -112,6 +161,31 @@ def _report_large(size: int, shard_identities: int, run: dict) -> None:
     print(
         f"  every process of the run: peak RSS ≤ {peak:,.0f} MB over {len(run['process_peaks'])} "
         f"processes   target ≤ {TARGET_STEP_RSS_MB} MB per step: {ok}"
+    )
+    if not compare:
+        return
+    small = statistics.median(r["wall"] for r in compare)
+    small_size = compare[0]["identities"]
+    wall_ratio = run["wall"] / small
+    target = TARGET_WALL_RATIO[layout] * size / small_size / 10
+    read_ratio = _read_per_identity(run["shards"]) / statistics.median(
+        _read_per_identity(r["shards"]) for r in compare
+    )
+    print(
+        f"  against {small_size:,} identities in 2 shards (median wall {small:.1f} s): wall "
+        f"{wall_ratio:.1f}×   target ≤ {target:.1f}×: {'ok' if wall_ratio <= target else 'MISSED'}"
+    )
+    print(
+        f"  a shard's read seconds per identity (median over shards): {read_ratio:.2f}× the "
+        f"small environment's   target ≤ {TARGET_READ_RATIO}×: "
+        f"{'ok' if read_ratio <= TARGET_READ_RATIO else 'MISSED'}"
+    )
+
+
+def _read_per_identity(shards: list) -> float:
+    return statistics.median(
+        float(s.report.get("seconds", {}).get("read", 0.0)) / max(s.identity_count or 0, 1)
+        for s in shards
     )
 
 

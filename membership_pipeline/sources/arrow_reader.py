@@ -63,6 +63,7 @@ class ArrowSnapshotReader:
         identifiers: bool = True,
         known_ids: np.ndarray | None = None,
         checksum_range: IdRange = None,
+        per_key: bool = False,
     ) -> tuple[pa.Table, pa.Table, tuple[int, int, int] | None]:
         """Identities and traits of consecutive id ranges, read by one connection and thread
         per range (the server scans and sends, the driver decodes, without the GIL), taking
@@ -70,10 +71,12 @@ class ArrowSnapshotReader:
         socket. Identities come ordered by id.
 
         ``join=False`` reads the trait rows of the id ranges without joining the identity
-        table, one query per trait key (an index range scan on Flagsmith's unique
-        ``(trait_key, identity_id)``, and no key column to send), and keeps those of the
-        environment's identities here: far cheaper for the server when the ranges hold
-        (almost) only this environment's identities.
+        table and keeps those of the environment's identities here: far cheaper for the server
+        when the ranges hold (almost) only this environment's identities. ``per_key`` (with a
+        covering index of the trait table, see ``trait_index``): one query per trait key, an
+        index-only scan that sends no key column; else one query per range for all its keys,
+        so that each heap page is visited once per range, not once per key (the rows of one
+        identity lie anywhere in a live deployment's heap).
 
         ``known_ids``: the identities' ids, already known. Instead of the identity rows, the
         queue then reads the count, largest and sum of ids in ``checksum_range`` (returned
@@ -108,7 +111,7 @@ class ArrowSnapshotReader:
         first_trait_query = len(queries)
         if trait_keys is not None and not trait_keys:
             pass  # no trait can change a membership: none is read
-        elif not join and trait_keys:
+        elif not join and trait_keys and per_key:
             queries += [
                 functools.partial(SnapshotReads.key_traits, key=key, id_range=id_range)
                 for key in sorted(trait_keys)
@@ -221,6 +224,7 @@ class ArrowRangeReader:
             identifiers=query.identifiers,
             known_ids=known,
             checksum_range=query.id_range,
+            per_key=query.covering_index,
         )
         return RawRange(identities, traits, checksum)
 

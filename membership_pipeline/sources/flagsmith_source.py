@@ -57,9 +57,13 @@ from membership_pipeline.sources.identity_planner import (
 from membership_pipeline.sources.range_readers import IdRange, RangeQuery, RangeReader
 from membership_pipeline.sources.segment_reader import read_segments
 from membership_pipeline.sources.sql_range_reader import DEFAULT_CHUNK_ROWS, SqlRangeReader
+from membership_pipeline.sources.trait_index import COVERING_INDEX_SQL, has_covering_index
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("source")
+# A range read of at least this many identities without the covering index says so (once per
+# source): below it, the heap pages a read visits cost little whatever the layout.
+COVERING_INDEX_ADVICE_IDENTITIES = 500_000
 
 # The embedded default: the demo's Flagsmith database (``membership-demo-dataset`` writes it).
 EMBEDDED_SOURCE_URL = "sqlite:///.membership/flagsmith_demo.sqlite"
@@ -109,6 +113,7 @@ class FlagsmithSource:
             if self.engine.dialect.name == "postgresql" and columnar
             else SqlRangeReader(chunk_rows)
         )
+        self._advised = False  # the covering index's advice is logged once
 
     def close(self) -> None:
         self.engine.dispose()
@@ -258,6 +263,8 @@ class FlagsmithSource:
         ids: np.ndarray | None = None,
         reader: RangeReader | None = None,
     ) -> IdentityRange:
+        # Only a range read walks the trait table's index by key; a list of ids probes it.
+        covering = ids is None and has_covering_index(conn)
         raw = (reader or self.reader).read(
             conn,
             RangeQuery(
@@ -269,6 +276,7 @@ class FlagsmithSource:
                 identifiers=identifiers,
                 known_ids=known_ids,
                 ids=ids,
+                covering_index=covering,
             ),
         )
         read = identity_range(
@@ -286,7 +294,24 @@ class FlagsmithSource:
             trait_rows=len(read.traits),
             trait_keys=sorted(trait_keys) if trait_keys is not None else "all",
             path=self.reader.path,
+            trait_index="covering" if covering else "none",
         )
+        if (
+            ids is None
+            and not covering
+            and not self._advised
+            and conn.dialect.name == "postgresql"
+            and len(read.identities) >= COVERING_INDEX_ADVICE_IDENTITIES
+        ):
+            self._advised = True
+            log.warning(
+                "segment_membership.source.no_covering_index",
+                environment=info.api_key,
+                identities=len(read.identities),
+                advice="reads of large environments visit most of the trait table's heap; "
+                "create the covering index (README: Big environments)",
+                statement=COVERING_INDEX_SQL,
+            )
         if read.unreadable_traits:
             log.warning(
                 "segment_membership.source.unreadable_traits",

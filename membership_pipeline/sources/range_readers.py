@@ -58,6 +58,9 @@ class RangeQuery:
     # the identity rows are then not read, only the system traits of those that have any and
     # the range's count, largest and sum of ids (``RawRange.checksum``) to compare.
     known_ids: np.ndarray | None = None
+    # The trait table has a covering index (``trait_index``): each key's rows are then read
+    # by their own index-only scan.
+    covering_index: bool = False
     # These identities only (a delta backfill's changed ones), instead of an id range.
     ids: np.ndarray | None = None
 

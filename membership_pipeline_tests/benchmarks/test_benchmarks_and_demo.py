@@ -221,3 +221,64 @@ def test_capture_benchmark_publishes_trait_writes_and_drops_its_slot() -> None:
         ).scalar()
     engine.dispose()
     assert left == 0
+
+
+def test_shard_benchmark_grows_a_scattered_environment_and_compares_it() -> None:
+    """The big-environment benchmark on a tiny scale: a scattered 1,000-identity environment
+    with the covering index, compared (one and two shards), grown to 3,000 and backfilled in
+    shards of 1,000, with the ratios to the small environment."""
+    out = _run(
+        "membership_pipeline.benchmarks.shard_benchmark",
+        *("--base-identities", "1000", "--compare-identities", "1000"),
+        *("--identities", "3000", "--shard-identities", "1000"),
+        *("--segments", "20", "--repeats", "1"),
+    )
+    assert "compare: 1,000 identities" in out
+    assert "large: 3,000 identities in shards of 1,000, traits scattered" in out
+    assert "published 3,000 identities" in out
+    assert out.count("    shard ") == 1 + 2 + 3  # the compare's last runs, then the large one
+    assert "against 1,000 identities in 2 shards" in out
+    assert "a shard's read seconds per identity" in out
+
+
+def test_scattered_layout_keeps_every_row_and_scatters_the_heap(postgres_url: str) -> None:
+    """The live layout: each copy holds the base's trait rows (shifted), less the few it
+    deletes; the heap is no longer in identity order; vacuum left no dead row."""
+    from membership_pipeline.benchmarks.live_layout import DELETED_SHARE
+    from membership_pipeline.benchmarks.scratch_database import (
+        SCATTERED,
+        grow_environment,
+        seed_one_environment,
+    )
+
+    written = seed_one_environment(postgres_url, 1_000, 10)
+    key = written.environments[0]["api_key"]
+    engine = sa.create_engine(postgres_url)
+    columns = "trait_key, value_type, boolean_value, integer_value, string_value, float_value"
+    with engine.connect() as conn:
+        query = sa.text(f"SELECT identity_id, {columns} FROM environments_trait")
+        before = {tuple(r) for r in conn.execute(query)}
+    assert grow_environment(postgres_url, key, 3_000, 1_000, SCATTERED, base=1_000) == 3_000
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(f"SELECT identity_id, {columns} FROM environments_trait ORDER BY ctid")
+        ).all()
+        span = (
+            conn.execute(
+                sa.text("SELECT min(id) FROM environments_identity WHERE identifier LIKE '%~1'")
+            ).scalar_one()
+            - 1
+        )
+        dead = conn.execute(
+            sa.text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = "
+                    "to_regclass('environments_trait')")
+        ).scalar_one()  # fmt: skip
+    engine.dispose()
+    shifted = [((r[0] - 1) % span + 1, *r[1:]) for r in rows]
+    assert set(shifted) <= before  # nothing made up
+    assert 3 * len(before) * (1 - 3 * DELETED_SHARE) < len(rows) < 3 * len(before)
+    identities = [r[0] for r in rows]
+    assert len(set(identities)) > 2_500
+    out_of_order = sum(a > b for a, b in itertools.pairwise(identities))
+    assert out_of_order > len(rows) / 5  # in the heap, identities follow no order
+    assert dead == 0

@@ -17,8 +17,10 @@ from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.evaluation import MalformedRuleTree, UnknownOperator, evaluate_environment
 from membership_pipeline.evaluation.environment_data import VALUE_COLUMN_BY_TYPE
 from membership_pipeline.model.errors import EnvironmentNotFound
+from membership_pipeline.sources import flagsmith_source
 from membership_pipeline.sources import flagsmith_tables as tables
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.sources.trait_index import COVERING_INDEX_SQL
 from membership_pipeline_tests.evaluation.flag_engine_oracle import mismatches, reference_members
 
 
@@ -343,6 +345,60 @@ def test_postgres_columnar_paths_read_the_same_rows(postgres_url: str, parallel_
         assert (read.identities["id"].diff().dropna() > 0).all()  # ordered by id
         source.close()
     generic.close()
+
+
+def test_the_covering_index_reads_the_same_rows_and_is_found(postgres_url: str) -> None:
+    """With and without the trait table's covering index (``trait_index``), a range read of some
+    keys or of all gives exactly the generic path's rows; the read says which, and only an index
+    that covers (trait_key, identity_id) and every value column counts."""
+    written = _small_dataset(postgres_url)
+    first = written.environments[0]
+    generic = FlagsmithSource(postgres_url, columnar=False)
+    info = generic.environment(first["api_key"])
+    keys = {"plan", "age", "email"}
+    expected = {k: generic.read_identity_range(info, 0, 10**9, k) for k in (None, frozenset(keys))}
+    writer = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+
+    def read_all(covering: str) -> None:
+        source = FlagsmithSource(postgres_url, parallel_reads=2, own_span_share=10.0)
+        for trait_keys, want in expected.items():
+            with capture_logs() as logs:
+                read = source.read_identity_range(info, 0, 10**9, trait_keys)
+            _frames_equal(read.identities, want.identities, ["id"])
+            _frames_equal(read.traits, want.traits, ["identity_id", "trait_key"])
+            reads = [e for e in logs if e["event"] == "segment_membership.source.read"]
+            assert [e["trait_index"] for e in reads] == [covering]
+        source.close()
+
+    read_all("none")
+    with writer.connect() as conn:  # an index that lacks a value column does not cover
+        conn.exec_driver_sql(
+            "CREATE INDEX partial_cover ON environments_trait (trait_key, identity_id) "
+            "INCLUDE (value_type, string_value)"
+        )
+        conn.exec_driver_sql("CREATE INDEX by_identity ON environments_trait (identity_id) "
+                             "INCLUDE (trait_key, value_type, boolean_value, integer_value, "
+                             "string_value, float_value)")  # fmt: skip
+    read_all("none")
+    with writer.connect() as conn:
+        conn.exec_driver_sql(COVERING_INDEX_SQL)  # as the README tells operators
+        conn.exec_driver_sql("VACUUM ANALYZE environments_trait")
+    read_all("covering")
+    writer.dispose()
+    generic.close()
+
+
+def test_a_large_read_without_the_covering_index_says_how_to_make_it(postgres_url: str) -> None:
+    written = _small_dataset(postgres_url)
+    info = FlagsmithSource(postgres_url).environment(written.environments[0]["api_key"])
+    source = FlagsmithSource(postgres_url)
+    with capture_logs() as logs, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flagsmith_source, "COVERING_INDEX_ADVICE_IDENTITIES", 100)
+        source.read_identity_range(info, 0, 10**9)
+        source.read_identity_range(info, 0, 10**9)  # said once per source
+    advice = [e for e in logs if e["event"] == "segment_membership.source.no_covering_index"]
+    assert len(advice) == 1 and advice[0]["statement"] == COVERING_INDEX_SQL
+    source.close()
 
 
 EDGE_FLOATS = [0.1, 1 / 3, -0.0, 5e-324, 1.7976931348623157e308, -2.5e-308, 123456789.12345679]
