@@ -23,8 +23,8 @@ each 1M copy's rows appended in one block, the layout most favourable to a read 
 to create (``sources/trait_index.py``) before each measured size; ``none`` reads without it.
 
 The large environment is the 1M one's identities and traits copied ``N / 1M`` times inside
-PostgreSQL (new ids and identifiers): growing it to 10M takes about 7 min clustered and about
-15–19 min scattered on this 2-core machine. Everything lives in scratch schemas dropped
+PostgreSQL (new ids and identifiers): growing it to 10M takes about 9 min clustered and about
+19 min scattered on this 2-core machine. Everything lives in scratch schemas dropped
 afterwards (server: ``MEMBERSHIP_BENCH_POSTGRES_URL``).
 """
 
