@@ -33,10 +33,11 @@ message says why) or an enqueued request would not launch at the next tick, 2 on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -226,13 +227,23 @@ def _status(args: argparse.Namespace) -> tuple[Any, str]:
     ], text
 
 
-def _capture(args: argparse.Namespace) -> tuple[Any, str]:
+@contextlib.contextmanager
+def _source_engine(args: argparse.Namespace) -> Iterator[sa.Engine]:
+    """An engine on Flagsmith's database with the operator's own URL (the commands that change
+    its schema need the tables' owner, not the read-only source)."""
     if not args.source_url:
         raise ValueError(
-            "capture needs --source-url (or $MEMBERSHIP_SOURCE_URL): Flagsmith's PostgreSQL"
+            f"{args.name} needs --source-url (or $MEMBERSHIP_SOURCE_URL): Flagsmith's PostgreSQL"
         )
     engine = sa.create_engine(args.source_url)
     try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _capture(args: argparse.Namespace) -> tuple[Any, str]:
+    with _source_engine(args) as engine:
         if args.action == "enable":
             position = enable_capture(engine, args.publication, args.slot)
             return {"slot": args.slot, "position": format_lsn(position)}, (
@@ -248,8 +259,6 @@ def _capture(args: argparse.Namespace) -> tuple[Any, str]:
         with engine.connect() as conn:
             reason = capture_support(conn)
             state = slot_state(conn, args.slot) if reason is None else None
-    finally:
-        engine.dispose()
     document = {"available": reason is None, "reason": reason, "slot": state and vars(state)}
     if reason is not None:
         return document, f"change capture unavailable: {reason}"
@@ -264,12 +273,7 @@ def _capture(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _trait_index(args: argparse.Namespace) -> tuple[Any, str]:
-    if not args.source_url:
-        raise ValueError(
-            "trait-index needs --source-url (or $MEMBERSHIP_SOURCE_URL): Flagsmith's PostgreSQL"
-        )
-    engine = sa.create_engine(args.source_url)
-    try:
+    with _source_engine(args) as engine:
         if args.action == "create":
             if engine.dialect.name != "postgresql":
                 raise ValueError("trait-index create needs Flagsmith's PostgreSQL")
@@ -280,8 +284,6 @@ def _trait_index(args: argparse.Namespace) -> tuple[Any, str]:
                 raise ValueError(f"the covering index was not created: {first_line}") from None
         with engine.connect() as conn:
             covering, line = describe_covering_index(conn)
-    finally:
-        engine.dispose()
     return {"covering": covering, "status": line}, line
 
 

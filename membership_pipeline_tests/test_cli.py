@@ -253,6 +253,11 @@ def test_trait_index_command_shows_and_creates_the_covering_index(postgres_url, 
     invalid = membership(store_url, *source, "trait-index", "status")
     assert f"{COVERING_INDEX} is invalid" in invalid.stdout
     assert f"DROP INDEX CONCURRENTLY {COVERING_INDEX}" in invalid.stdout
+    nowhere = membership(store_url, "--source-url", "", "trait-index", "status")
+    assert nowhere.returncode == 1 and nowhere.stderr.strip() == (
+        "membership trait-index: trait-index needs --source-url (or $MEMBERSHIP_SOURCE_URL): "
+        "Flagsmith's PostgreSQL"
+    )
     sqlite = membership(store_url, "--source-url", store_url, "trait-index", "create")
     assert sqlite.returncode == 1 and sqlite.stderr.strip() == (
         "membership trait-index: trait-index create needs Flagsmith's PostgreSQL"
