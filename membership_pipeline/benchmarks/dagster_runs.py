@@ -1,7 +1,8 @@
 """Running ``dagster asset materialize`` of one environment in a fresh process, for the
 benchmarks: wall time, time to the flip, and the peak RSS of every process of the run. Every
 command goes through ``membership-run`` (the step server, or the steps' imports, start with the
-command: see ``defs/membership/step_server.py``)."""
+command: see ``defs/membership/step_server.py``). On the ``celery`` executor the run's steps go
+to a Celery worker started for the run (``celery_workers.py``), whose processes are sampled too."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
+from membership_pipeline.benchmarks.celery_workers import CeleryWorkers
 from membership_pipeline.benchmarks.scratch_database import progress
 from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.storage import MembershipStore
@@ -35,11 +38,14 @@ def materialize(
     shard_identities: int,
     executor: str = "multiprocess",
     step_server: bool = True,
+    celery_processes: int = 2,
 ) -> dict:
     """One ``dagster asset materialize`` of the environment's partition (forced past the
     cooldown) in a fresh process: wall time, process start → flip, the shards' reports and
     the peak RSS of every process of the run. ``step_server=False``: plain ``dagster``, without
-    ``membership-run``'s early start."""
+    ``membership-run``'s early start. ``executor="celery"``: on a worker of
+    ``celery_processes`` processes, started (and its start not timed) before the run and stopped
+    after it."""
     environment = {
         **os.environ,
         "DAGSTER_HOME": home,
@@ -48,6 +54,26 @@ def materialize(
         "MEMBERSHIP_SHARD_IDENTITIES": str(shard_identities),
         "MEMBERSHIP_EXECUTOR": executor,
     }
+    with ExitStack() as stack:
+        roots = []
+        if executor == "celery":
+            workers = stack.enter_context(CeleryWorkers(environment, celery_processes))
+            environment, roots = workers.environment, [workers.pid]
+        run = _run(environment, store_url, env_key, shard_identities, executor, step_server, roots)
+        if executor == "celery":
+            run["worker_steps"] = workers.tasks_succeeded()
+        return run
+
+
+def _run(
+    environment: dict[str, str],
+    store_url: str,
+    env_key: str,
+    shard_identities: int,
+    executor: str,
+    step_server: bool,
+    roots: list[int],
+) -> dict:
     subprocess.run(
         [sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"
          f".add_dynamic_partitions('environments', [{env_key!r}])"],
@@ -68,7 +94,9 @@ def materialize(
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     peaks: dict[int, float] = {}
-    sampler = threading.Thread(target=_sample_tree, args=(process, peaks), daemon=True)
+    sampler = threading.Thread(
+        target=_sample_tree, args=(process, [process.pid, *roots], peaks), daemon=True
+    )
     sampler.start()
     _, stderr = process.communicate()
     wall = time.time() - started
@@ -90,10 +118,11 @@ def materialize(
     }
 
 
-def _sample_tree(process: subprocess.Popen, peaks: dict[int, float]) -> None:
-    """Peak RSS of every process under the run (steps, forkserver, MD5 workers), from /proc."""
+def _sample_tree(process: subprocess.Popen, roots: list[int], peaks: dict[int, float]) -> None:
+    """Peak RSS of every process under the run (steps, forkserver, MD5 workers) and under the
+    other ``roots`` (Celery workers), from /proc."""
     while process.poll() is None:
-        for pid in _descendants(process.pid):
+        for pid in _descendants(roots):
             try:
                 peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
             except (FileNotFoundError, ProcessLookupError):
@@ -101,7 +130,7 @@ def _sample_tree(process: subprocess.Popen, peaks: dict[int, float]) -> None:
         time.sleep(1.0)  # VmHWM keeps the peak: sampling often only costs the run CPU
 
 
-def _descendants(root: int) -> list[int]:
+def _descendants(roots: list[int]) -> list[int]:
     children: dict[int, list[int]] = {}
     for status in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -109,7 +138,7 @@ def _descendants(root: int) -> list[int]:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(status.parent.name))
-    found, stack = [], [root]
+    found, stack = [], list(roots)
     while stack:
         pid = stack.pop()
         found.append(pid)

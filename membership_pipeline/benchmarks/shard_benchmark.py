@@ -1,9 +1,10 @@
-"""Benchmark: sharded backfills through ``dagster asset materialize`` (multiprocess executor),
-PostgreSQL source and store.
+"""Benchmark: sharded backfills through ``dagster asset materialize``, PostgreSQL source and
+store, on the multiprocess executor and on Celery workers.
 
     membership-benchmark-shards [--identities 10000000] [--shard-identities 1000000]
                                 [--compare-identities 1000000] [--layout scattered|clustered]
                                 [--trait-index covering|none] [--skip-large] [--skip-compare]
+                                [--executors multiprocess celery] [--celery-processes 2]
 
 1. compare: one environment of ``--compare-identities`` (default 1M, 300 segments) backfilled
    unsharded (one shard) and in two shards, alternating ``--repeats`` times (after ANALYZE, so
@@ -14,7 +15,14 @@ PostgreSQL source and store.
    audit / write and the peak RSS of its step process; plus the peak RSS of every process of the
    run, sampled from /proc (target: every step ≤ 1.5 GB); and against the compare's two-shard
    runs (same machine, same run): the wall ratio (target ≤ 10× on the scattered layout, ≤ 7× on
-   the clustered one) and the ratio of a shard's read seconds per identity (target ≤ 1.5×).
+   the clustered one) and the ratio of a shard's read seconds per identity (target ≤ 1.5×);
+3. the same large backfill on each of ``--executors``, back to back: by default the
+   multiprocess executor (one step per core) and then Dagster's Celery executor on one worker
+   of ``--celery-processes`` (default 2) processes, deployed as the README's Scaling out says
+   (``celery_workers.py``: RabbitMQ vhost, Dagster instance on PostgreSQL,
+   ``deploy/celery.yaml``; the worker's start is not timed), with the ratio of their walls.
+   A Celery pool process runs shard after shard, so the peak RSS a shard reports there is the
+   largest of its process so far.
 
 ``--layout``: how the trait rows lie on disk. ``scattered`` (the default) as a live deployment
 leaves them (``live_layout``: written over time, rewritten and deleted, vacuumed); ``clustered``
@@ -57,6 +65,7 @@ TARGET_READ_RATIO = 1.5
 # The large backfill's wall against the small one's, per 10× the identities, by layout.
 TARGET_WALL_RATIO = {SCATTERED: 10.0, CLUSTERED: 7.0}
 PHASES = ("read", "evaluate", "audit", "write")
+EXECUTORS = ("multiprocess", "celery")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="compare runs of each, alternating")
     parser.add_argument("--layout", choices=LAYOUTS, default=SCATTERED)
     parser.add_argument("--trait-index", choices=("covering", "none"), default="covering")
+    parser.add_argument(
+        "--executors",
+        nargs="+",
+        choices=EXECUTORS,
+        default=list(EXECUTORS),
+        help="the large backfill on each, back to back",
+    )
+    parser.add_argument(
+        "--celery-processes", type=int, default=2, help="processes of the Celery worker"
+    )
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args(argv)
@@ -103,9 +122,24 @@ def main(argv: list[str] | None = None) -> None:
                 _report_compare(size, runs[1], runs[2])
                 compare = runs[2]
             if not args.skip_large:
-                size = _prepare(source_url, env_key, args.identities, size, args, covering)
-                large = _backfill(home, source_url, store_url, env_key, args.shard_identities)
-                _report_large(size, args.shard_identities, large, args.layout, compare)
+                if args.skip_compare or args.identities > size:
+                    size = _prepare(source_url, env_key, args.identities, size, args, covering)
+                walls = {}
+                for executor in args.executors:  # back to back, on the same environment
+                    large = _backfill(
+                        home, source_url, store_url, env_key, args.shard_identities,
+                        executor=executor, celery_processes=args.celery_processes,
+                    )  # fmt: skip
+                    workers = args.celery_processes if executor == "celery" else None
+                    _report_large(size, args.shard_identities, large, args.layout, compare,
+                                  executor, workers)  # fmt: skip
+                    walls[executor] = large["wall"]
+                if len(walls) == len(EXECUTORS):
+                    print(
+                        f"celery / multiprocess wall: {walls['celery']:.1f} / "
+                        f"{walls['multiprocess']:.1f} s = "
+                        f"{walls['celery'] / walls['multiprocess']:.2f}"
+                    )
 
 
 def _prepare(
@@ -148,14 +182,26 @@ def _report_compare(size: int, one: list[dict], two: list[dict]) -> None:
 
 
 def _report_large(
-    size: int, shard_identities: int, run: dict, layout: str, compare: list[dict]
+    size: int,
+    shard_identities: int,
+    run: dict,
+    layout: str,
+    compare: list[dict],
+    executor: str,
+    celery_processes: int | None,
 ) -> None:
     peak = run["process_peaks"][0]
     ok = "ok" if peak <= TARGET_STEP_RSS_MB else "MISSED"
-    print(f"large: {size:,} identities in shards of {shard_identities:,}, traits {layout}")
+    where = (
+        f"Celery executor, one worker of {celery_processes} processes"
+        if celery_processes
+        else f"{executor} executor"
+    )
+    print(f"large: {size:,} identities in shards of {shard_identities:,}, traits {layout}, {where}")
     print(
         f"  wall {run['wall']:.1f} s (start → flip {run['to_flip']:.1f} s), "
         f"{len(run['shards'])} shards, published {run['identities']:,} identities"
+        + (f", {run['worker_steps']} steps run by the worker" if "worker_steps" in run else "")
     )
     _print_shards(run["shards"])
     print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -226,7 +227,8 @@ def test_capture_benchmark_publishes_trait_writes_and_drops_its_slot() -> None:
 def test_shard_benchmark_grows_a_scattered_environment_and_compares_it() -> None:
     """The big-environment benchmark on a tiny scale: a scattered 1,000-identity environment
     with the covering index, compared (one and two shards), grown to 3,000 and backfilled in
-    shards of 1,000, with the ratios to the small environment."""
+    shards of 1,000 on the multiprocess executor and then on a Celery worker, with the ratios
+    to the small environment and between the executors."""
     out = _run(
         "membership_pipeline.benchmarks.shard_benchmark",
         *("--base-identities", "1000", "--compare-identities", "1000"),
@@ -235,10 +237,19 @@ def test_shard_benchmark_grows_a_scattered_environment_and_compares_it() -> None
     )
     assert "compare: 1,000 identities" in out
     assert "large: 3,000 identities in shards of 1,000, traits scattered" in out
-    assert "published 3,000 identities" in out
-    assert out.count("    shard ") == 1 + 2 + 3  # the compare's last runs, then the large one
-    assert "against 1,000 identities in 2 shards" in out
-    assert "a shard's read seconds per identity" in out
+    multiprocess, celery = out.split("large: ")[1:]
+    for large in (multiprocess, celery):
+        assert large.startswith("3,000 identities in shards of 1,000, traits scattered")
+        assert "published 3,000 identities" in large
+        assert large.count("    shard ") == 3
+        assert "against 1,000 identities in 2 shards" in large
+        assert "a shard's read seconds per identity" in large
+    assert out.count("    shard ") == 1 + 2 + 3 + 3  # the compare's last runs, the large ones
+    assert "multiprocess executor" in multiprocess.splitlines()[0]
+    assert "Celery executor, one worker of 2 processes" in celery.splitlines()[0]
+    # plan, three shards and publish, each a task of the worker
+    assert "3 shards, published 3,000 identities, 5 steps run by the worker" in celery
+    assert re.search(r"celery / multiprocess wall: [\d.]+ / [\d.]+ s = [\d.]+", out)
 
 
 def test_scattered_layout_keeps_every_row_and_scatters_the_heap(postgres_url: str) -> None:
