@@ -13,11 +13,15 @@ and segments:
 - is-member by identity id; by identifier, drawn from 20,000 (mostly resolved through
   Flagsmith's unique (environment, identifier) index) and from 1,000 hot ones (mostly
   remembered by the service);
-- a segment's count; a page of 200 members (ids and identifiers).
+- a segment's count; a page of 200 members (ids and identifiers);
+- a batch ``segments-of`` of 1,000 identities, by id and by identifier (from the 20,000);
+- is-member by id revalidated: ``If-None-Match`` with the answer's ``ETag`` (1,000 requests
+  answered once before), each answered 304.
 
-Printed per row: requests/s, p50 and p99 latency, errors. Target: ≥ 3,000 is-member
-requests/s with p99 ≤ 10 ms. Client and server share this machine's cores: the figures are
-what one service process serves while a client saturates it.
+Printed per row: requests/s, p50 and p99 latency, errors (an answer other than the 200, or the
+304, expected). Target: ≥ 3,000 is-member requests/s with p99 ≤ 10 ms. Client and server share
+this machine's cores: the figures are what one service process serves while a client
+saturates it.
 """
 
 from __future__ import annotations
@@ -56,7 +60,22 @@ KINDS = {
     "by-hot-identifier": "is-member by hot identifier",
     "count": "count",
     "members": "members page of 200",
+    "batch-by-id": "segments-of batch of 1,000 by id",
+    "batch-by-identifier": "segments-of batch of 1,000 by identifier",
+    "revalidated": "is-member by id, 304",
 }
+BATCH = 1_000
+REVALIDATED_URLS = 1_000
+
+
+@dataclass(frozen=True)
+class Call:
+    url: str
+    body: dict | None = None  # a POST's JSON body; None: a GET
+    headers: dict[str, str] | None = None
+    expect: int = 200
+
+
 HOT_IDENTIFIERS = 1_000
 TARGET_RPS = 3000
 TARGET_P99_MS = 10.0
@@ -88,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument(
-        "--requests", help="comma-separated kinds to run (default all): by-id, by-identifier, "
-        "count, members",
+        "--requests", help=f"comma-separated kinds to run (default all): {', '.join(KINDS)}",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="membership serve --workers")
     parser.add_argument("--source-url")
@@ -154,18 +172,35 @@ def run(
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}/v1/environments/{env}"
-            scenarios: list[tuple[str, Callable[[random.Random], str]]] = [
-                (KINDS["by-id"], lambda r: f"{base}/segments/{r.choice(segments)}"
-                 f"/is-member?identity_id={r.choice(ids)}"),
-                (KINDS["by-identifier"], lambda r: f"{base}/segments/{r.choice(segments)}"
-                 f"/is-member?identifier={r.choice(identifiers)}"),
-                (KINDS["by-hot-identifier"], lambda r: f"{base}/segments/{r.choice(segments)}"
-                 f"/is-member?identifier={r.choice(hot)}"),
-                (KINDS["count"], lambda r: f"{base}/segments/{r.choice(segments)}"),
-                (KINDS["members"], lambda r: f"{base}/segments/{r.choice(segments)}"
-                 "/members?limit=200"),
+            batch = f"{base}/segments-of/batch"
+            scenarios: list[tuple[str, Callable[[random.Random], Call]]] = [
+                (KINDS["by-id"], lambda r: Call(f"{base}/segments/{r.choice(segments)}"
+                 f"/is-member?identity_id={r.choice(ids)}")),
+                (KINDS["by-identifier"], lambda r: Call(f"{base}/segments/{r.choice(segments)}"
+                 f"/is-member?identifier={r.choice(identifiers)}")),
+                (KINDS["by-hot-identifier"], lambda r: Call(f"{base}/segments/"
+                 f"{r.choice(segments)}/is-member?identifier={r.choice(hot)}")),
+                (KINDS["count"], lambda r: Call(f"{base}/segments/{r.choice(segments)}")),
+                (KINDS["members"], lambda r: Call(f"{base}/segments/{r.choice(segments)}"
+                 "/members?limit=200")),
+                (KINDS["batch-by-id"],
+                 lambda r: Call(batch, {"identity_ids": r.sample(ids, BATCH)})),
+                (KINDS["batch-by-identifier"],
+                 lambda r: Call(batch, {"identifiers": r.sample(identifiers, BATCH)})),
             ]  # fmt: skip
             asyncio.run(wait_until_up(f"http://127.0.0.1:{port}/healthz", server))
+            if "revalidated" in kinds:
+                urls = [
+                    f"{base}/segments/{rng.choice(segments)}/is-member?identity_id={i}"
+                    for i in ids[:REVALIDATED_URLS]
+                ]
+                tagged = list(asyncio.run(entity_tags(urls, key)).items())
+
+                def revalidate(r: random.Random) -> Call:
+                    url, tag = r.choice(tagged)
+                    return Call(url, headers={"If-None-Match": tag}, expect=304)
+
+                scenarios.append((KINDS["revalidated"], revalidate))
             rows = []
             wanted = {KINDS[kind] for kind in kinds}
             for name, target in (s for s in scenarios if s[0] in wanted):
@@ -209,9 +244,20 @@ async def wait_until_up(url: str, server: subprocess.Popen) -> None:
     raise SystemExit("membership serve did not answer within 60 s")
 
 
+async def entity_tags(urls: list[str], key: str) -> dict[str, str]:
+    """Each URL's ETag, from one answer of each."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        tags = {}
+        for url in urls:
+            async with session.get(url) as answer:
+                await answer.read()
+                tags[url] = answer.headers["ETag"]
+        return tags
+
+
 async def load(
     name: str,
-    target: Callable[[random.Random], str],
+    target: Callable[[random.Random], Call],
     key: str,
     concurrency: int,
     seconds: float,
@@ -227,10 +273,14 @@ async def load(
             nonlocal errors
             rng = random.Random(seed * 1000 + index)
             while time.perf_counter() < until:
+                call = target(rng)
                 started = time.perf_counter()
-                async with session.get(target(rng)) as answer:
+                async with session.request(
+                    "GET" if call.body is None else "POST", call.url, json=call.body,
+                    headers=call.headers,
+                ) as answer:  # fmt: skip
                     await answer.read()
-                    failed = answer.status != 200
+                    failed = answer.status != call.expect
                 if record:
                     latencies.append((time.perf_counter() - started) * 1000)
                     errors += failed
@@ -245,10 +295,10 @@ async def load(
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"\n{'request':<26}{'in flight':>10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"\n{'request':<42}{'in flight':>10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for row in rows:
         print(
-            f"{row.name:<26}{row.concurrency:>10}{row.rps:>10,.0f}{row.percentile(0.5):>9.2f}"
+            f"{row.name:<42}{row.concurrency:>10}{row.rps:>10,.0f}{row.percentile(0.5):>9.2f}"
             f"{row.percentile(0.99):>9.2f}{row.errors:>8}"
         )
     members = [r for r in rows if r.name.startswith("is-member by id")]

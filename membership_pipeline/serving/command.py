@@ -42,6 +42,14 @@ def add_commands(command: Any) -> None:
         "--pointer-ttl", type=float, default=1.0,
         help="seconds a new publication may take to be served (0: checked on every request)",
     )  # fmt: skip
+    serve_parser.add_argument(
+        "--metrics-per-environment", action="store_true",
+        help="label /metrics by environment key (off: /metrics needs no key, so it names none)",
+    )  # fmt: skip
+    serve_parser.add_argument(
+        "--no-docs", dest="docs", action="store_false",
+        help="do not serve /docs and /openapi.json (open without a key otherwise)",
+    )  # fmt: skip
     key_parser = command("api-key", create_key, "create an API key for the HTTP read API")
     key_parser.add_argument("name", help="who the key is for (shown in access logs)")
     key_parser.add_argument(
@@ -65,13 +73,14 @@ def serve(args: argparse.Namespace) -> tuple[Any, str]:
         "api_keys": str(args.api_keys),
         "stale_after": args.stale_after,
         "pointer_ttl": args.pointer_ttl,
+        "metrics_per_environment": args.metrics_per_environment,
+        "docs": args.docs,
     }
     # Built here first even with workers: bad keys or an unreachable database is one line now.
     app = app_from_options(options)
     where = f"http://{args.host}:{args.port}"
-    print(
-        f"serving memberships on {where} (OpenAPI: /docs), {args.workers} process(es)", flush=True
-    )
+    docs = "OpenAPI: /docs" if args.docs else "no /docs"
+    print(f"serving memberships on {where} ({docs}), {args.workers} process(es)", flush=True)
     sys.stdout.flush()
     run = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False}
     if args.workers == 1:
@@ -92,6 +101,8 @@ def app_from_options(options: dict[str, Any]) -> FastAPI:
             keys=load_key_file(Path(options["api_keys"])),
             stale_after=timedelta(seconds=options["stale_after"]),
             pointer_ttl=options["pointer_ttl"],
+            metrics_per_environment=options["metrics_per_environment"],
+            docs=options["docs"],
         )
     )
 

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from membership_pipeline.model.errors import DatabaseUnreachable
+from membership_pipeline.model.errors import DatabaseUnreachable, UnknownIdentity
 from membership_pipeline.serving.api_keys import ApiKey, KeyRing
-from membership_pipeline.serving.cursor import Cursor
+from membership_pipeline.serving.cursor import Cursor, listing_of
 from membership_pipeline.serving.errors import ApiError
 from membership_pipeline.serving.identifier_cache import IdentifierCache
 from membership_pipeline.serving.metrics import ServiceMetrics
@@ -43,6 +43,8 @@ class ServiceSettings:
     keys: KeyRing
     stale_after: timedelta = timedelta(hours=1)
     pointer_ttl: float = 1.0  # a new publication is served at most this late (unannounced)
+    metrics_per_environment: bool = False  # /metrics is open: tenants' keys only when asked
+    docs: bool = True  # /docs and /openapi.json (open: the API's shape, no tenant's data)
 
 
 class MembershipService:
@@ -65,7 +67,7 @@ class MembershipService:
         self.places = EnvironmentPlaces(self.source.environments)
         self.identifiers = IdentifierCache()
         self.registry = CollectorRegistry()
-        self.metrics = ServiceMetrics(self.registry)
+        self.metrics = ServiceMetrics(self.registry, settings.metrics_per_environment)
 
     def close(self) -> None:
         self.close_store()
@@ -128,12 +130,8 @@ class MembershipService:
     ) -> Answer:
         """A page of members in id order, on the version of the listing's first page."""
         known = self._environment_for(key, environment_key)
-        if cursor is None:
-            version, after = self.reader.published(environment_key), 0
-        else:
-            position = Cursor.decode(cursor)
-            version = self.reader.at_version(environment_key, position.version_id)
-            after = position.after_id
+        listing = listing_of(environment_key, segment, search)
+        version, after = self._listing_version(environment_key, listing, cursor)
         if search is None:
             page = version.members(segment, after or None, limit)
             ids, next_after = page.ids, page.next_after
@@ -146,7 +144,9 @@ class MembershipService:
                 limit,
                 search,
             )
-        next_cursor = None if next_after is None else Cursor(version.version_id, next_after)
+        next_cursor = (
+            None if next_after is None else Cursor(version.version_id, next_after, listing)
+        )
         return self._answer(
             known,
             version,
@@ -177,6 +177,8 @@ class MembershipService:
     ) -> Answer:
         known, version = self._reading(key, environment_key)
         wanted = await self._identity_of(known, version, identity_id, identifier)
+        if not version.has_identity(wanted):  # one rule with segments-of: unknown is a 404
+            raise UnknownIdentity(environment_key, wanted, version.version_id)
         member = version.is_member(segment, wanted)
         return self._answer(
             known, version, {"segment": segment, "identity_id": wanted, "member": member}
@@ -198,6 +200,106 @@ class MembershipService:
             },
         )
 
+    # Batches: one version answers every item; an item that cannot be answered carries the
+    # error (and status) its single request would have had.
+    async def segments_of_batch(
+        self,
+        key: ApiKey,
+        environment_key: str,
+        identity_ids: list[int] | None,
+        identifiers: list[str] | None,
+    ) -> Answer:
+        known, version = self._reading(key, environment_key)
+        if (identity_ids is None) == (identifiers is None):
+            raise ApiError(400, "give exactly one of identity_ids and identifiers")
+        items: list[dict[str, Any]]
+        if identity_ids is not None:
+            items = [{"identity_id": i} for i in identity_ids]
+        else:
+            assert identifiers is not None
+            resolved = await self._identities_of(known, version, identifiers)
+            items = [
+                {"identifier": name, "identity_id": resolved.get(name)} for name in identifiers
+            ]
+        found = version.segments_of_many(i["identity_id"] for i in items if i["identity_id"])
+        for item in items:
+            wanted = item["identity_id"]
+            if wanted in found:
+                item["segments"] = found[wanted]
+            elif wanted is None:
+                item.update(status=404, error=NO_SUCH_IDENTIFIER)
+            else:
+                item.update(status=404, error=_not_in(wanted, version))
+        return self._answer(
+            known, version, {"identities": items, "unavailable": sorted(version.failed_segments)}
+        )
+
+    async def is_member_batch(
+        self, key: ApiKey, environment_key: str, pairs: list[tuple[str, int | None, str | None]]
+    ) -> Answer:
+        """``pairs``: (segment, identity id, identifier), exactly one of the last two given."""
+        known, version = self._reading(key, environment_key)
+        if any((i is None) == (name is None) for _, i, name in pairs):
+            raise ApiError(400, "pairs: give exactly one of identity_id and identifier in each")
+        names = sorted({name for _, _, name in pairs if name is not None})
+        resolved = await self._identities_of(known, version, names) if names else {}
+        ids = [i if i is not None else resolved.get(name) for _, i, name in pairs]
+        held = version.segments_of_many(i for i in ids if i is not None)
+        failed = version.failed_segments
+        answers = []
+        for (segment, _, name), wanted in zip(pairs, ids, strict=True):
+            item: dict[str, Any] = {"segment": segment}
+            if name is not None:
+                item["identifier"] = name
+            item["identity_id"] = wanted
+            if wanted is None:
+                item.update(status=404, error=NO_SUCH_IDENTIFIER)
+            elif wanted not in held:
+                item.update(status=404, error=_not_in(wanted, version))
+            elif not version.has_segment(segment):
+                item.update(status=404, error=f"segment {segment!r} is not in version "
+                            f"{version.version_id}")  # fmt: skip
+            elif segment in failed:
+                item.update(
+                    status=409,
+                    error=f"segment {segment!r} could not be evaluated: {failed[segment]}",
+                )
+            else:
+                item["member"] = segment in held[wanted]
+            answers.append(item)
+        return self._answer(known, version, {"answers": answers})
+
+    # HTTP caching: the version an answer would be read from now, without reading it.
+    def current(
+        self,
+        key: ApiKey,
+        environment_key: str,
+        listing: tuple[str, str | None, str | None] | None = None,
+    ) -> tuple[KnownEnvironment, PublishedMembership, bool]:
+        """The environment, the version a request would be answered from and whether that
+        answer is stale. ``listing``: a members page's (segment, cursor, search)."""
+        known = self._environment_for(key, environment_key)
+        if listing is None or listing[1] is None:
+            version = self.reader.published(environment_key)
+        else:
+            segment, cursor, search = listing
+            version, _ = self._listing_version(
+                environment_key, listing_of(environment_key, segment, search), cursor
+            )
+        return known, version, self._stale(version)
+
+    def _listing_version(
+        self, environment_key: str, listing: str, cursor: str | None
+    ) -> tuple[PublishedMembership, int]:
+        """A listing's version (its first page's, which the cursor names) and where it stands."""
+        if cursor is None:
+            return self.reader.published(environment_key), 0
+        position = Cursor.decode(cursor, listing)
+        return self.reader.at_version(environment_key, position.version_id), position.after_id
+
+    def _stale(self, version: PublishedMembership) -> bool:
+        return datetime.now(UTC) - version.as_of > self.settings.stale_after
+
     def _environment_for(self, key: ApiKey, environment_key: str) -> KnownEnvironment:
         known = self.places.get(environment_key)
         if not key.allows(known.place if known else None):
@@ -217,7 +319,7 @@ class MembershipService:
         self, known: KnownEnvironment, version: PublishedMembership, fields: Answer
     ) -> Answer:
         """The answer, stamped with its version."""
-        stale = datetime.now(UTC) - version.as_of > self.settings.stale_after
+        stale = self._stale(version)
         self.metrics.served(known.place.environment_key, version.version_id)
         return {
             "environment": known.place.environment_key,
@@ -240,6 +342,7 @@ class MembershipService:
         if identity_id is not None:
             return identity_id
         assert identifier is not None
+        _check_identifier(identifier)
         remembered = self.identifiers.remembered(
             known.flagsmith_id, identifier, version.has_identity
         )
@@ -250,9 +353,45 @@ class MembershipService:
         # A query of Flagsmith's database: on a worker thread, the event loop keeps serving.
         found = await run_in_threadpool(self.source.identity_id, known.flagsmith_id, identifier)
         if found is None:
-            raise ApiError(404, "no identity of this environment has that identifier")
+            raise ApiError(404, NO_SUCH_IDENTIFIER)
         self.identifiers.remember(known.flagsmith_id, identifier, found)
         return found
+
+    async def _identities_of(
+        self, known: KnownEnvironment, version: PublishedMembership, identifiers: list[str]
+    ) -> dict[str, int]:
+        """Ids of those of ``identifiers`` that are the environment's identities: remembered,
+        else found in one query of Flagsmith's database for all of them."""
+        for identifier in identifiers:
+            _check_identifier(identifier)
+        found: dict[str, int] = {}
+        for identifier in identifiers:
+            remembered = self.identifiers.remembered(
+                known.flagsmith_id, identifier, version.has_identity
+            )
+            if remembered is not None:
+                found[identifier] = remembered
+        missing = [name for name in identifiers if name not in found]
+        self.metrics.identifier_resolved("remembered", len(found))
+        if missing:
+            self.metrics.identifier_resolved("queried", len(missing))
+            queried = await run_in_threadpool(self.source.identity_ids, known.flagsmith_id, missing)
+            for identifier, identity_id in queried.items():
+                self.identifiers.remember(known.flagsmith_id, identifier, identity_id)
+            found.update(queried)
+        return found
+
+
+NO_SUCH_IDENTIFIER = "no identity of this environment has that identifier"
+
+
+def _check_identifier(identifier: str) -> None:
+    if "\x00" in identifier:  # no Flagsmith identifier holds one (PostgreSQL text cannot)
+        raise ApiError(400, "identifier: must not contain the NUL character (%00)")
+
+
+def _not_in(identity_id: int, version: PublishedMembership) -> str:
+    return f"identity {identity_id} is not in version {version.version_id}"
 
 
 def _search(

@@ -63,6 +63,21 @@ class EnvironmentCatalogue:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one_or_none()
 
+    def identity_ids(self, environment_id: int, identifiers: Sequence[str]) -> dict[str, int]:
+        """Id by identifier, for those of ``identifiers`` that are the environment's identities
+        (probes of Flagsmith's unique (environment, identifier) index, in batches)."""
+        found: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(identifiers), IDENTIFIER_BATCH):
+                query = sa.select(tables.identities.c.identifier, tables.identities.c.id).where(
+                    tables.identities.c.environment_id == environment_id,
+                    tables.identities.c.identifier.in_(
+                        identifiers[start : start + IDENTIFIER_BATCH]
+                    ),
+                )
+                found.update(conn.execute(query).tuples().all())
+        return found
+
     def identifiers(self, environment_id: int, ids: Sequence[int]) -> dict[int, str]:
         """Identifier by id, for those of ``ids`` that are the environment's identities (primary
         key probes, in batches)."""

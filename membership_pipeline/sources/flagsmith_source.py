@@ -144,6 +144,9 @@ class FlagsmithSource:
     def identity_id(self, environment_id: int, identifier: str) -> int | None:
         return self.catalogue.identity_id(environment_id, identifier)
 
+    def identity_ids(self, environment_id: int, identifiers: Sequence[str]) -> dict[str, int]:
+        return self.catalogue.identity_ids(environment_id, identifiers)
+
     def identifiers(self, environment_id: int, ids: Sequence[int]) -> dict[int, str]:
         return self.catalogue.identifiers(environment_id, ids)
 

@@ -194,6 +194,9 @@ def test_serving_benchmark_loads_every_request_kind_without_errors() -> None:
         "is-member by hot identifier",
         "count",
         "members page of 200",
+        "segments-of batch of 1,000 by id",
+        "segments-of batch of 1,000 by identifier",
+        "is-member by id, 304",  # an error unless every answer is the 304
     }
     found = {}
     for row in rows:

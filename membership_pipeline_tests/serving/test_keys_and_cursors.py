@@ -3,6 +3,7 @@ listing cursor; and the two commands that create a key and start the service."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from membership_pipeline.serving.api_keys import (
     digest_of,
     load_key_file,
 )
-from membership_pipeline.serving.cursor import Cursor, CursorInvalid
+from membership_pipeline.serving.cursor import Cursor, CursorInvalid, listing_of
 
 PLACE = EnvironmentPlace("env_a", project_id="7", organisation_id="3")
 
@@ -68,12 +69,37 @@ def test_a_bad_scope_or_keys_file_is_one_line(tmp_path):
     assert len(KeyRing([])) == 0
 
 
+def _encoded(*fields: object) -> str:
+    raw = json.dumps(list(fields)).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def test_a_cursor_round_trips_and_rejects_what_it_did_not_make():
-    cursor = Cursor(version_id=12, after_id=4_000_000)
-    assert Cursor.decode(cursor.encode()) == cursor
-    for forged in ("", "abc", "W10", "WzEsMCw1XQ", "WzIsMTIsNV0", "WzEsIjEyIiw1XQ", "%%%"):
+    listing = listing_of("env", "28", None)
+    cursor = Cursor(version_id=12, after_id=4_000_000, listing=listing)
+    assert Cursor.decode(cursor.encode(), listing) == cursor
+    forgeries = [
+        "", "abc", "W10", "%%%", "é", _encoded(2, 12, 5), _encoded(1, 12, 5),  # form 1: old
+        _encoded(1, 12, 5, listing), _encoded(2, "12", 5, listing), _encoded(2, 0, 5, listing),
+        _encoded(2, 12, -1, listing), _encoded(2, 12, 5, 7), _encoded(2, 2**63, 5, listing),
+        _encoded(2, 1, 2**32, listing),  # past the largest identity id: was a 500
+        _encoded({"a": 1, "b": 2, "c": 3, "d": 4}),
+    ]  # fmt: skip
+    for forged in forgeries:
         with pytest.raises(CursorInvalid, match="cursor is malformed"):
-            Cursor.decode(forged)
+            Cursor.decode(forged, listing)
+    assert Cursor.decode(_encoded(2, 1, 2**32 - 1, listing), listing).after_id == 2**32 - 1
+
+
+def test_a_cursor_continues_only_its_own_listing():
+    made = Cursor(12, 40, listing_of("env", "28", None)).encode()
+    for environment, segment, search in [
+        ("other", "28", None), ("env", "29", None), ("env", "28", "a"), ("env", "28", ""),
+    ]:  # fmt: skip
+        with pytest.raises(CursorInvalid, match="cursor belongs to another listing"):
+            Cursor.decode(made, listing_of(environment, segment, search))
+    # Keys that run together do not make the same listing.
+    assert listing_of("ab", "c", None) != listing_of("a", "bc", None)
 
 
 def membership(*args: str) -> subprocess.CompletedProcess:

@@ -111,6 +111,32 @@ def test_a_search_pages_through_identifiers_containing_the_text(service, store, 
     assert found == wanted and len(wanted) > 10
 
 
+def test_a_cursor_is_refused_on_any_other_listing(service, store, flagsmith):
+    """A cursor continues the listing that made it; on another segment, environment or search
+    it is a 400 saying so (it used to list the other segment from the cursor's id)."""
+    env, other_env = (e["api_key"] for e in flagsmith.environments[:2])
+    counts = store.reader().published(env).segment_counts()
+    segment, other = sorted(counts, key=counts.get)[-2:]
+    members = f"/v1/environments/{env}/segments/{segment}/members"
+    cursor = service.get(members, limit=1).json()["next_cursor"]
+    assert cursor is not None
+    assert service.get(members, limit=1, cursor=cursor).status_code == 200  # its own: fine
+    other_segment = store.reader().published(other_env).segment_keys[0]
+    for path, params in [
+        (f"/v1/environments/{env}/segments/{other}/members", {}),
+        (f"/v1/environments/{other_env}/segments/{other_segment}/members", {}),
+        (members, {"search": "1"}),
+    ]:
+        answer = service.get(path, limit=1, cursor=cursor, **params)
+        assert answer.status_code == 400, (path, params, answer.text)
+        assert answer.json()["error"].startswith("cursor belongs to another listing")
+    # A searching listing's cursor does not continue the plain one either.
+    searching = service.get(members, limit=1, search="1").json()["next_cursor"]
+    assert searching is not None
+    assert service.get(members, limit=1, cursor=searching).status_code == 400
+    assert service.get(members, limit=1, cursor=searching, search="1").status_code == 200
+
+
 def test_the_auth_matrix(service, flagsmith):
     first, *others = [e["api_key"] for e in flagsmith.environments]
     summary = SUMMARY.format(env=first)
@@ -175,7 +201,14 @@ def test_bad_input_is_one_line_naming_the_problem(service, store, flagsmith):
         (f"{base}/members", {"limit": 0}, 400, "limit"),
         (f"{base}/members", {"limit": 1001}, 400, "limit"),
         (f"{base}/members", {"cursor": "not-a-cursor"}, 400, "cursor is malformed"),
-        (f"{base}/members", {"cursor": Cursor(1, 5).encode()[:-2] + "!!"}, 400, "cursor"),
+        (f"{base}/members", {"cursor": Cursor(1, 5, "x").encode()[:-2] + "!!"}, 400, "cursor"),
+        # a well-formed cursor past the largest identity id: was a 500
+        (f"{base}/members", {"cursor": "WzEsMiw0Mjk0OTY3Mjk2XQ"}, 400, "cursor is malformed"),
+        (f"{base}/members", {"cursor": Cursor(1, 2**32, "x").encode()}, 400, "malformed"),
+        # PostgreSQL text cannot hold NUL: was a 500 from the driver
+        (f"{base}/is-member", {"identifier": "a\x00b"}, 400, "must not contain the NUL"),
+        (f"/v1/environments/{env}/segments-of", {"identifier": "a\x00b"}, 400, "NUL"),
+        (f"{base}/is-member", {"identity_id": 4_000_000_000}, 404, "identity 4000000000 is not"),
         (f"{base}/sample", {"n": -1}, 400, "n"),
         (f"/v1/environments/{env}/segments/999999", {}, 404, "segment '999999' is not in"),
         (f"/v1/environments/{env}/segments-of", {"identity_id": 4_000_000_000}, 404, "identity"),
@@ -205,15 +238,37 @@ def test_operations_endpoints_and_access_events_without_secrets(service, flagsmi
         metrics
     )
     assert "membership_http_request_seconds_bucket" in metrics
-    assert f'membership_served_version{{environment="{env}"}}' in metrics
+    # Open without a key, so by default it names no tenant.
+    assert "membership_answers_total 1.0" in metrics
+    for environment in flagsmith.environments:
+        assert environment["api_key"] not in metrics
+    assert "membership_served_version" not in metrics
     document = service.get("/openapi.json", key=None).json()
     assert "/v1/environments/{environment}/segments/{segment}/members" in document["paths"]
+    assert service.get("/docs", key=None).status_code == 200
     log = service.log.read_text()
     assert "segment_membership.serving.request" in log
     assert '"route": "/v1/environments/{environment}/segments-of", "status": 200' in log
     assert '"key": "all"' in log  # the key's name, never the key
     for secret in (*service.keys.values(), identifier):
         assert secret not in log
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_what_answers_without_a_key_is_chosen_at_start(store, store_url, flagsmith, tmp_path):
+    from membership_pipeline_tests.serving.conftest import running_service
+
+    env = flagsmith.environments[0]["api_key"]
+    options = ("--metrics-per-environment", "--no-docs")
+    with running_service(store_url, flagsmith, tmp_path, *options) as service:
+        assert service.get(SUMMARY.format(env=env)).status_code == 200
+        metrics = service.get("/metrics", key=None).text
+        version = store.reader().published(env).version_id
+        assert f'membership_served_version{{environment="{env}"}} {version:.1f}' in metrics
+        assert f'membership_answers_total{{environment="{env}"}} 1.0' in metrics
+        for path in ("/docs", "/openapi.json", "/redoc"):
+            assert service.get(path, key=None).status_code == 404, path
+        assert service.get("/healthz", key=None).status_code == 200
 
 
 def test_health_follows_the_store_and_answers_turn_stale(store, store_url, flagsmith, tmp_path):
