@@ -14,6 +14,9 @@ from membership_pipeline.defs.membership.deployment import (
     Deployment,
 )
 from membership_pipeline.defs.membership.executors import executor_for
+from membership_pipeline.defs.membership.flagsmith_counts import (
+    flagsmith_segment_membership_counts,
+)
 from membership_pipeline.defs.membership.garbage_collection import (
     garbage_collection_job,
     garbage_collection_schedule,
@@ -26,6 +29,7 @@ from membership_pipeline.defs.membership.publishing_io_manager import (
 from membership_pipeline.defs.membership.resources import (
     ChangeCaptureResource,
     DispatchPolicyResource,
+    FlagsmithCountsResource,
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
@@ -56,6 +60,7 @@ def membership_definitions(deployment: Deployment) -> dg.Definitions:
         assets=[
             bitmaps_asset(deployment.shard_identities, deployment.shard_retries),
             segment_membership_counts,
+            *([flagsmith_segment_membership_counts] if deployment.exports_counts else []),
         ],
         jobs=[bitmaps_job, edit_job, garbage_collection_job],
         sensors=[
@@ -95,4 +100,5 @@ def build_resources(
         STAGING_IO_MANAGER: staging_io_manager,
         "dispatch_policy": DispatchPolicyResource(**configured("dispatch_policy")),
         "change_capture": ChangeCaptureResource(**configured("change_capture")),
+        "flagsmith_counts": FlagsmithCountsResource(**configured("flagsmith_counts")),
     }

@@ -52,6 +52,10 @@ DEFAULT_GC_CRON = "*/10 * * * *"
 # one staged) before the backfill fails.
 DEFAULT_SHARD_RETRIES = 2
 
+# Exact counts into Flagsmith's own table (``exports/flagsmith_counts.py``): set, the export asset
+# is part of the definitions and of every backfill run; unset, it does not exist.
+FLAGSMITH_COUNTS_URL_VARIABLE = "MEMBERSHIP_FLAGSMITH_COUNTS_URL"
+
 # Resource field → the variable a deployment sets it by.
 RESOURCE_VARIABLES: dict[str, dict[str, str]] = {
     "flagsmith": {
@@ -67,6 +71,7 @@ RESOURCE_VARIABLES: dict[str, dict[str, str]] = {
         "orphaned_run_grace_seconds": "MEMBERSHIP_ORPHANED_RUN_GRACE_SECONDS",
     },
     "dispatch_policy": {name: setting.variable for name, setting in POLICY_SETTINGS.items()},
+    "flagsmith_counts": {"url": FLAGSMITH_COUNTS_URL_VARIABLE},
     "change_capture": {
         "slot": "MEMBERSHIP_CAPTURE_SLOT",
         "publication": "MEMBERSHIP_CAPTURE_PUBLICATION",
@@ -76,7 +81,7 @@ RESOURCE_VARIABLES: dict[str, dict[str, str]] = {
 # The fields above that are text (the others are whole numbers: ``dg.EnvVar.int``).
 TEXT_FIELDS = {("flagsmith", "url"), ("membership_store", "url"), ("dispatch_policy",
                "organisation_caps"), ("change_capture", "slot"),
-               ("change_capture", "publication")}  # fmt: skip
+               ("change_capture", "publication"), ("flagsmith_counts", "url")}  # fmt: skip
 
 
 class ExecutorKind(StrEnum):
@@ -116,6 +121,11 @@ class Deployment:
             raise InvalidSetting(
                 f"{EXECUTOR_VARIABLE} must be {', '.join(others)} or {last}, got {raw!r}"
             ) from None
+
+    @property
+    def exports_counts(self) -> bool:
+        """Whether published counts go to Flagsmith's own table."""
+        return bool(self.environ.get(FLAGSMITH_COUNTS_URL_VARIABLE, "").strip())
 
     @property
     def refresh_cron(self) -> str:

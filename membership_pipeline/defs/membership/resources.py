@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
 from membership_pipeline.backfill.planning import DEFAULT_INCREMENTAL_SHARD_IDENTITIES
@@ -200,3 +201,23 @@ class ChangeCaptureResource(dg.ConfigurableResource):
         return ChangeCapture(
             source_url, CaptureSettings(self.slot, self.publication, self.batch_changes)
         )
+
+
+class FlagsmithCountsResource(dg.ConfigurableResource):
+    """Flagsmith's database as the writer of its own membership counts table (the export is
+    off, and not in the definitions, while its URL is unset)."""
+
+    url: str = Field(
+        default="",
+        description="Flagsmith's database with write access to "
+        "segment_membership_segmentmembershipcount (only that table), as an SQLAlchemy URL. "
+        "Deployment: $MEMBERSHIP_FLAGSMITH_COUNTS_URL.",
+    )
+
+    @contextlib.contextmanager
+    def engine(self) -> Iterator[sa.Engine]:
+        engine = sa.create_engine(self.url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
