@@ -77,6 +77,11 @@ class CeleryWorkers:
         """Tasks (Dagster steps) the worker finished, from its log."""
         return self.log.read_text().count(" succeeded in ")
 
+    def processes_replaced(self) -> int:
+        """Pool processes replaced for passing ``worker_max_memory_per_child`` (billiard's
+        warning, in the worker's log)."""
+        return self.log.read_text().count("exiting after exceeding memory limit")
+
     def _wait_ready(self, worker: subprocess.Popen) -> None:
         deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline:

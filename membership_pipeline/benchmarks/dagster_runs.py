@@ -62,6 +62,7 @@ def materialize(
         run = _run(environment, store_url, env_key, shard_identities, executor, step_server, roots)
         if executor == "celery":
             run["worker_steps"] = workers.tasks_succeeded()
+            run["processes_replaced"] = workers.processes_replaced()
         return run
 
 

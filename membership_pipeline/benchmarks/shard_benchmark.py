@@ -22,7 +22,8 @@ store, on the multiprocess executor and on Celery workers.
    (``celery_workers.py``: RabbitMQ vhost, Dagster instance on PostgreSQL,
    ``deploy/celery.yaml``; the worker's start is not timed), with the ratio of their walls.
    A Celery pool process runs shard after shard, so the peak RSS a shard reports there is the
-   largest of its process so far.
+   largest of its process so far (deploy/celery.yaml replaces a process past 1.5 GB; the run
+   says how many were).
 
 ``--layout``: how the trait rows lie on disk. ``scattered`` (the default) as a live deployment
 leaves them (``live_layout``: written over time, rewritten and deleted, vacuumed); ``clustered``
@@ -201,7 +202,12 @@ def _report_large(
     print(
         f"  wall {run['wall']:.1f} s (start → flip {run['to_flip']:.1f} s), "
         f"{len(run['shards'])} shards, published {run['identities']:,} identities"
-        + (f", {run['worker_steps']} steps run by the worker" if "worker_steps" in run else "")
+        + (
+            f", {run['worker_steps']} steps run by the worker, {run['processes_replaced']} pool "
+            "processes replaced at worker_max_memory_per_child"
+            if "worker_steps" in run
+            else ""
+        )
     )
     _print_shards(run["shards"])
     print(
