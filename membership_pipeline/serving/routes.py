@@ -73,12 +73,16 @@ def add_routes(app: FastAPI, service: MembershipService) -> None:
         listing: tuple[str, str | None, str | None] | None = None,
     ) -> Response | None:
         """A 304 when ``If-None-Match`` names the answer the current version would give."""
-        given = request.headers.get("if-none-match")
+        # The raw headers, not ``request.headers``: most requests carry none, and every request
+        # pays for this look.
+        given = next((v for k, v in request.scope["headers"] if k == b"if-none-match"), None)
         if given is None:
             return None
         known, version, stale = service.current(request.state.api_key, environment, listing)
         tag = entity_tag(version.version_id, stale, known.display_name, *request_of(request))
-        return Response(status_code=304, headers=headers(tag)) if matches(given, tag) else None
+        if not matches(given.decode("latin-1"), tag):
+            return None
+        return Response(status_code=304, headers=headers(tag))
 
     def cached(request: Request, answer: dict[str, Any]) -> JSONResponse:
         tag = entity_tag(

@@ -177,9 +177,11 @@ class MembershipService:
     ) -> Answer:
         known, version = self._reading(key, environment_key)
         wanted = await self._identity_of(known, version, identity_id, identifier)
-        if not version.has_identity(wanted):  # one rule with segments-of: unknown is a 404
-            raise UnknownIdentity(environment_key, wanted, version.version_id)
         member = version.is_member(segment, wanted)
+        # One rule with segments-of: an identity the version does not hold is a 404 (a member
+        # is one: a segment holds only identities of its version).
+        if not member and not version.has_identity(wanted):
+            raise UnknownIdentity(environment_key, wanted, version.version_id)
         return self._answer(
             known, version, {"segment": segment, "identity_id": wanted, "member": member}
         )

@@ -5,16 +5,14 @@ the same version as a local run of the same shards."""
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import uuid
-from pathlib import Path
+from collections.abc import Iterator
 
 import dagster as dg
 import pytest
 
+from membership_pipeline.benchmarks.celery_workers import CeleryWorkers
 from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.assets import segment_membership_bitmaps
 from membership_pipeline.defs.membership.definitions import build_resources
@@ -24,67 +22,28 @@ from membership_pipeline_tests.defs.membership.conftest import ROOT
 from membership_pipeline_tests.membership_answers import assert_same_answers
 
 SHARD_IDENTITIES = 400  # the test environment's 1,500 identities in 4 shard steps
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def vhost():
-    """A RabbitMQ vhost of this test's own: tasks of another test's run never reach it."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl is not installed: RabbitMQ is needed (rabbitmq-server -detached)")
-    name = f"mp_test_{uuid.uuid4().hex[:10]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, timeout=60)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-        check=True,
-        timeout=60,
-    )
-    yield f"pyamqp://guest:guest@127.0.0.1:5672/{name}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], check=False, timeout=60)
-
-
-@pytest.fixture
-def celery_environment(tmp_path, vhost, demo_source, postgres_url, dagster_postgres_url):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+def celery_workers(demo_source, postgres_url) -> Iterator[CeleryWorkers]:
+    """A Celery worker as deployed (the benchmarks' harness: a RabbitMQ vhost of this test's
+    own, so tasks of another test's run never reach it; the Dagster instance on PostgreSQL;
+    the shipped deploy/celery.yaml), stopped with every process it forked."""
     migrate(postgres_url)
-    return {
+    base = {
         **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # dagster-celery execs `celery`
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": dagster_postgres_url,
         "MEMBERSHIP_SOURCE_URL": demo_source.url,
         "MEMBERSHIP_STORE_URL": postgres_url,
-        "MEMBERSHIP_EXECUTOR": "celery",
-        "MEMBERSHIP_CELERY_BROKER": vhost,
         "MEMBERSHIP_SHARD_IDENTITIES": str(SHARD_IDENTITIES),
     }
-
-
-@pytest.fixture
-def celery_worker(celery_environment, tmp_path):
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [BIN / "dagster-celery", "worker", "start", "-A", "dagster_celery.app",
-         "-y", ROOT / "deploy" / "celery.yaml", "--name", "membership-test"],
-        cwd=ROOT, env=celery_environment, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own group: stopped with every process it forked
-    )  # fmt: skip
-    yield worker
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(worker.pid, signum)
-            worker.wait(20)
-            break
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
-    log.close()
+    with CeleryWorkers(base, processes=2) as workers:
+        yield workers
 
 
 def test_celery_workers_publish_the_same_version_as_a_local_run(
-    celery_environment, celery_worker, demo_source, tmp_path, monkeypatch
+    celery_workers, demo_source, tmp_path, monkeypatch
 ):
+    celery_environment = celery_workers.environment
     env_key = demo_source.environments[0]["api_key"]
     for name in ("DAGSTER_HOME", "DAGSTER_PG_URL"):
         monkeypatch.setenv(name, celery_environment[name])
@@ -96,7 +55,7 @@ def test_celery_workers_publish_the_same_version_as_a_local_run(
          "--select", "segment_membership_bitmaps", "--partition", env_key],
         cwd=ROOT, env=celery_environment, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    worker_log = (tmp_path / "worker.log").read_text()
+    worker_log = celery_workers.log.read_text()
     assert run.returncode == 0, run.stderr[-3000:] + worker_log[-3000:]
 
     celery_store = MembershipStore(celery_environment["MEMBERSHIP_STORE_URL"])
