@@ -77,10 +77,14 @@ class CeleryWorkers:
         """Tasks (Dagster steps) the worker finished, from its log."""
         return self.log.read_text().count(" succeeded in ")
 
-    def processes_replaced(self) -> int:
-        """Pool processes replaced for passing ``worker_max_memory_per_child`` (billiard's
-        warning, in the worker's log)."""
-        return self.log.read_text().count("exiting after exceeding memory limit")
+    def processes_replaced(self, parents: dict[int, int]) -> int:
+        """Pool processes replaced during a run (``worker_max_memory_per_child``), from the
+        processes seen under the worker (``parents``: pid → parent): ``dagster-celery`` runs
+        ``celery``, whose children are the pool; more of them than ``processes`` were made to
+        replace some. (The pool process's own warning is not logged by the worker.)"""
+        celery = {pid for pid, parent in parents.items() if parent == self.pid}
+        pool = {pid for pid, parent in parents.items() if parent in celery}
+        return max(len(pool) - self.processes, 0)
 
     def _wait_ready(self, worker: subprocess.Popen) -> None:
         deadline = time.monotonic() + READY_SECONDS

@@ -62,7 +62,7 @@ def materialize(
         run = _run(environment, store_url, env_key, shard_identities, executor, step_server, roots)
         if executor == "celery":
             run["worker_steps"] = workers.tasks_succeeded()
-            run["processes_replaced"] = workers.processes_replaced()
+            run["processes_replaced"] = workers.processes_replaced(run["parents"])
         return run
 
 
@@ -95,8 +95,9 @@ def _run(
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     peaks: dict[int, float] = {}
+    parents: dict[int, int] = {}
     sampler = threading.Thread(
-        target=_sample_tree, args=(process, [process.pid, *roots], peaks), daemon=True
+        target=_sample_tree, args=(process, [process.pid, *roots], peaks, parents), daemon=True
     )
     sampler.start()
     _, stderr = process.communicate()
@@ -116,14 +117,18 @@ def _run(
         "shards": shards,
         "identities": identities,
         "process_peaks": sorted(peaks.values(), reverse=True),
+        "parents": parents,  # every process seen under the run (and the roots): its parent
     }
 
 
-def _sample_tree(process: subprocess.Popen, roots: list[int], peaks: dict[int, float]) -> None:
+def _sample_tree(
+    process: subprocess.Popen, roots: list[int], peaks: dict[int, float], parents: dict[int, int]
+) -> None:
     """Peak RSS of every process under the run (steps, forkserver, MD5 workers) and under the
-    other ``roots`` (Celery workers), from /proc."""
+    other ``roots`` (Celery workers), from /proc; and each one's parent."""
     while process.poll() is None:
-        for pid in _descendants(roots):
+        for pid, parent in _descendants(roots):
+            parents[pid] = parent
             try:
                 peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
             except (FileNotFoundError, ProcessLookupError):
@@ -131,17 +136,21 @@ def _sample_tree(process: subprocess.Popen, roots: list[int], peaks: dict[int, f
         time.sleep(1.0)  # VmHWM keeps the peak: sampling often only costs the run CPU
 
 
-def _descendants(roots: list[int]) -> list[int]:
+def _descendants(roots: list[int]) -> list[tuple[int, int]]:
+    """Every process under ``roots`` (the roots included), with its parent."""
     children: dict[int, list[int]] = {}
+    parent_of: dict[int, int] = {}
     for status in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = status.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(status.parent.name))
+        pid = int(status.parent.name)
+        parent_of[pid] = int(fields[1])
+        children.setdefault(parent_of[pid], []).append(pid)
     found, stack = [], list(roots)
     while stack:
         pid = stack.pop()
-        found.append(pid)
+        found.append((pid, parent_of.get(pid, 0)))
         stack.extend(children.get(pid, []))
     return found
