@@ -100,5 +100,10 @@ def build_resources(
         STAGING_IO_MANAGER: staging_io_manager,
         "dispatch_policy": DispatchPolicyResource(**configured("dispatch_policy")),
         "change_capture": ChangeCaptureResource(**configured("change_capture")),
-        "flagsmith_counts": FlagsmithCountsResource(**configured("flagsmith_counts")),
+        # Only with the export (the asset that uses it is only there then).
+        **(
+            {"flagsmith_counts": FlagsmithCountsResource(**configured("flagsmith_counts"))}
+            if deployment.exports_counts
+            else {}
+        ),
     }
