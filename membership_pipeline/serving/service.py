@@ -17,10 +17,15 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from membership_pipeline.model.errors import DatabaseUnreachable, UnknownIdentity
+from membership_pipeline.model.errors import (
+    DatabaseUnreachable,
+    SegmentUnavailable,
+    UnknownIdentity,
+    UnknownSegment,
+)
 from membership_pipeline.serving.api_keys import ApiKey, KeyRing
 from membership_pipeline.serving.cursor import Cursor, listing_of
-from membership_pipeline.serving.errors import ApiError
+from membership_pipeline.serving.errors import ApiError, api_error
 from membership_pipeline.serving.identifier_cache import IdentifierCache
 from membership_pipeline.serving.metrics import ServiceMetrics
 from membership_pipeline.serving.places import EnvironmentPlaces, KnownEnvironment
@@ -231,7 +236,7 @@ class MembershipService:
             elif wanted is None:
                 item.update(status=404, error=NO_SUCH_IDENTIFIER)
             else:
-                item.update(status=404, error=_not_in(wanted, version))
+                item.update(_refusal(UnknownIdentity(environment_key, wanted, version.version_id)))
         return self._answer(
             known, version, {"identities": items, "unavailable": sorted(version.failed_segments)}
         )
@@ -247,27 +252,21 @@ class MembershipService:
         resolved = await self._identities_of(known, version, names) if names else {}
         ids = [i if i is not None else resolved.get(name) for _, i, name in pairs]
         held = version.segments_of_many(i for i in ids if i is not None)
-        failed = version.failed_segments
         answers = []
         for (segment, _, name), wanted in zip(pairs, ids, strict=True):
             item: dict[str, Any] = {"segment": segment}
             if name is not None:
                 item["identifier"] = name
             item["identity_id"] = wanted
-            if wanted is None:
-                item.update(status=404, error=NO_SUCH_IDENTIFIER)
-            elif wanted not in held:
-                item.update(status=404, error=_not_in(wanted, version))
-            elif not version.has_segment(segment):
-                item.update(status=404, error=f"segment {segment!r} is not in version "
-                            f"{version.version_id}")  # fmt: skip
-            elif segment in failed:
-                item.update(
-                    status=409,
-                    error=f"segment {segment!r} could not be evaluated: {failed[segment]}",
-                )
-            else:
+            try:
+                if wanted is None:
+                    raise ApiError(404, NO_SUCH_IDENTIFIER)
+                if wanted not in held:
+                    raise UnknownIdentity(environment_key, wanted, version.version_id)
+                version.count(segment)  # the segment's refusal, if any: unknown, or failed
                 item["member"] = segment in held[wanted]
+            except (ApiError, UnknownIdentity, UnknownSegment, SegmentUnavailable) as error:
+                item.update(_refusal(error))
             answers.append(item)
         return self._answer(known, version, {"answers": answers})
 
@@ -392,8 +391,10 @@ def _check_identifier(identifier: str) -> None:
         raise ApiError(400, "identifier: must not contain the NUL character (%00)")
 
 
-def _not_in(identity_id: int, version: PublishedMembership) -> str:
-    return f"identity {identity_id} is not in version {version.version_id}"
+def _refusal(error: Exception) -> dict[str, Any]:
+    """A batch item's refusal: what its single request would have answered."""
+    refused = api_error(error)
+    return {"status": refused.status, "error": refused.message}
 
 
 def _search(

@@ -259,10 +259,6 @@ class PublishedMembership:
     def segment_keys(self) -> list[str]:
         return sorted(key for kind, key in self._entries if kind == "segment")
 
-    def has_segment(self, segment_key: str) -> bool:
-        """Whether the version has the segment (evaluated, or failed to)."""
-        return ("segment", segment_key) in self._entries
-
     @property
     def failed_segments(self) -> dict[str, str]:
         return {
