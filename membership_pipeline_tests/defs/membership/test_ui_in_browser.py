@@ -51,8 +51,13 @@ def materialize_with_the_button(page: object, base: str, env_key: str) -> str:
     page.get_by_role("button", name="Materialize…").click()
     dialog = page.get_by_role("dialog").first
     dialog.get_by_text("Select a partition or create one").click()
-    page.get_by_placeholder("Filter partitions").fill(env_key)
-    page.get_by_text(env_key, exact=True).filter(visible=True).last.click()  # in the list
+    search = page.get_by_placeholder("Filter partitions")
+    search.fill(env_key)
+    # The key in the partition list, not elsewhere: once the partition has been materialized,
+    # the asset page behind the dialog shows it in its metadata too (a click there lands on
+    # the dialog's overlay). The list is the nearest box around the filter that holds the key.
+    listing = search.locator(f'xpath=ancestor::*[.//*[text()="{env_key}"]][1]')
+    listing.get_by_text(env_key, exact=True).filter(visible=True).first.click()
     page.keyboard.press("Escape")  # close the partition list, keep the dialog
     dialog.get_by_role("button", name="Launch 1 run").click()
     page.get_by_role("link", name="View", exact=True).click()  # the "run launched" toast
