@@ -2,11 +2,16 @@
 those identities and their traits, evaluate every live segment for them, audit them against
 flag-engine), and stage it (``storage.delta_versions``: only the chunks holding a changed bit are
 written). An identity's membership depends only on its own traits, identifier and environment,
-so the base's answers for every other identity stay exact."""
+so the base's answers for every other identity stay exact.
+
+Segments new or edited since the base (an edit that arrived with the trait writes) are evaluated
+on every identity in the same step and written whole, and deleted ones left out: one backfill,
+one version, does both."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +21,22 @@ from pyroaring import BitMap
 from membership_pipeline.backfill.shards import audit_share, tuning_for
 from membership_pipeline.evaluation import reads_identifiers, referenced_trait_keys
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
+from membership_pipeline.evaluation.tuning import DEFAULT_TUNING
 from membership_pipeline.model.backfill_plan import BackfillPlan
 from membership_pipeline.model.refresh_mode import (
     DEFAULT_DELTA_MAX_SHARE,
+    DEFAULT_MAX_CHANGED_SHARE,
     RefreshDecision,
     RefreshMode,
     SourceMarks,
     decide_delta,
     environment_digest,
 )
-from membership_pipeline.model.shard_plan import ShardSpec
+from membership_pipeline.model.shard_plan import (
+    DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
+    ShardSpec,
+    plan_shards,
+)
 from membership_pipeline.process_memory import peak_rss_mb
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import Claim, MembershipStore, StagedPlan
@@ -56,15 +67,24 @@ def plan_delta(
     pending: PendingIdentities,
     *,
     max_share: float = DEFAULT_DELTA_MAX_SHARE,
+    max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE,
 ) -> tuple[RefreshDecision, StagedPlan | None]:
     """A delta plan of the ``pending`` identities (read from the store before this snapshot of
-    the source), or the decision to run a full backfill instead (then no plan)."""
+    the source), with the segments edited since the published version, or the decision to run
+    a full backfill instead (then no plan)."""
     key = held.environment_key
     base = store.refresh_base(key)
     state = source.environment_state(key)
     info = state.info
     digest = environment_digest(info.api_key, info.name, info.use_composite_hash_key)
-    decision = decide_delta(base, digest, state.segments, len(pending.ids), max_share=max_share)
+    decision = decide_delta(
+        base,
+        digest,
+        state.segments,
+        len(pending.ids),
+        max_share=max_share,
+        max_changed_share=max_changed_share,
+    )
     if decision.mode is not RefreshMode.DELTA:
         return decision, None
     assert base is not None and base.marks is not None
@@ -85,13 +105,25 @@ def plan_delta(
         ),
         pending_position=pending.position,
         delta_identities=tuple(ids),
+        rebuilt_segments=decision.rebuild,
+        dropped_segments=decision.drop,
     )
     return decision, store.stage_plan(held, plan)
 
 
 def compute_delta(
-    source: FlagsmithSource, plan: StagedPlan, *, audit_sample_size: int, audit_seed: int
+    source: FlagsmithSource,
+    plan: StagedPlan,
+    *,
+    audit_sample_size: int,
+    audit_seed: int,
+    base_universe: Callable[[], BitMap] | None = None,
+    rebuild_range_identities: int = DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
 ) -> DeltaOutcome:
+    """The changed identities on every segment; and a plan's new and edited segments on every
+    identity (read in ranges of ``rebuild_range_identities``), kept to the identities the
+    version holds: ``base_universe`` (the base's ids) without the changed ones, and the changed
+    ones as read here."""
     from membership_pipeline.evaluation import engine  # the kernels load in the step's process
 
     info = plan.environment
@@ -122,14 +154,107 @@ def compute_delta(
         seed=audit_seed,
     )
     seconds["audit"] = time.perf_counter() - started
+    segments = dict(result.segments)
+    failures = {k: (f.reason_code, str(f)) for k, f in result.failures.items()}
+    trait_rows = len(read.traits)
+    if plan.rebuilt_segments:
+        if base_universe is None:
+            raise ValueError("a delta with segment edits needs its base version's universe")
+        rebuilt = _rebuild_segments(
+            source, plan, audit_sample_size, audit_seed, rebuild_range_identities, seconds
+        )
+        trait_rows += rebuilt.trait_rows
+        audit = merged_audit(audit, rebuilt.audit)
+        kept = base_universe() - changed
+        for key, members in rebuilt.segments.items():
+            segments[key] = ((members - changed) & kept) | result.segments.get(key, BitMap())
+        failures |= rebuilt.failures
+        for key in rebuilt.failures:
+            segments.pop(key, None)
     answers = DeltaAnswers(
         changed=changed,
         universe=result.universe,
-        segments=result.segments,
+        segments=segments,
         names=result.segment_names,
-        failures={k: (f.reason_code, str(f)) for k, f in result.failures.items()},
+        failures=failures,
+        rebuilt=frozenset(plan.rebuilt_segments),
     )
-    return DeltaOutcome(plan, answers, audit, seconds, len(read.traits), tuple(sorted(trait_keys)))
+    return DeltaOutcome(plan, answers, audit, seconds, trait_rows, tuple(sorted(trait_keys)))
+
+
+@dataclass
+class _Rebuilt:
+    segments: dict[str, BitMap]
+    failures: dict[str, tuple[str, str]]
+    audit: AuditReport
+    trait_rows: int
+
+
+def _rebuild_segments(
+    source: FlagsmithSource,
+    plan: StagedPlan,
+    audit_sample_size: int,
+    audit_seed: int,
+    range_identities: int,
+    seconds: dict[str, float],
+) -> _Rebuilt:
+    """The plan's new and edited segments on every identity of the environment: what an
+    incremental backfill's shards do, range after range in this one step (memory grows with a
+    range and the segments' bitmaps, not with the environment)."""
+    from membership_pipeline.evaluation import engine
+
+    info = plan.environment
+    wanted = set(plan.rebuilt_segments)
+    definitions = [s for s in plan.segments if str(s["key"]) in wanted]
+    trait_keys = referenced_trait_keys(definitions)
+    identifiers = reads_identifiers(definitions)
+    started = time.perf_counter()
+    found = source.plan_identities(info.api_key, range_identities)
+    ranges = plan_shards(found.boundaries, found.identity_count, found.max_id, range_identities)
+    rebuilt = _Rebuilt({key: BitMap() for key in wanted}, {}, AuditReport(0, 0), 0)
+    for spec in ranges:
+        read = source.read_identity_range(
+            info, spec.first_id, spec.last_id, trait_keys, identifiers=identifiers
+        )
+        result = engine.evaluate_environment(
+            info.context, read.identities, read.traits, definitions, DEFAULT_TUNING
+        )
+        for key, members in result.segments.items():
+            rebuilt.segments[key] |= members
+        rebuilt.failures |= {k: (f.reason_code, str(f)) for k, f in result.failures.items()}
+        rebuilt.trait_rows += len(read.traits)
+        rebuilt.audit = merged_audit(
+            rebuilt.audit,
+            audit_against_flag_engine(
+                info.context,
+                read.identities,
+                read.traits,
+                definitions,
+                result.segments,
+                sample_size=audit_share(audit_sample_size, spec.identities, found.identity_count),
+                seed=audit_seed + 1 + spec.index,
+            ),
+        )
+    seconds["rebuild"] = time.perf_counter() - started
+    log.info(
+        "segment_membership.backfill.segments_rebuilt",
+        environment=plan.environment_key,
+        version=plan.version_id,
+        segments=len(wanted),
+        identities=found.identity_count,
+        ranges=len(ranges),
+        seconds=round(seconds["rebuild"], 3),
+    )
+    return rebuilt
+
+
+def merged_audit(first: AuditReport, second: AuditReport) -> AuditReport:
+    return AuditReport(
+        first.identities + second.identities,
+        first.pairs + second.pairs,
+        [*first.mismatches, *second.mismatches],
+        first.unlisted_mismatches + second.unlisted_mismatches,
+    )
 
 
 def delta_audit_size(sample_size: int, changed: int, environment: int) -> int:
@@ -148,6 +273,7 @@ def stage_delta(store: MembershipStore, outcome: DeltaOutcome) -> dict[str, Any]
     report: dict[str, Any] = {
         "identities": len(outcome.answers.universe),
         "identities_reevaluated": len(outcome.answers.changed),
+        "segments_rebuilt": len(outcome.answers.rebuilt),
         "trait_rows": outcome.trait_rows,
         "trait_keys_read": list(outcome.trait_keys),
         "segments": len(outcome.answers.segments),

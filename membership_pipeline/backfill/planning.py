@@ -15,16 +15,13 @@ from membership_pipeline.model.refresh_mode import (
     decide_refresh,
     environment_digest,
 )
-from membership_pipeline.model.shard_plan import plan_shards
+from membership_pipeline.model.shard_plan import DEFAULT_INCREMENTAL_SHARD_IDENTITIES, plan_shards
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.sources.identity_planner import IdentityPlan
 from membership_pipeline.storage import Claim, MembershipStore, StagedPlan
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("backfill")
-# An incremental shard evaluates a few segments: it holds far more identities than a full one
-# in the same memory (ids, identifiers and the edited segments' traits).
-DEFAULT_INCREMENTAL_SHARD_IDENTITIES = 4_000_000
 
 
 def plan_backfill(
@@ -45,30 +42,26 @@ def plan_backfill(
 
     The pending identities are read before the source's snapshot is taken: every change
     recorded by then was committed before it, so a full or delta plan covers them (and its
-    publish clears them); an incremental plan shares bitmaps that may predate them, so it runs
-    as full while any are pending."""
+    publish clears them); an incremental plan shares bitmaps that may predate them, so while any
+    are pending it runs as a delta with its segment edits (else as full)."""
     key = held.environment_key
     pending = store.pending_identities(key)
     escalated = None  # why a requested delta or incremental runs as full
-    if mode is RefreshMode.DELTA:
-        decision, staged = plan_delta(source, store, held, pending, max_share=delta_max_share)
+    if mode is RefreshMode.DELTA or (mode is RefreshMode.INCREMENTAL and pending.ids):
+        # Segment edits with changed identities pending: one delta does both (the edited
+        # segments on every identity, the changed identities on every segment).
+        decision, staged = plan_delta(
+            source,
+            store,
+            held,
+            pending,
+            max_share=delta_max_share,
+            max_changed_share=max_changed_share,
+        )
         _log_decision(key, mode, decision)
         if staged is not None:
             return staged
         mode, escalated = RefreshMode.FULL, decision.reason
-    elif mode is RefreshMode.INCREMENTAL and pending.ids:
-        escalated = (
-            f"{len(pending.ids)} changed identities are pending: a full backfill covers them "
-            "and the segments"
-        )
-        log.info(
-            "segment_membership.backfill.refresh_decided",
-            environment=key,
-            requested=mode.value,
-            mode=RefreshMode.FULL.value,
-            reason=escalated,
-        )
-        mode = RefreshMode.FULL
     base = store.refresh_base(key) if mode is RefreshMode.INCREMENTAL else None
     traits_after = None
     if base is not None and base.marks is not None:

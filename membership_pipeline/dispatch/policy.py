@@ -8,12 +8,14 @@ Order of the rules, per tick:
    ``coalesce_window`` of each other merge into one covering the union; it keeps the earliest
    created-at and the most urgent reason (the others are reported as coalesced into it). Their
    segment sets merge too: a full request makes the merge full. Deltas merge into one delta;
-   with segment edits (and no full request) they stay a delta beside the edits' merge.
-   **Escalate**: a segments-only request naming more than ``incremental_max_share`` of the
-   environment's segments becomes a full backfill (every decision says its mode and why).
+   with segment edits (and no full request) they are one delta carrying the edits, whose
+   backfill does both (the edited segments on every identity, the changed identities on every
+   segment) in one version.
+   **Escalate**: a request naming more than ``incremental_max_share`` of the environment's
+   segments becomes a full backfill (every decision says its mode and why).
 3. In urgency order, each merged request is **dedup-suppressed** if its dedup key is locked,
    **deferred** (kept queued) if its environment is running or cooling down, or has already
-   been launched this tick (an edit goes before its environment's delta), **rate-limited**
+   been launched this tick, **rate-limited**
    (kept queued) if its organisation reached its cap (deltas have a cap of their own)
    in the rolling minute, else **published**: launched, its dedup key locked for ``dedup_ttl``.
 """
@@ -185,26 +187,28 @@ def decide(
 
 def escalate(request: BackfillRequest, max_share: float) -> tuple[BackfillRequest, str]:
     """The request, made full when its segment set is most of the environment; and why its
-    backfill is full or incremental."""
-    if request.delta:
-        return request, "delta: the identities captured as changed, on every segment"
+    backfill is full, incremental or delta."""
     if request.segments is None:
+        if request.delta:
+            return request, "delta: the identities captured as changed, on every segment"
         return request, "full: identities, traits or the whole environment"
     count, total = len(request.segments), request.segment_total
     if total is not None and count > max_share * max(total, 1):
         return (
-            dataclasses.replace(request, segments=None),
+            dataclasses.replace(request, segments=None, delta=False),
             f"full: {count} of {total} segments changed (more than {max_share:.0%})",
         )
-    return request, f"incremental: {count} segments changed" + (
-        f" of {total}" if total is not None else ""
-    )
+    of = f" of {total}" if total is not None else ""
+    if request.delta:
+        return request, (
+            "delta: the identities captured as changed, on every segment, and "
+            f"{count}{of} edited segments on every identity"
+        )
+    return request, f"incremental: {count} segments changed{of}"
 
 
-def _priority(request: BackfillRequest) -> tuple[int, bool, datetime, str]:
-    # A segment edit before a delta of its environment: a delta planned on a version whose
-    # segments are not today's runs as full (model/refresh_mode.decide_delta).
-    return (request.reason.urgency, request.delta, request.created_at, request.job_id)
+def _priority(request: BackfillRequest) -> tuple[int, datetime, str]:
+    return (request.reason.urgency, request.created_at, request.job_id)
 
 
 def _decided(
@@ -222,20 +226,14 @@ def _decided(
 
 
 def _merged_segments(run: Sequence[BackfillRequest]) -> tuple[str, ...] | None:
-    if any(r.segments is None or r.delta for r in run):
-        return None  # one full request makes the merge full
-    return tuple(sorted({k for r in run for k in r.segments or ()}, key=lambda k: (len(k), k)))
-
-
-def _lanes(run: list[BackfillRequest]) -> list[list[BackfillRequest]]:
-    """A run of deltas and segment edits stays two requests: the edit's incremental backfill,
-    then the delta on the version it published (each about a second). Merged, they would be a
-    full backfill, held by its 60 s cooldown while the writes keep coming. A full request takes
-    the whole run (it re-evaluates every identity on every segment)."""
+    """The edits' segments (None: a full request makes the merge full; deltas alone name
+    none)."""
     if any(r.segments is None and not r.delta for r in run):
-        return [run]
-    lanes = [[r for r in run if not r.delta], [r for r in run if r.delta]]
-    return [lane for lane in lanes if lane]
+        return None
+    edited = {k for r in run for k in r.segments or ()}
+    if not edited:
+        return None
+    return tuple(sorted(edited, key=lambda k: (len(k), k)))
 
 
 def _coalesce(
@@ -256,7 +254,7 @@ def _coalesce(
             else:
                 runs.append([request])
                 end = request.window_end
-        for run in [lane for window in runs for lane in _lanes(window)]:
+        for run in runs:
             keeper = min(run, key=lambda r: (r.created_at, r.job_id))
             if len(run) == 1:
                 merged.append(keeper)
@@ -269,9 +267,10 @@ def _coalesce(
                 attempt=max(r.attempt for r in run),
                 force=any(r.force for r in run),
                 segments=_merged_segments(run),
-                # Deltas merge into one delta (their identities are all pending in the store);
-                # a delta with a full request is a full backfill.
-                delta=all(r.delta for r in run),
+                # Deltas merge into one delta (their identities are all pending in the store),
+                # carrying any segment edits; a full request makes the merge full.
+                delta=any(r.delta for r in run)
+                and not any(r.segments is None and not r.delta for r in run),
                 segment_total=max((r.segment_total or 0 for r in run), default=0) or None,
                 coalesced=tuple(
                     sorted(

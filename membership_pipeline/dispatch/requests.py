@@ -41,7 +41,8 @@ class BackfillRequest:
     # None: a full backfill (identities or traits changed, discovery, the schedule, by hand).
     segments: tuple[str, ...] | None = None
     segment_total: int | None = None  # the environment's segments when requested
-    # Identities captured as changed (their ids wait in the store, not here): a delta backfill.
+    # Identities captured as changed (their ids wait in the store, not here): a delta backfill,
+    # which also evaluates ``segments`` (edits merged into it), if any, on every identity.
     delta: bool = False
 
     @property
@@ -55,10 +56,6 @@ class BackfillRequest:
             raise ValueError(
                 f"request {self.job_id}: window ends ({self.window_end.isoformat()}) before it "
                 f"starts ({self.window_start.isoformat()})"
-            )
-        if self.delta and self.segments is not None:
-            raise ValueError(
-                f"request {self.job_id}: a delta names no segments (it re-evaluates every one)"
             )
         if self.attempt < 1:
             raise ValueError(

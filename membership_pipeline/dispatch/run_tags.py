@@ -64,7 +64,11 @@ def is_dispatched(tags: Mapping[str, str]) -> bool:
 
 def request_from_tags(tags: Mapping[str, str], created_at: datetime) -> BackfillRequest:
     """The request a dispatched run carried, as of ``created_at``."""
-    incremental = tags.get(MODE_TAG) == "incremental"
+    mode = tags.get(MODE_TAG)
+    # An incremental request names its segments; a delta may carry edits (a long list is not
+    # tagged: the run evaluates every segment edited since the published version anyway).
+    listed = tags.get(SEGMENTS_TAG, "").split()
+    segments = tuple(listed) if mode == "incremental" or (mode == "delta" and listed) else None
     return BackfillRequest(
         job_id=tags[JOB_TAG],
         dedup_key=tags[DEDUP_TAG],
@@ -76,6 +80,6 @@ def request_from_tags(tags: Mapping[str, str], created_at: datetime) -> Backfill
         created_at=created_at,
         attempt=int(tags[ATTEMPT_TAG]),
         max_attempts=int(tags[MAX_ATTEMPTS_TAG]),
-        segments=tuple(tags.get(SEGMENTS_TAG, "").split()) if incremental else None,
-        delta=tags.get(MODE_TAG) == "delta",
+        segments=segments,
+        delta=mode == "delta",
     )

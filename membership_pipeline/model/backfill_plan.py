@@ -25,8 +25,8 @@ class BackfillPlan:
     shards: tuple[ShardSpec, ...]
     mode: RefreshMode = RefreshMode.FULL
     mode_reason: str = ""
-    # Incremental plans: the published version they build on, the segments whose bitmaps they
-    # share with it, and those gone from the source.
+    # Incremental and delta plans: the published version they build on; an incremental plan's
+    # segments whose bitmaps it shares with it; segments gone from the source.
     base_version_id: int | None = None
     reused_segments: tuple[str, ...] = ()
     dropped_segments: tuple[str, ...] = ()
@@ -37,6 +37,9 @@ class BackfillPlan:
     # plan; they are cleared when it publishes), and a delta plan's identities.
     pending_position: int | None = None
     delta_identities: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    # A delta plan's new and edited segments (keys), evaluated on every identity and written
+    # whole; its ``dropped_segments`` are those deleted since its base.
+    rebuilt_segments: tuple[str, ...] = ()
 
     @property
     def incremental(self) -> bool:

@@ -1,5 +1,5 @@
-"""Full or incremental: which segments a backfill re-evaluates, and which bitmaps it shares with
-the published version (pure policy: no database, no Dagster).
+"""Full, incremental or delta: which segments and identities a backfill re-evaluates, and which
+bitmaps it shares with the published version (pure policy: no database, no Dagster).
 
 A backfill may be **incremental** only when it was asked to be, and when, as far as the source can
 tell, nothing but segment definitions changed since the published version (its *base*):
@@ -19,6 +19,10 @@ re-evaluated, the base's bitmaps of the others are shared, and segments gone fro
 left out. Anything else is a full backfill, with the reason. What no source can tell (an edited
 trait value, a deleted trait: Flagsmith stamps neither) is what the refresh schedule's full
 backfills are for.
+
+A **delta** (``decide_delta``) re-evaluates the identities change data capture recorded as
+changed, on every segment; segment edits that arrive with them are evaluated on every identity in
+the same version, so a burst of trait writes and an edit publish together.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class RefreshDecision:
     reevaluate: tuple[str, ...] = ()  # keys: new or edited (every key when full)
     reuse: tuple[str, ...] = ()  # keys whose base bitmap (or failure) is shared
     drop: tuple[str, ...] = ()  # keys in the base, gone from the source
+    # A delta's new and edited segments: evaluated on every identity and written whole (its
+    # other segments are re-evaluated for the changed identities only).
+    rebuild: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,10 +164,13 @@ def decide_delta(
     pending: int,
     *,
     max_share: float = DEFAULT_DELTA_MAX_SHARE,
+    max_changed_share: float = DEFAULT_MAX_CHANGED_SHARE,
 ) -> RefreshDecision:
     """A delta re-evaluates the ``pending`` identities on every segment and shares every other
-    chunk with the base; it is exact only when the base's segments are today's (else: full, which
-    does both) and worth it only for a small share of the environment."""
+    chunk with the base, worth it only for a small share of the environment. Segments new or
+    edited since the base are evaluated on every identity besides (an incremental backfill's
+    work, in the same version: one backfill does both), and deleted ones left out; when most
+    segments changed, a full backfill is cheaper."""
     keys = tuple(str(s["key"]) for s in segments)
 
     def full(reason: str) -> RefreshDecision:
@@ -174,24 +184,31 @@ def decide_delta(
         return full("the environment's evaluation settings changed")
     if not base.newest:
         return full(f"version {base.version_id} was rolled back to: a delta needs the newest")
-    digests = {str(s["key"]): definition_digest(s) for s in segments}
-    edited = [k for k in keys if base.segment_digests.get(k) != digests[k]]
-    deleted = [k for k in base.segment_digests if k not in digests]
-    if edited or deleted:
-        return full(
-            f"{len(edited)} segments new or edited and {len(deleted)} deleted besides "
-            f"{pending} changed identities: a full backfill does both"
-        )
     size = base.marks.identity_count
     if pending > max_share * max(size, 1):
         return full(
             f"{pending} changed identities of {size} (more than {max_share:.0%}): cheaper as a "
             "full backfill"
         )
+    digests = {str(s["key"]): definition_digest(s) for s in segments}
+    edited = tuple(k for k in keys if base.segment_digests.get(k) != digests[k])
+    deleted = tuple(sorted(k for k in base.segment_digests if k not in digests))
+    if len(edited) > max_changed_share * max(len(keys), 1):
+        return full(
+            f"{len(edited)} of {len(keys)} segments changed besides {pending} changed identities "
+            f"(more than {max_changed_share:.0%}): cheaper as a full backfill"
+        )
+    edits = ""
+    if edited or deleted:
+        edits = (
+            f", and {len(edited)} new or edited segments on every identity ({len(deleted)} deleted)"
+        )
     return RefreshDecision(
         RefreshMode.DELTA,
-        f"{pending} changed identities re-evaluated on {len(keys)} segments, on version "
+        f"{pending} changed identities re-evaluated on {len(keys)} segments{edits}, on version "
         f"{base.version_id}",
         base_version_id=base.version_id,
         reevaluate=keys,
+        drop=deleted,
+        rebuild=edited,
     )

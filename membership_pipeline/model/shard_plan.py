@@ -23,6 +23,10 @@ MAX_SHARDS = (2**31 - 1) // CHUNK_INDEX_STRIDE
 # 1M identities peaks at 1.0-1.1 GB, one of 500k at about 0.7 GB. 500k keeps a step well under
 # the 1.5 GB budget, with room for identities that carry more traits.
 DEFAULT_SHARD_IDENTITIES = 500_000
+# An incremental shard evaluates a few segments: it holds far more identities than a full one
+# in the same memory (ids, identifiers and the edited segments' traits). A delta's segment edits
+# are evaluated in ranges of this many identities too.
+DEFAULT_INCREMENTAL_SHARD_IDENTITIES = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)

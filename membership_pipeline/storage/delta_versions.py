@@ -9,7 +9,8 @@ payload (``patch_removed``, ``patch_added``). Patches accumulate over deltas, al
 the payload, so a version many deltas deep still reads each chunk as one payload and at most one
 patch; once a chunk's patch outgrows a quarter of its payload the chunk is rewritten whole (and
 split again if it outgrew the chunk size). A bitmap with no changed chunk is shared whole, as an
-incremental version shares it.
+incremental version shares it. A segment new or edited since the base (``DeltaAnswers.rebuilt``)
+was evaluated on every identity and is written whole; one deleted since is left out.
 
 One transaction writes the whole version (a retried step replaces what an earlier attempt
 wrote), with the base's row locked (shared) while the links to its chunks are written: the
@@ -77,11 +78,15 @@ class DeltaAnswers:
     segments: Mapping[str, BitMap]
     names: Mapping[str, str | None]
     failures: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # Segments evaluated on every identity (new or edited since the base): ``segments`` holds
+    # all their members, and they are written whole.
+    rebuilt: frozenset[str] = frozenset()
 
 
 @dataclass
 class DeltaTotals:
     identities: int = 0  # re-evaluated
+    segments_rebuilt: int = 0  # evaluated on every identity (edited since the base)
     bitmaps_rewritten: int = 0
     bitmaps_shared: int = 0
     chunks_written: int = 0  # rewritten whole
@@ -162,7 +167,7 @@ def write_delta(
         evaluated = {
             (kind, key): answers.universe if kind == "universe" else answers.segments[key]
             for kind, key in wanted
-            if kind == "universe" or key in answers.segments
+            if kind == "universe" or (key in answers.segments and key not in answers.rebuilt)
         }
         conn.execute(delete_staged_answers(plan.environment_key, plan.version_id))
         previous = previous_answers(conn, plan.environment_key, base_id, answers.changed)
@@ -171,6 +176,14 @@ def write_delta(
         )
         rows, chunk_rows = [], []
         for kind, key in wanted:
+            if kind == "segment" and key in answers.rebuilt:
+                row, pieces = _rebuilt_segment(plan, answers, key, digests[key], chunk_bytes)
+                rows.append(row)
+                chunk_rows.extend(pieces)
+                totals.segments_rebuilt += 1
+                totals.chunks_written += len(pieces)
+                totals.bytes_written += row["byte_size"]
+                continue
             base_row = directory.get((kind, key))
             if base_row is None:
                 raise InvalidVersion(
@@ -248,8 +261,12 @@ def write_delta(
             conn.execute(bitmap_chunk.insert(), chunk_rows)
         conn.execute(bitmap.insert(), rows)
         if previous is not None:  # folded into the live answers when this version publishes
+            columns = {
+                key: members & answers.changed if key in answers.rebuilt else members
+                for key, members in answers.segments.items()
+            }  # (the rebuilt segments' columns go stale when it publishes)
             staged = replacement_rows(
-                previous, plan.version_id, answers.changed, answers.universe, answers.segments
+                previous, plan.version_id, answers.changed, answers.universe, columns
             )
             totals.answer_rows_read = len(previous.rows)
             totals.answer_rows_written = len(staged)
@@ -294,6 +311,37 @@ def write_delta(
         **totals.as_dict(),
     )
     return totals
+
+
+def _rebuilt_segment(
+    plan: StagedPlan, answers: DeltaAnswers, key: str, digest: str, chunk_bytes: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A segment evaluated on every identity: its directory row and its chunks, written whole
+    (or its failure)."""
+    row = {
+        "version_id": plan.version_id, "kind": "segment", "key": key,
+        "name": answers.names.get(key), "chunk_version_id": None,
+        "evaluated_as_of": plan.as_of, "definition_digest": digest,
+        "error_code": None, "error_message": None,
+    }  # fmt: skip
+    failure = answers.failures.get(key)
+    if failure is not None:
+        code, message = failure
+        return row | {"cardinality": 0, "byte_size": 0, "chunk_count": 0,
+                      "error_code": code[:64], "error_message": message}, []  # fmt: skip
+    pieces = split_bitmap(answers.segments[key], chunk_bytes)
+    chunk_rows = [
+        dict.fromkeys(_LINK_COLUMNS)
+        | {"version_id": plan.version_id, "kind": "segment", "key": key, "chunk_index": index}
+        | {"min_id": piece.min_id, "max_id": piece.max_id, "cardinality": piece.cardinality}
+        | {"payload": piece.payload}
+        for index, piece in enumerate(pieces)
+    ]
+    return row | {
+        "cardinality": len(answers.segments[key]),
+        "byte_size": sum(len(piece.payload) for piece in pieces),
+        "chunk_count": len(pieces),
+    }, chunk_rows
 
 
 def seal_delta(database: StoreDatabase, plan: StagedPlan, *, now: datetime) -> SealedTotals:

@@ -14,9 +14,10 @@ same answers are 1,000 rows of a few hundred bytes.
 - A delta whose base is the version the live rows describe reads its identities' rows, and
   stages their replacements under its own id; publishing it folds them in (same transaction as
   the flip), so the rows then describe the delta.
-- An incremental version marks the segments it re-evaluated **stale** (a delta reads those
-  from their chunks); a rollback, or a version published without answers, leaves the rows
-  describing another version, so deltas read chunks until the next full version.
+- An incremental version, or a delta with segment edits, marks the segments it evaluated on
+  every identity **stale** (a delta reads those from their chunks); a rollback, or a version
+  published without answers, leaves the rows describing another version, so deltas read
+  chunks until the next full version.
 - The garbage collector removes rows that are neither live nor staged by a version in writing.
 """
 
@@ -36,7 +37,13 @@ from pyroaring import BitMap
 
 from membership_pipeline.database.engines import StoreDatabase
 from membership_pipeline.database.key_probes import key_arrays, probed_rows
-from membership_pipeline.storage.tables import bitmap, environment, identity_answers, version
+from membership_pipeline.storage.tables import (
+    bitmap,
+    environment,
+    identity_answers,
+    version,
+    version_plan,
+)
 
 UNIVERSE_COLUMN = ""  # the universe's key, first column
 ROW_BYTES = 1536  # a row's answers stay under PostgreSQL's 2 kB TOAST threshold: stored inline
@@ -355,6 +362,14 @@ def publish_answers(conn: sa.Connection, environment_key: str, published: sa.Row
     else:
         _fold(conn, environment_key, int(state.answers_generation_id), published.version_id)
         values = {"answers_version_id": published.version_id}
+        rebuilt = conn.execute(
+            sa.select(version_plan.c.rebuilt_segments).where(
+                version_plan.c.version_id == published.version_id
+            )
+        ).scalar()
+        if rebuilt and json.loads(rebuilt):  # segment edits it evaluated on every identity
+            stale = set(json.loads(state.answers_stale or "[]")) | set(json.loads(rebuilt))
+            values["answers_stale"] = json.dumps(sorted(stale))
     conn.execute(
         environment.update()
         .where(environment.c.environment_key == environment_key)

@@ -60,6 +60,7 @@ def stage_plan(
                 mode_reason=plan.mode_reason,
                 pending_position=plan.pending_position,
                 delta_identities=BitMap(plan.delta_identities).serialize() if plan.delta else None,
+                rebuilt_segments=json.dumps(list(plan.rebuilt_segments)),
             )
         )
         conn.execute(
@@ -155,6 +156,7 @@ def load_plan(database: StoreDatabase, environment_key: str, owner: str) -> Stag
         delta_identities=tuple(BitMap.deserialize(found.delta_identities))
         if found.delta_identities is not None
         else (),
+        rebuilt_segments=tuple(json.loads(found.rebuilt_segments or "[]")),
     )
 
 

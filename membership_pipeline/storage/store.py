@@ -48,7 +48,12 @@ from membership_pipeline.storage.environment_metadata import (
 from membership_pipeline.storage.garbage import GarbageReport
 from membership_pipeline.storage.pending_identities import PendingIdentities
 from membership_pipeline.storage.plans import StagedPlan
-from membership_pipeline.storage.reader import DEFAULT_CACHE_BYTES, ChunkCache, MembershipReader
+from membership_pipeline.storage.reader import (
+    DEFAULT_CACHE_BYTES,
+    MAX_IDENTITY_ID,
+    ChunkCache,
+    MembershipReader,
+)
 from membership_pipeline.storage.sealing import SealedTotals
 from membership_pipeline.storage.shard_writer import ShardReport, ShardWriter, shard_reports
 from membership_pipeline.storage.versions import Publication, ShadowVersion
@@ -187,6 +192,10 @@ class MembershipStore:
         return base_versions.universe_between(
             self.database, self.chunks_cache, version_id, first_id, last_id
         )
+
+    def universe(self, version_id: int) -> BitMap:
+        """Every identity id ``version_id`` holds."""
+        return self.universe_between(version_id, 0, MAX_IDENTITY_ID)
 
     def load_plan(self, environment_key: str, owner: str) -> StagedPlan:
         return plans.load_plan(self.database, environment_key, owner)

@@ -170,6 +170,9 @@ version_plan = sa.Table(
     # (cleared when it publishes); a delta plan's identities (a serialized Roaring bitmap).
     sa.Column("pending_position", sa.BigInteger()),
     sa.Column("delta_identities", sa.LargeBinary()),
+    # A delta plan's new and edited segments, evaluated on every identity (migration 0012; JSON
+    # keys; its deleted ones are ``dropped_segments``).
+    sa.Column("rebuilt_segments", sa.Text()),
 )
 
 shard = sa.Table(

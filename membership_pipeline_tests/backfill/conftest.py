@@ -123,20 +123,28 @@ def delta_backfill(
     *,
     plans: list[StagedPlan] | None = None,
     max_share: float = 1.0,
+    mode: RefreshMode = RefreshMode.DELTA,
+    rebuild_range_identities: int = 10_000,
 ) -> int:
-    """A delta backfill without Dagster: plan (from the pending identities), compute, stage,
-    seal, publish. Returns the published version."""
+    """A delta backfill without Dagster: plan (from the pending identities, and any segment
+    edits), compute, stage, seal, publish. Returns the published version. ``mode``: what was
+    requested (an incremental request with pending identities runs as a delta too)."""
     from membership_pipeline.backfill.delta import compute_delta, stage_delta
 
     held = store.claim(env_key, owner=f"delta-{uuid.uuid4().hex[:8]}", force=True)
     assert isinstance(held, Claim)
-    plan = plan_backfill(
-        source, store, held, 10_000, mode=RefreshMode.DELTA, delta_max_share=max_share
-    )
+    plan = plan_backfill(source, store, held, 10_000, mode=mode, delta_max_share=max_share)
     if plans is not None:
         plans.append(plan)
     if plan.delta:
-        stage_delta(store, compute_delta(source, plan, audit_sample_size=20, audit_seed=0))
+        universe = lambda: store.universe(plan.base_version_id)  # noqa: E731
+        stage_delta(
+            store,
+            compute_delta(
+                source, plan, audit_sample_size=20, audit_seed=0, base_universe=universe,
+                rebuild_range_identities=rebuild_range_identities,
+            ),
+        )  # fmt: skip
     else:
         for spec in plan.shards:
             stage_shard(

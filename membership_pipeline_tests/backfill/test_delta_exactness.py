@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from membership_pipeline.model.refresh_mode import RefreshMode
+from membership_pipeline.model.refresh_mode import RefreshMode, definition_digest
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore, delta_versions
 from membership_pipeline.storage.tables import (
     bitmap_chunk,
@@ -252,6 +253,11 @@ def forget_answers_by_identity(store: MembershipStore, env_key: str) -> None:
         )
 
 
+def segment_digests(source: FlagsmithSource, env_key: str) -> dict[str, str]:
+    """Each live segment's definition digest, as the source has it now."""
+    return {str(s["key"]): definition_digest(s) for s in source.environment_state(env_key).segments}
+
+
 def answers_by_identity(store: MembershipStore, env_key: str) -> dict[int, dict[str, bool]]:
     """The live answers by identity, decoded: identity → column key → bit."""
     with store.database.reader.connect() as conn:
@@ -313,7 +319,6 @@ def test_delta_naming_too_much_of_the_environment_runs_as_full(
     small_source, tmp_path, share, expected
 ):
     from membership_pipeline.backfill.planning import plan_backfill
-    from membership_pipeline.model.refresh_mode import RefreshMode
     from membership_pipeline.storage import Claim
 
     _, source = copy_source(small_source, tmp_path)
@@ -387,5 +392,78 @@ def test_deltas_after_segment_edits_read_only_edited_segments_from_chunks(medium
             ).scalar()
             == "[]"
         )
+    source.close()
+    store.close()
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(sorted(IDENTITY_EDITS)), min_size=0, max_size=3),
+            st.lists(st.sampled_from(["edit", "rename", "delete", "create"]), max_size=2),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    requested=st.sampled_from([RefreshMode.DELTA, RefreshMode.INCREMENTAL]),
+    collect_between=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_one_delta_publishes_identity_writes_and_segment_edits_together(
+    medium_source, tmp_path_factory, steps, requested, collect_between, seed
+):
+    """Trait writes and segment edits (edited, renamed, deleted and new segments) since the
+    published version are one backfill, one version: the edited segments evaluated on every
+    identity (in ranges), the changed identities on every segment; every read answer equals a
+    full backfill's, and the answers by identity those of the columns still live."""
+    work = tmp_path_factory.mktemp("delta_edits")
+    source_url, source = copy_source(medium_source, work)
+    environment = medium_source.environments[seed % 2]
+    env_key, project = environment["api_key"], environment["project_id"]
+    rng = random.Random(seed)
+    store = fresh_store(work)
+    sharded_backfill(source, store, env_key, 2000)
+    position = itertools.count(1)
+    for identity_edits, segment_edits in steps:
+        pending = False
+        for kind in identity_edits:
+            changed = apply_identity_edit(source_url, kind, environment["id"], rng)
+            record_changed(store, env_key, changed, next(position))
+            pending = pending or bool(changed)
+        digests = segment_digests(source, env_key)  # as the published version has them
+        for kind in segment_edits:
+            apply_edit(source_url, kind, project, rng)
+        now = segment_digests(source, env_key)
+        edited = {key for key, digest in now.items() if digests.get(key) != digest}
+        pinned = store.reader().published(env_key)
+        before = {key: pinned.bitmap(key) for key in pinned.segment_counts()}
+        plans = []
+        latest = delta_backfill(
+            source, store, env_key, plans=plans, mode=requested, rebuild_range_identities=1000
+        )
+        [plan] = plans
+        if requested is RefreshMode.DELTA or pending:
+            assert plan.mode == "delta", plan.mode_reason
+            assert set(plan.rebuilt_segments) == edited
+            assert set(plan.dropped_segments) == digests.keys() - now.keys()
+            report = store.shard_reports(latest)[0].report
+            assert report["segments_rebuilt"] == len(plan.rebuilt_segments)
+        assert {key: pinned.bitmap(key) for key in pinned.segment_counts()} == before
+        if collect_between:
+            store.collect_garbage(keep_retired=0, retired_grace=NO_GRACE)
+        with fresh_store(work) as full:
+            sharded_backfill(source, full, env_key, 2000)
+            assert answers(store, env_key) == answers(full, env_key)
+            assert_same_answers(store, full, env_key)
+            mine, theirs = answers_by_identity(store, env_key), answers_by_identity(full, env_key)
+            assert mine.keys() == theirs.keys()
+            for i in mine:  # the columns both hold (a deleted segment's is left unread)
+                shared = mine[i].keys() & theirs[i].keys()
+                assert {k: mine[i][k] for k in shared} == {k: theirs[i][k] for k in shared}
     source.close()
     store.close()

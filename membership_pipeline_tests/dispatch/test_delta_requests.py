@@ -1,14 +1,13 @@
 """Delta requests (identities captured as changed) through the dispatcher: deltas merge into one
-delta, a delta with a full request is a full backfill, a delta with segment edits runs after
-their incremental backfill, deltas have a cap of their own, the mode survives the durable queue
-and the run tags, deltas and edits wait out the short change cooldown (not the 60 s one), and a
-capture process can dispatch only them, leaving full requests queued."""
+delta, a delta with a full request is a full backfill, a delta with segment edits is one delta
+carrying them (full when most segments changed), deltas have a cap of their own, the mode
+survives the durable queue and the run tags, deltas and edits wait out the short change cooldown
+(not the 60 s one), and a capture process can dispatch only them, leaving full requests
+queued."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-
-import pytest
 
 from membership_pipeline.dispatch.dispatcher import dispatch_tick
 from membership_pipeline.dispatch.intake import RequestIntake
@@ -50,30 +49,39 @@ def test_a_delta_with_a_full_request_is_full():
     assert sum(d.outcome is Outcome.COALESCED for d in result.decisions) == 2
 
 
-def test_a_delta_with_segment_edits_stays_a_delta_after_the_edits_incremental(store, clock):
-    """Merged, they would be a full backfill held by the 60 s cooldown: the edits' incremental
-    backfill launches first (a delta planned before it would escalate to full), then, after the
-    short change cooldown, one delta of every captured identity."""
+def test_a_delta_with_segment_edits_is_one_delta_that_carries_them(store, clock):
+    """One backfill does both: the edited segments on every identity and the captured
+    identities on every segment, in one version; it waits out the short change cooldown (a
+    full backfill would be held by the 60 s one while the writes keep coming)."""
     queue = DatabaseQueue(store.database)
     at = clock.now
     queue.enqueue(
         [delta(3, at), request(2, ("3",), now=at), delta(1, at), request(0, ("5",), now=at)]
     )
     first = dispatch_tick(queue, store, PolicySettings(), clock.now)
-    [edit] = [d for d in first.decisions if d.outcome is Outcome.PUBLISHED]
-    assert (edit.mode, edit.request.segments) == ("incremental", ("3", "5"))
-    [waiting] = queue.pending()
-    assert waiting.delta and len(waiting.coalesced) == 1
-    assert {d.outcome for d in first.decisions} == {
-        Outcome.PUBLISHED, Outcome.COALESCED, Outcome.DEFERRED_RUNNING
-    }  # fmt: skip
-    held = store.claim("env", owner="the edit", force=True)  # the edit's run, then its end
-    assert isinstance(held, Claim)
-    store.fail(held, "ended")
-    clock.advance(store.change_cooldown.total_seconds() + 1)
-    second = dispatch_tick(queue, store, PolicySettings(), clock.now)
-    assert [(d.outcome, d.mode) for d in second.decisions] == [(Outcome.PUBLISHED, "delta")]
+    [launched] = [d for d in first.decisions if d.outcome is Outcome.PUBLISHED]
+    assert (launched.mode, launched.request.delta, launched.request.segments) == (
+        "delta", True, ("3", "5")
+    )  # fmt: skip
+    assert launched.mode_detail == (
+        "delta: the identities captured as changed, on every segment, and 2 of 20 edited "
+        "segments on every identity"
+    )
+    assert sum(d.outcome is Outcome.COALESCED for d in first.decisions) == 3
     assert queue.pending() == []
+    assert [org for org, _ in queue.recent_launches(clock.now, delta=True)] == ["o"]
+    # The edits survive the run's tags (a retry carries them).
+    tags = request_tags(launched.request) | {"dagster/partition": "env"}
+    again = request_from_tags(tags, clock.now)
+    assert (again.delta, again.segments, again.mode) == (True, ("3", "5"), "delta")
+
+
+def test_a_delta_with_most_segments_edited_is_full():
+    published, _ = launched(delta(3), request(2, tuple(str(k) for k in range(11))))
+    assert (published.mode, published.request.delta, published.request.segments) == (
+        "full", False, None
+    )  # fmt: skip
+    assert published.mode_detail == "full: 11 of 20 segments changed (more than 50%)"
 
 
 def test_deltas_count_against_their_own_cap():
@@ -108,14 +116,6 @@ def test_the_launch_log_counts_deltas_apart(store, clock):
     ] == [Outcome.PUBLISHED]
     assert queue.recent_launches(clock.now) == []
     assert [org for org, _ in queue.recent_launches(clock.now, delta=True)] == ["o"]
-
-
-def test_a_delta_names_no_segments():
-    with pytest.raises(ValueError, match="a delta names no segments"):
-        BackfillRequest.new(
-            organisation="o", environment="e", window_start=NOW, window_end=NOW,
-            reason=Reason.CHANGE, created_at=NOW, delta=True, segments=("1",),
-        )  # fmt: skip
 
 
 def test_the_mode_survives_the_queue_and_the_run_tags(store, clock):

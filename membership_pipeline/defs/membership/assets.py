@@ -31,10 +31,7 @@ from pydantic import Field
 from membership_pipeline.backfill.audit import AuditFailed, combined_audit
 from membership_pipeline.backfill.delta import DeltaOutcome, compute_delta
 from membership_pipeline.backfill.lease import LeaseHeartbeat
-from membership_pipeline.backfill.planning import (
-    DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
-    plan_backfill,
-)
+from membership_pipeline.backfill.planning import plan_backfill
 from membership_pipeline.backfill.shards import (
     ShardOutcome,
     ShardTask,
@@ -67,7 +64,10 @@ from membership_pipeline.model.refresh_mode import (
     DEFAULT_MAX_CHANGED_SHARE,
     RefreshMode,
 )
-from membership_pipeline.model.shard_plan import DEFAULT_SHARD_IDENTITIES
+from membership_pipeline.model.shard_plan import (
+    DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
+    DEFAULT_SHARD_IDENTITIES,
+)
 from membership_pipeline.storage import Claim, PublishedMembership, StagedPlan
 
 BITMAPS = dg.AssetKey("segment_membership_bitmaps")
@@ -198,6 +198,7 @@ def plan_shards(
             "segments_evaluated": len(plan.segments),
             "segments_reused": len(plan.reused_segments),
             "identities_to_reevaluate": len(plan.delta_identities) if plan.delta else None,
+            "segments_to_rebuild": len(plan.rebuilt_segments) if plan.delta else None,
             "shards": len(plan.shards),
             "shard_identities": plan.shard_identities,
         },
@@ -213,7 +214,8 @@ def plan_shards(
     description="One shard: reads its identity-id range, evaluates the planned segments, audits "
     "its share of the sample against flag-engine; its bitmaps are staged into the shadow "
     "version. A delta backfill's one step reads only the changed identities, evaluates every "
-    "segment for them, and writes only the chunks holding a changed bit.",
+    "segment for them, and writes only the chunks holding a changed bit (segments edited since "
+    "the published version are evaluated on every identity in the same step).",
 )
 def backfill_shard(
     context: dg.OpExecutionContext,
@@ -236,11 +238,13 @@ def backfill_shard(
     )
     with LeaseHeartbeat(store, plan.claim), flagsmith.open() as source:
         if plan.delta:  # one step: the changed identities, on every segment
+            base = plan.base_version_id
             return compute_delta(
                 source,
                 plan,
                 audit_sample_size=config.audit_sample_size,
                 audit_seed=config.audit_seed,
+                base_universe=None if base is None else lambda: store.universe(base),
             )
         return compute_shard(
             source,

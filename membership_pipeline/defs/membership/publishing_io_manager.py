@@ -168,6 +168,8 @@ def _metadata(
         **(
             {
                 "identities_reevaluated": delta.get("identities", 0),
+                # segment edits published with it: evaluated on every identity, written whole
+                "segments_rebuilt": dg.MetadataValue.json(list(plan.rebuilt_segments)),
                 "bitmaps_rewritten": delta.get("bitmaps_rewritten", 0),
                 "bitmaps_shared": delta.get("bitmaps_shared", 0),
                 "chunks_patched": delta.get("chunks_patched", 0),

@@ -15,7 +15,6 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
-from membership_pipeline.backfill.planning import DEFAULT_INCREMENTAL_SHARD_IDENTITIES
 from membership_pipeline.changes.capture import (
     DEFAULT_BATCH_CHANGES,
     CaptureSettings,
@@ -24,6 +23,7 @@ from membership_pipeline.changes.capture import (
 from membership_pipeline.dispatch.orphaned_runs import DEFAULT_ORPHANED_RUN_GRACE
 from membership_pipeline.dispatch.policy import PolicySettings
 from membership_pipeline.dispatch.settings import POLICY_SETTINGS, policy_settings
+from membership_pipeline.model.shard_plan import DEFAULT_INCREMENTAL_SHARD_IDENTITIES
 from membership_pipeline.sources.change_feed import ROWS_PER_TICK
 from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL, FlagsmithSource
 from membership_pipeline.sources.replication import DEFAULT_PUBLICATION, DEFAULT_SLOT

@@ -131,6 +131,30 @@ def test_trait_writes_are_published_by_a_delta_run(
     assert ran.success and metadata_of(ran)["mode"] == "incremental"
     assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
 
+    # Trait writes and a segment edit in one tick: one delta run publishes both, one version.
+    changed = set()
+    for kind in ("update_value", "insert_trait", "create_identity"):
+        changed |= apply_identity_edit(source.url, kind, environment["id"], rng)
+    edited = apply_edit(source.url, "edit", environment["project_id"], rng)
+    created = apply_edit(source.url, "create", environment["project_id"], rng)
+    result = tick(sensor, instance, resources)
+    assert isinstance(result, dg.SensorResult), result
+    [request] = [r for r in result.run_requests if r.partition_key == env_key]
+    assert (request.job_name, request.tags[MODE_TAG]) == (EDIT_JOB, "delta")
+    config = request.run_config["ops"]["segment_membership_bitmaps"]["config"]
+    with MembershipStore(store_url) as store:
+        before = store.metadata(env_key).published_version_id
+    ran = materialize(instance, resources, env_key, **config)
+    assert ran.success
+    metadata = metadata_of(ran)
+    assert metadata["mode"] == "delta", metadata["mode_reason"]
+    assert metadata["identities_reevaluated"] == len(changed)
+    assert sorted(metadata["segments_rebuilt"]) == sorted([str(edited), str(created)])
+    assert metadata["base_version"] == before
+    with MembershipStore(store_url) as store:
+        assert store.metadata(env_key).published_version_id == metadata["version"]
+    assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
+
 
 def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
     instance, store_url, captured_source: CapturedSource, tmp_path: Path, monkeypatch
