@@ -20,6 +20,8 @@ of a steady environment, not of one writing back a fresh load), then:
   against the full version's, and the run's longest pauses between events;
 - per repeat, after the same idle time, a segment edit (one condition's value): commit → the
   read API's new version, and the incremental run;
+- per repeat, a segment edit and ``--updates`` trait updates in one transaction: commit → the
+  read API's new version, the delta run that publishes both, and the versions made (one);
 - an idle tick: ``ChangeCapture.look`` on a drained slot (median of 50);
 - ``--writes-per-second`` trait updates for ``--sustain-seconds``: every second the slot's lag
   and retained WAL; then the time until every change is published, and a check that the
@@ -238,6 +240,7 @@ class Bench:
                 figures["cached_delta_rss"] = self._peak_rss()
                 self.environ.pop("MEMBERSHIP_CHUNK_CACHE_MB")
             self._segment_edit()
+            self._edit_with_writes()
             self._idle_tick()
             if sustain_seconds > 0:
                 self._sustained(sustain_seconds)
@@ -304,17 +307,7 @@ class Bench:
             self._idle(repeat)
             before = self._served_version()
             with self.engine.begin() as conn:
-                condition = conn.execute(
-                    sa.text(
-                        "SELECT c.id, c.value FROM segments_condition c WHERE c.operator = "
-                        "'EQUAL' ORDER BY c.id LIMIT 1 OFFSET :n"
-                    ),
-                    {"n": repeat},
-                ).one()
-                conn.execute(
-                    sa.text("UPDATE segments_condition SET value = :v WHERE id = :id"),
-                    {"v": f"{condition.value}-edited", "id": condition.id},
-                )
+                _edit_condition(conn, repeat)
             committed = time.time()
             served = self._wait_for_new_version(before)
             reads.append(served - committed)
@@ -331,6 +324,38 @@ class Bench:
         print(
             f"segment edits: commit → read API median {statistics.median(reads):.2f} s (max "
             f"{max(reads):.2f}); incremental run median {statistics.median(runs):.2f} s"
+        )
+
+    def _edit_with_writes(self) -> None:
+        """A segment edit and trait writes in one transaction: one delta run publishes both
+        (the edited segment on every identity, the written identities on every segment)."""
+        reads, runs = [], []
+        for repeat in range(self.args.repeats):
+            self._idle(repeat)
+            before = self._served_version()
+            started = time.time()
+            first, last = self.id_range
+            ids = random.Random(f"edit {repeat}").sample(range(first, last + 1), self.args.updates)
+            with self.engine.begin() as conn:
+                _edit_condition(conn, self.args.repeats + repeat)
+                _update_trait_rows(conn, ids)
+            committed = time.time()
+            served = self._wait_for_new_version(before)
+            reads.append(served - committed)
+            runs.append(self._last_run_seconds("delta"))
+            progress(f"timeline after the commit (s): {self._timeline(committed, served, 'delta')}")
+            progress(f"the delta step's phases (s): {self._phases()}")
+            made = self._versions_since(started)
+            print(
+                f"  segment edit with {self.args.updates:,} trait updates: commit → read API "
+                f"{reads[-1]:.2f} s (delta run {runs[-1]:.2f} s); versions made: {len(made)}"
+            )
+            for line in made:
+                progress(line)
+        print(
+            f"segment edits with trait updates: commit → read API median "
+            f"{statistics.median(reads):.2f} s (max {max(reads):.2f}); delta run median "
+            f"{statistics.median(runs):.2f} s"
         )
 
     def _idle_tick(self) -> None:
@@ -493,15 +518,7 @@ class Bench:
         transaction; returns the commit's time."""
         first, last = self.id_range
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "UPDATE environments_trait SET integer_value = integer_value + 1, "
-                    "string_value = string_value || 'x' WHERE id IN (SELECT DISTINCT ON "
-                    "(identity_id) id FROM environments_trait WHERE identity_id = ANY(:ids) "
-                    "ORDER BY identity_id, id)"
-                ),
-                {"ids": rng.sample(range(first, last + 1), count)},
-            )
+            _update_trait_rows(conn, rng.sample(range(first, last + 1), count))
         if not quiet:
             progress(f"committed {count:,} trait updates")
         return time.time()
@@ -684,6 +701,34 @@ class Bench:
         raise SystemExit(
             f"no first version, or no capture, or no read API within {wait} s; daemon:\n{log}"
         )
+
+
+def _edit_condition(conn: sa.Connection, offset: int) -> None:
+    """The ``offset``-th EQUAL condition compares with another value: its segment is edited."""
+    condition = conn.execute(
+        sa.text(
+            "SELECT c.id, c.value FROM segments_condition c WHERE c.operator = 'EQUAL' "
+            "ORDER BY c.id LIMIT 1 OFFSET :n"
+        ),
+        {"n": offset},
+    ).one()
+    conn.execute(
+        sa.text("UPDATE segments_condition SET value = :v WHERE id = :id"),
+        {"v": f"{condition.value}-edited", "id": condition.id},
+    )
+
+
+def _update_trait_rows(conn: sa.Connection, ids: list[int]) -> None:
+    """A trait row of each identity of ``ids`` gets a new value."""
+    conn.execute(
+        sa.text(
+            "UPDATE environments_trait SET integer_value = integer_value + 1, "
+            "string_value = string_value || 'x' WHERE id IN (SELECT DISTINCT ON "
+            "(identity_id) id FROM environments_trait WHERE identity_id = ANY(:ids) "
+            "ORDER BY identity_id, id)"
+        ),
+        {"ids": ids},
+    )
 
 
 def _utc(epoch: float) -> datetime:
