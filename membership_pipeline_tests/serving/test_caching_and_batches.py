@@ -11,12 +11,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from pyroaring import BitMap
 
+from membership_pipeline.database.schema import migrate
+from membership_pipeline.demo.dataset import write_demo_dataset
 from membership_pipeline.serving.api_keys import Scope, add_key, load_key_file
 from membership_pipeline.serving.app import ServiceSettings, create_app
+from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+from membership_pipeline.storage import MembershipStore
 from membership_pipeline.storage.reader import ChunkCache
-from membership_pipeline_tests.serving.conftest import placements
+from membership_pipeline_tests.backfill.conftest import plain_backfill
+from membership_pipeline_tests.backfill.segment_edits import add_segment
+from membership_pipeline_tests.serving.conftest import placements, running_service
 from membership_pipeline_tests.serving.test_read_api import identifiers_in_flagsmith
 from membership_pipeline_tests.storage.conftest import backfill
 
@@ -226,3 +233,42 @@ def test_a_batch_is_bounded_and_checked(service, flagsmith):
     refused = post(service, f"/v1/environments/{other}/segments-of/batch", {"identity_ids": [1]},
                    key="environment")  # fmt: skip
     assert refused.status_code == 403
+
+
+def test_an_unevaluable_segment_is_a_409_in_a_batch_as_alone(tmp_path: Path):
+    """A segment whose rules cannot be evaluated (an operator Flagsmith does not have) is kept
+    as a failure by the version: asked about it, the single request is a 409, and a batch's
+    item carries the same status and error while the batch's other items are answered."""
+    url = f"sqlite:///{tmp_path / 'flagsmith.sqlite'}"
+    dataset = write_demo_dataset(
+        url, identities=60, segments_per_project=3, organisations=1,
+        projects_per_organisation=1, environments_per_project=1,
+    )  # fmt: skip
+    environment = dataset.environments[0]
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        broken = str(add_segment(conn, environment["project_id"], "plan", "NO_SUCH_OP", "x"))
+    engine.dispose()
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    migrate(store_url)
+    env = environment["api_key"]
+    with MembershipStore(store_url) as store, FlagsmithSource(url) as source:
+        plain_backfill(source, store, env)
+        published = store.reader().published(env)
+        assert broken in published.failed_segments
+        ids = sorted(published.universe())[:3]
+        working = next(k for k in published.segment_keys if k not in published.failed_segments)
+    with running_service(store_url, dataset, tmp_path) as service:
+        alone = service.get(
+            f"/v1/environments/{env}/segments/{broken}/is-member", identity_id=ids[0]
+        )
+        assert alone.status_code == 409, alone.text
+        error = alone.json()["error"]
+        assert f"segment {broken!r} could not be evaluated" in error and "\n" not in error
+        pairs = [{"segment": broken, "identity_id": i} for i in ids]
+        pairs.append({"segment": working, "identity_id": ids[0]})
+        batch = post(service, f"/v1/environments/{env}/is-member/batch", {"pairs": pairs})
+        assert batch.status_code == 200, batch.text
+        *refused, answered = batch.json()["answers"]
+        assert [(item["status"], item["error"]) for item in refused] == [(409, error)] * 3
+        assert answered["member"] == published.is_member(working, ids[0])
