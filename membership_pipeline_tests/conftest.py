@@ -10,8 +10,19 @@ import pytest
 import sqlalchemy as sa
 
 # The PostgreSQL server the tests use for real; each test run works in a schema of its own.
-POSTGRES_URL = os.environ.get(
+SERVER_URL = os.environ.get(
     "MEMBERSHIP_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+# Each pytest-xdist worker (bin/test runs two) works in a database of its own, made when it
+# starts and dropped when it ends: VACUUM keeps the rows any snapshot open in the same database
+# may still see, so a worker's long read would otherwise leave the other's tables unvacuumed.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+POSTGRES_URL = (
+    sa.engine.make_url(SERVER_URL)
+    .set(database=f"{sa.engine.make_url(SERVER_URL).database}_{WORKER}")
+    .render_as_string(hide_password=False)
+    if WORKER
+    else SERVER_URL
 )
 
 
@@ -29,18 +40,42 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from membership_pipeline.evaluation.kernels import warm
 
     warm()
-    drop_stale_test_slots()
+    drop_stale_test_slots()  # (a database holding a slot cannot be dropped)
+    if WORKER:
+        _worker_database("CREATE")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if WORKER:
+        _worker_database("DROP")
+
+
+def _worker_database(action: str) -> None:
+    """CREATE (anew) or DROP this worker's database on the server."""
+    name = sa.engine.make_url(POSTGRES_URL).database
+    engine = sa.create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            if action == "CREATE":
+                conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.OperationalError:
+        pass  # no server: the tests that need it say so
+    finally:
+        engine.dispose()
 
 
 def drop_stale_test_slots() -> None:
-    """Slots a killed earlier run of the capture tests left (each retains WAL until dropped)."""
+    """Slots a killed earlier run of the capture tests left in this run's database (each
+    retains WAL until dropped; another worker's are its own)."""
     engine = sa.create_engine(POSTGRES_URL)
     try:
         with engine.begin() as conn:
             conn.execute(
                 sa.text(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name LIKE 'mp\\_capture\\_%' AND NOT active"
+                    "WHERE slot_name LIKE 'mp\\_capture\\_%' AND NOT active "
+                    "AND database = current_database()"
                 )
             )
     except sa.exc.OperationalError:
