@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pyroaring import BitMap
 
-from membership_pipeline.backfill.shards import audit_share, tuning_for
+from membership_pipeline.backfill.shards import audit_share, checksum_of, tuning_for
 from membership_pipeline.evaluation import reads_identifiers, referenced_trait_keys
 from membership_pipeline.evaluation.reference_audit import AuditReport, audit_against_flag_engine
 from membership_pipeline.evaluation.tuning import DEFAULT_TUNING
@@ -35,6 +35,7 @@ from membership_pipeline.model.refresh_mode import (
 from membership_pipeline.model.shard_plan import (
     DEFAULT_INCREMENTAL_SHARD_IDENTITIES,
     ShardSpec,
+    boundaries_of,
     plan_shards,
 )
 from membership_pipeline.process_memory import peak_rss_mb
@@ -160,12 +161,18 @@ def compute_delta(
     if plan.rebuilt_segments:
         if base_universe is None:
             raise ValueError("a delta with segment edits needs its base version's universe")
+        kept = base_universe() - changed
         rebuilt = _rebuild_segments(
-            source, plan, audit_sample_size, audit_seed, rebuild_range_identities, seconds
+            source,
+            plan,
+            kept | result.universe,  # the identities this version holds
+            audit_sample_size,
+            audit_seed,
+            rebuild_range_identities,
+            seconds,
         )
         trait_rows += rebuilt.trait_rows
         audit = merged_audit(audit, rebuilt.audit)
-        kept = base_universe() - changed
         for key, members in rebuilt.segments.items():
             segments[key] = ((members - changed) & kept) | result.segments.get(key, BitMap())
         failures |= rebuilt.failures
@@ -193,14 +200,18 @@ class _Rebuilt:
 def _rebuild_segments(
     source: FlagsmithSource,
     plan: StagedPlan,
+    holds: BitMap,
     audit_sample_size: int,
     audit_seed: int,
     range_identities: int,
     seconds: dict[str, float],
 ) -> _Rebuilt:
-    """The plan's new and edited segments on every identity of the environment: what an
+    """The plan's new and edited segments on every identity the version ``holds``: what an
     incremental backfill's shards do, range after range in this one step (memory grows with a
-    range and the segments' bitmaps, not with the environment)."""
+    range and the segments' bitmaps, not with the environment). Ranges are cut from ``holds``;
+    where the segments read no identifier, the source sends only traits, its count, largest and
+    sum of ids checked against ``holds`` (an identity created or deleted meanwhile: that range is
+    read again whole, and the next delta covers the change)."""
     from membership_pipeline.evaluation import engine
 
     info = plan.environment
@@ -209,13 +220,27 @@ def _rebuild_segments(
     trait_keys = referenced_trait_keys(definitions)
     identifiers = reads_identifiers(definitions)
     started = time.perf_counter()
-    found = source.plan_identities(info.api_key, range_identities)
-    ranges = plan_shards(found.boundaries, found.identity_count, found.max_id, range_identities)
+    ids = np.asarray(holds.to_array(), dtype=np.int64)
+    ranges = plan_shards(
+        boundaries_of(ids, range_identities),
+        len(ids),
+        int(ids[-1]) if len(ids) else None,
+        range_identities,
+    )
     rebuilt = _Rebuilt({key: BitMap() for key in wanted}, {}, AuditReport(0, 0), 0)
     for spec in ranges:
+        known = None
+        if not identifiers:
+            known = ids[
+                np.searchsorted(ids, spec.first_id) : np.searchsorted(ids, spec.last_id, "right")
+            ]
         read = source.read_identity_range(
-            info, spec.first_id, spec.last_id, trait_keys, identifiers=identifiers
+            info, spec.first_id, spec.last_id, trait_keys, identifiers=identifiers, known_ids=known
         )
+        if known is not None and read.checksum != checksum_of(known):
+            read = source.read_identity_range(
+                info, spec.first_id, spec.last_id, trait_keys, identifiers=False
+            )
         result = engine.evaluate_environment(
             info.context, read.identities, read.traits, definitions, DEFAULT_TUNING
         )
@@ -231,7 +256,7 @@ def _rebuild_segments(
                 read.traits,
                 definitions,
                 result.segments,
-                sample_size=audit_share(audit_sample_size, spec.identities, found.identity_count),
+                sample_size=audit_share(audit_sample_size, spec.identities, len(ids)),
                 seed=audit_seed + 1 + spec.index,
             ),
         )
@@ -241,7 +266,7 @@ def _rebuild_segments(
         environment=plan.environment_key,
         version=plan.version_id,
         segments=len(wanted),
-        identities=found.identity_count,
+        identities=len(ids),
         ranges=len(ranges),
         seconds=round(seconds["rebuild"], 3),
     )

@@ -467,3 +467,56 @@ def test_one_delta_publishes_identity_writes_and_segment_edits_together(
                 assert {k: mine[i][k] for k in shared} == {k: theirs[i][k] for k in shared}
     source.close()
     store.close()
+
+
+def test_identities_written_while_a_delta_evaluates_its_edits_wait_for_the_next_delta(
+    medium_source, tmp_path, monkeypatch
+):
+    """Identities created and deleted after the delta read its changed identities, before it
+    evaluates its segment edits on every identity: the range holding a deleted one is read again
+    whole, the version's segments hold only identities its universe holds, and the next delta
+    (of the identities then captured) publishes what a full backfill would."""
+    source_url, source = copy_source(medium_source, tmp_path)
+    environment = medium_source.environments[0]
+    env_key, project = environment["api_key"], environment["project_id"]
+    store = fresh_store(tmp_path)
+    sharded_backfill(source, store, env_key, 2000)
+    rng = random.Random(11)
+    record_changed(
+        store, env_key, apply_identity_edit(source_url, "update_value", environment["id"], rng), 1
+    )
+    before = segment_digests(source, env_key)
+    while segment_digests(source, env_key) == before:
+        apply_edit(source_url, "edit", project, rng)
+    written: set[int] = set()
+    read_identities = source.read_identities
+
+    def then_write(*args, **kwargs):
+        found = read_identities(*args, **kwargs)
+        for kind in ("create_identity", "delete_identity", "delete_identity"):
+            written.update(apply_identity_edit(source_url, kind, environment["id"], rng))
+        return found
+
+    monkeypatch.setattr(source, "read_identities", then_write)
+    re_read = []
+    read_range = source.read_identity_range
+    monkeypatch.setattr(
+        source, "read_identity_range",
+        lambda *a, **k: re_read.append(k.get("known_ids") is None) or read_range(*a, **k),
+    )  # fmt: skip
+    plans = []
+    version = delta_backfill(source, store, env_key, plans=plans, rebuild_range_identities=1000)
+    assert plans[0].mode == "delta" and plans[0].rebuilt_segments, plans[0].mode_reason
+    assert re_read.count(True) >= 1 and re_read.count(False) >= 1  # a range read again whole
+    published = store.reader().published(env_key)
+    assert published.version_id == version
+    universe = published.universe()
+    assert all(published.bitmap(key) <= universe for key in published.segment_counts())
+    monkeypatch.undo()
+    record_changed(store, env_key, written, 2)
+    delta_backfill(source, store, env_key)
+    with fresh_store(tmp_path) as full:
+        sharded_backfill(source, full, env_key, 2000)
+        assert_same_answers(store, full, env_key)
+    source.close()
+    store.close()

@@ -1,6 +1,7 @@
 """Change data capture in Dagster: each tick drains a bounded batch of the source's replication
 slot, records the changed identities in the store and requests their delta backfills (segment
-edits: an incremental one) through the dispatcher, in one store transaction; then confirms the
+edits: an incremental one; the dispatcher merges an edit and the deltas of one environment into
+one delta that does both) through the dispatcher, in one store transaction; then confirms the
 slot (``drain_once``, shared by the sensor and the ``membership capture run`` process).
 
 Two ways to run it, one at a time (the process holds the slot by a lease in the store, and the
