@@ -343,20 +343,10 @@ class MembershipService:
         if identity_id is not None:
             return identity_id
         assert identifier is not None
-        _check_identifier(identifier)
-        remembered = self.identifiers.remembered(
-            known.flagsmith_id, identifier, version.has_identity
-        )
-        if remembered is not None:
-            self.metrics.identifier_resolved("remembered")
-            return remembered
-        self.metrics.identifier_resolved("queried")
-        # A query of Flagsmith's database: on a worker thread, the event loop keeps serving.
-        found = await run_in_threadpool(self.source.identity_id, known.flagsmith_id, identifier)
-        if found is None:
+        found = await self._identities_of(known, version, [identifier])
+        if identifier not in found:
             raise ApiError(404, NO_SUCH_IDENTIFIER)
-        self.identifiers.remember(known.flagsmith_id, identifier, found)
-        return found
+        return found[identifier]
 
     async def _identities_of(
         self, known: KnownEnvironment, version: PublishedMembership, identifiers: list[str]
@@ -376,6 +366,7 @@ class MembershipService:
         self.metrics.identifier_resolved("remembered", len(found))
         if missing:
             self.metrics.identifier_resolved("queried", len(missing))
+            # A query of Flagsmith's database: on a worker thread, the event loop keeps serving.
             queried = await run_in_threadpool(self.source.identity_ids, known.flagsmith_id, missing)
             for identifier, identity_id in queried.items():
                 self.identifiers.remember(known.flagsmith_id, identifier, identity_id)

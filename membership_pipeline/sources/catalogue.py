@@ -53,16 +53,6 @@ class EnvironmentCatalogue:
                 return info
         raise EnvironmentNotFound(f"no live environment has the api key {api_key!r}")
 
-    def identity_id(self, environment_id: int, identifier: str) -> int | None:
-        """The id of the environment's identity with this identifier (Flagsmith's unique
-        (environment, identifier) index: one index probe), or None."""
-        query = sa.select(tables.identities.c.id).where(
-            tables.identities.c.environment_id == environment_id,
-            tables.identities.c.identifier == identifier,
-        )
-        with self.engine.connect() as conn:
-            return conn.execute(query).scalar_one_or_none()
-
     def identity_ids(self, environment_id: int, identifiers: Sequence[str]) -> dict[str, int]:
         """Id by identifier, for those of ``identifiers`` that are the environment's identities
         (probes of Flagsmith's unique (environment, identifier) index, in batches)."""

@@ -141,9 +141,6 @@ class FlagsmithSource:
     def environment(self, api_key: str) -> EnvironmentInfo:
         return self.catalogue.environment(api_key)
 
-    def identity_id(self, environment_id: int, identifier: str) -> int | None:
-        return self.catalogue.identity_id(environment_id, identifier)
-
     def identity_ids(self, environment_id: int, identifiers: Sequence[str]) -> dict[str, int]:
         return self.catalogue.identity_ids(environment_id, identifiers)
 
