@@ -43,13 +43,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from membership_pipeline.changes.capture import capture_status
+from membership_pipeline.changes.capture import capture_status, record_new_slot
 from membership_pipeline.database.schema import migrate
+from membership_pipeline.database.urls import database_url
 from membership_pipeline.dispatch.dispatcher import preview_tick
 from membership_pipeline.dispatch.intake import RequestIntake
 from membership_pipeline.dispatch.policy import Outcome
 from membership_pipeline.dispatch.queue import DatabaseQueue
-from membership_pipeline.dispatch.requests import Reason
+from membership_pipeline.dispatch.requests import Reason, describe_queued, waited
 from membership_pipeline.dispatch.settings import policy_settings, policy_values_from_environment
 from membership_pipeline.model.errors import CaptureError, StoreError
 from membership_pipeline.serving.command import add_commands as add_serving_commands
@@ -205,6 +206,8 @@ def _status(args: argparse.Namespace) -> tuple[Any, str]:
         captured = capture_status(store.database)
         waiting = store.pending_counts()
         by_identity = store.answers_by_identity()
+        queued = DatabaseQueue(store.database).pending()
+        now = store.clock()
     text = _status_table(rows)
     keys = {row.environment_key for row in rows}
     shown = sorted((key, words) for key, words in by_identity.items() if key in keys)
@@ -215,6 +218,8 @@ def _status(args: argparse.Namespace) -> tuple[Any, str]:
     if waiting:
         shown = ", ".join(f"{key} {count:,}" for key, count in sorted(waiting.items())[:10])
         text += f"\nidentities waiting for a delta backfill: {shown}"
+    if queued:
+        text += f"\nqueued backfill requests ({len(queued)}): {describe_queued(queued, now)}"
     text += "\n" + (
         captured.describe()
         if captured is not None
@@ -235,7 +240,7 @@ def _source_engine(args: argparse.Namespace) -> Iterator[sa.Engine]:
         raise ValueError(
             f"{args.name} needs --source-url (or $MEMBERSHIP_SOURCE_URL): Flagsmith's PostgreSQL"
         )
-    engine = sa.create_engine(args.source_url)
+    engine = sa.create_engine(database_url(args.source_url))
     try:
         yield engine
     finally:
@@ -245,11 +250,18 @@ def _source_engine(args: argparse.Namespace) -> Iterator[sa.Engine]:
 def _capture(args: argparse.Namespace) -> tuple[Any, str]:
     with _source_engine(args) as engine:
         if args.action == "enable":
-            position = enable_capture(engine, args.publication, args.slot)
-            return {"slot": args.slot, "position": format_lsn(position)}, (
-                f"capture enabled: publication {args.publication}, slot {args.slot} at "
-                f"{format_lsn(position)}; capture's first tick requests a full refresh of every "
-                "environment, then delta backfills"
+            # The store first: one that cannot be opened leaves the source as it was.
+            with _store(args) as store:
+                made = enable_capture(engine, args.publication, args.slot)
+                record_new_slot(store.database, args.slot, made, store.clock())
+            where = f"publication {args.publication}, slot {args.slot} at "
+            where += format_lsn(made.position)
+            document = {"slot": args.slot, "position": format_lsn(made.position)}
+            if made.horizon is None:
+                return document, f"capture already enabled: {where} (nothing changed)"
+            return document, (
+                f"capture enabled: {where}; capture's first tick refreshes in full the "
+                "environments published from a read before now, none backfilled from now on"
             )
         if args.action == "disable":
             disable_capture(engine, args.publication, args.slot)
@@ -341,14 +353,17 @@ def _segments(args: argparse.Namespace) -> tuple[Any, str]:
             for key in names
         ],
     }
+    width = min(max((len(n or "") for n in names.values()), default=0), 47) + 1
     lines = [
         f"{args.environment}: version {published.version_id}, "
         f"{published.identity_count:,} identities, as of {_when(published.as_of)} UTC",
-        f"{'segment':<16}{'name':<32}{'members':>10}  evaluated as of (UTC)",
+        f"{'segment':<10}{'name':<{width}}{'members':>10}  evaluated as of (UTC)",
     ]
-    for key, name in names.items():
+    # Flagsmith's segment keys are ids: 2 before 10.
+    for key in sorted(names, key=lambda k: (len(k), k)):
         shown = f"{counts[key]:>10,}" if key in counts else f"  failed: {failed[key]}"
-        lines.append(f"{key:<16}{(name or '')[:31]:<32}{shown}  {_when(evaluated[key])}")
+        name = (names[key] or "")[: width - 1]
+        lines.append(f"{key:<10}{name:<{width}}{shown}  {_when(evaluated[key])}")
     return document, "\n".join(lines)
 
 
@@ -497,12 +512,14 @@ def _organisation_of(source_url: str | None, environment_key: str) -> str:
 def _queue(args: argparse.Namespace) -> tuple[Any, str]:
     with _store(args) as store:
         pending = sorted(DatabaseQueue(store.database).pending(), key=lambda r: r.created_at)
+        now = store.clock()
     rows = [
         {
             "job_id": r.job_id,
             "environment": r.environment,
             "organisation": r.organisation,
             "reason": r.reason.value,
+            "mode": r.mode,
             "attempt": r.attempt,
             "window_start": r.window_start.isoformat(),
             "window_end": r.window_end.isoformat(),
@@ -512,9 +529,9 @@ def _queue(args: argparse.Namespace) -> tuple[Any, str]:
         for r in pending
     ]
     lines = [
-        f"{r['job_id'][:12]}  {r['environment']:<24}{r['reason']:<16}attempt {r['attempt']}  "
-        f"created {r['created_at'][:19]}"
-        for r in rows
+        f"{r.job_id[:12]}  {r.environment:<24}{r.mode:<12}{r.reason.value:<16}attempt "
+        f"{r.attempt}  created {r.created_at.isoformat()[:19]} ({waited(r.created_at, now)} ago)"
+        for r in pending
     ]
     return rows, "\n".join(lines) or "no pending backfill requests"
 

@@ -118,6 +118,15 @@ def test_enqueue_prints_the_next_decision_and_queue_lists_requests(database_url,
     forced = enqueue("--force")
     assert forced.returncode == 0 and json.loads(forced.stdout)["decision"] == "published"
     assert len(json.loads(membership(database_url, "--json", "queue").stdout)) == 3
+    # Each queued request with its mode, reason and age, in `status` and `queue`.
+    status = membership(database_url, "status").stdout
+    assert re.search(
+        rf"\nqueued backfill requests \(3\): {env_key} full \(manual, queued \d+ s ago\); "
+        rf"{env_key} full \(change, queued \d+ s ago\); ",
+        status,
+    ), status
+    lines = membership(database_url, "queue").stdout.splitlines()
+    assert len(lines) == 3 and all(re.search(r" full +\w+ .*\(\d+ s ago\)$", x) for x in lines)
 
     unknown = membership(database_url, "--source-url", source, "enqueue", "env_nope")
     assert unknown.returncode == 1
@@ -208,7 +217,8 @@ def test_capture_commands_set_up_show_and_drop_the_slot(postgres_url, tmp_path):
         assert re.search(f"slot {slot}: reserved, confirmed at {LSN}", shown.stdout)
         assert "bytes of WAL retained" in shown.stdout
         status = membership(store_url, "status")
-        assert "change capture: not running" in status.stdout
+        assert f"change capture: enabled (slot {slot}, at -, 0 identity changes" in status.stdout
+        assert "no capture tick has read it yet" in status.stdout
     finally:
         dropped = membership(store_url, *source, "capture", "disable", *names)
     assert (

@@ -120,4 +120,5 @@ def source_marks(found: IdentityPlan) -> SourceMarks:
         max_identity_id=found.max_id,
         max_trait_id=found.max_trait_id,
         environment_digest=environment_digest(info.api_key, info.name, info.use_composite_hash_key),
+        snapshot_xmin=found.snapshot_xmin,
     )

@@ -78,13 +78,13 @@ from membership_pipeline.defs.membership.resources import (
     FlagsmithSourceResource,
     MembershipStoreResource,
 )
+from membership_pipeline.project_files import PROJECT_ROOT as ROOT
 from membership_pipeline.serving.api_keys import Scope, add_key
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.sources.replication import disable_capture, enable_capture, slot_state
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline.storage.tables import version
 
-ROOT = Path(__file__).resolve().parents[2]
 # Before each measured write: longer than the change cooldown (2 s), so every write meets an
 # idle environment as an SDK's occasional write does (back-to-back writes wait out the
 # cooldown: the sustained part measures those).

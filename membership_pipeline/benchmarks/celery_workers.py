@@ -1,9 +1,10 @@
 """Celery workers for a benchmark run on ``MEMBERSHIP_EXECUTOR=celery``, set up as the README's
 Scaling out deploys them: RabbitMQ (a vhost of the run's own, so no other run's tasks reach
 these workers), a Dagster instance on PostgreSQL (``deploy/dagster.postgres.yaml`` in a scratch
-database: the run and the workers must share it), and one ``dagster-celery worker`` with the
-shipped ``deploy/celery.yaml`` and ``--concurrency`` processes, in a process group of its own,
-stopped with everything it forked."""
+database: the run and the workers must share it), and one worker started as the README starts
+one (``membership-celery-worker``: ``dagster-celery worker`` with the shipped
+``deploy/celery.yaml``) with ``--concurrency`` processes, in a process group of its own, stopped
+with everything it forked."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from membership_pipeline.benchmarks.scratch_database import ScratchServerDatabase, progress
+from membership_pipeline.project_files import PROJECT_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 RABBITMQ = "127.0.0.1:5672"
 READY_SECONDS = 120
 
@@ -63,9 +64,8 @@ class CeleryWorkers:
         progress(f"starting a Celery worker of {self.processes} processes")
         with self.log.open("w") as log:
             worker = subprocess.Popen(
-                [Path(bin_dir, "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-                 "-y", ROOT / "deploy" / "celery.yaml", "--name", f"membership-bench-{os.getpid()}",
-                 "--", "--concurrency", str(self.processes)],
+                [Path(bin_dir, "membership-celery-worker"), "--name",
+                 f"membership-bench-{os.getpid()}", "--", "--concurrency", str(self.processes)],
                 cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own group: stopped with every process it forked
             )  # fmt: skip

@@ -50,6 +50,7 @@ from membership_pipeline.benchmarks.scratch_database import (
 )
 from membership_pipeline.database.schema import migrate
 from membership_pipeline.model.errors import NotYetPublished, UnknownEnvironment
+from membership_pipeline.project_files import PROJECT_ROOT as ROOT
 from membership_pipeline.serving.api_keys import Scope, add_key
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore
@@ -79,7 +80,6 @@ class Call:
 HOT_IDENTIFIERS = 1_000
 TARGET_RPS = 3000
 TARGET_P99_MS = 10.0
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

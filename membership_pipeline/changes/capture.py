@@ -4,31 +4,40 @@ environment (the store's pending identities), the environments whose segments ch
 those the stream cannot tell about (a new slot, a truncate) — with the capture state to save in
 the same store transaction as the requests it makes.
 
-The first tick on a slot refreshes every live environment in full (what changed before the
-slot was made is unknown); from then on, exactly once, whatever is killed when: the store
+The first tick on a slot refreshes in full every live environment whose published version was
+read before the slot's consistent point (what changed before it is unknown to the slot; see
+``model.slot_coverage`` for how "before" is told), not those backfilled after it was made (as
+after ``membership capture enable``, a full backfill, then capture); from then on, exactly once,
+whatever is killed when: the store
 records the position after the last transaction it took with those rows; only after that
 commit is the slot advanced to it (``confirm``). A crash before the commit re-reads the batch;
 one between the commit and the advance re-reads transactions the store already holds, which
 are recognised by their position and skipped. A slot that was dropped or invalidated is made
-anew, and every live environment is refreshed in full (what happened in between is unknown).
+anew, and the environments it cannot cover are refreshed in full (what happened in between is
+unknown).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import psutil
 import sqlalchemy as sa
 
 from membership_pipeline.changes.tables import capture_state
 from membership_pipeline.database.engines import StoreDatabase, insert_if_absent
+from membership_pipeline.database.urls import database_url
 from membership_pipeline.model.environment import EnvironmentInfo
+from membership_pipeline.model.slot_coverage import read_after_slot
 from membership_pipeline.sources.change_stream import StreamBatch, read_batch
 from membership_pipeline.sources.pgoutput import format_lsn
 from membership_pipeline.sources.replication import (
     DEFAULT_PUBLICATION,
     DEFAULT_SLOT,
+    MadeSlot,
     SlotState,
     capture_support,
     create_slot,
@@ -38,11 +47,13 @@ from membership_pipeline.sources.replication import (
 )
 from membership_pipeline.sources.replication import advance as advance_slot
 from membership_pipeline.storage.pending_identities import record_pending
+from membership_pipeline.storage.versions import published_source_xmins
 from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("capture")
 DEFAULT_BATCH_CHANGES = 20_000
 STREAMING, UNAVAILABLE, RECREATED = "streaming", "unavailable", "recreated"
+ENABLED = "enabled"  # `membership capture enable` made the slot; no tick has read it yet
 BUSY = "busy"  # another session holds the slot this moment: nothing read, nothing saved
 SLOT_IN_USE = "55006"  # PostgreSQL's object_in_use: "replication slot ... is active for PID"
 CAPTURE_ALIVE = timedelta(minutes=5)  # a streaming state older than this: capture stopped
@@ -65,6 +76,9 @@ class CaptureStatus:
     detail: str | None
     changes_recorded: int
     updated_at: datetime
+    slot_horizon: int | None = None  # see model.slot_coverage
+    consumer: str | None = None  # a capture process holding the slot (host:pid)
+    consumer_until: datetime | None = None  # its lease
 
     def describe(self) -> str:
         where = format_lsn(self.confirmed_position) if self.confirmed_position else "-"
@@ -72,6 +86,12 @@ class CaptureStatus:
             f"change capture: {self.state} (slot {self.slot}, at {where}, "
             f"{self.changes_recorded:,} identity changes recorded"
             + (f"; {self.detail}" if self.detail else "")
+            + (
+                f"; read by the process {self.consumer}, lease until "
+                f"{self.consumer_until.isoformat(timespec='seconds')}"
+                if self.consumer and self.consumer_until
+                else ""
+            )
             + f"; as of {self.updated_at.isoformat(timespec='seconds')})"
         )
 
@@ -84,6 +104,7 @@ class CaptureTick:
     batch: StreamBatch = field(default_factory=StreamBatch)
     slot: SlotState | None = None
     position: int | None = None  # what the store will hold once this tick is saved
+    slot_horizon: int | None = None  # a slot this tick made: its horizon
     changed: list[EnvironmentInfo] = field(default_factory=list)  # identities pending
     segments_changed: list[EnvironmentInfo] = field(default_factory=list)
     refresh: list[EnvironmentInfo] = field(default_factory=list)  # every one, in full
@@ -104,6 +125,8 @@ class CaptureTick:
         values: dict[str, object] = {"state": self.state, "detail": self.detail, "updated_at": now}
         if self.position is not None:
             values["confirmed_position"] = self.position
+        if self.slot_horizon is not None:
+            values["slot_horizon"] = self.slot_horizon
         conn.execute(
             capture_state.update()
             .where(capture_state.c.slot_name == self.settings.slot)
@@ -120,7 +143,7 @@ class ChangeCapture:
 
     def __init__(self, source_url: str, settings: CaptureSettings | None = None) -> None:
         self.settings = settings or CaptureSettings()
-        self.engine = sa.create_engine(source_url, pool_size=1, max_overflow=1)
+        self.engine = sa.create_engine(database_url(source_url), pool_size=1, max_overflow=1)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -156,7 +179,7 @@ class ChangeCapture:
                 return CaptureTick(settings, UNAVAILABLE, reason)
             slot = slot_state(conn, settings.slot)
         if not slot.exists or slot.lost:
-            return self._recreate(slot, recorded is not None, live_environments())
+            return self._recreate(database, slot, recorded is not None, live_environments())
         try:
             with self.engine.connect() as conn, conn.begin():
                 batch = read_batch(
@@ -180,10 +203,10 @@ class ChangeCapture:
             return tick
         live = live_environments()
         if first:
-            tick.refresh = live
-            tick.detail = (
-                f"capture started at {format_lsn(tick.position or 0)}: full refresh of every "
-                "environment (what changed before the slot was made is unknown)"
+            horizon = recorded.slot_horizon if recorded else None
+            tick.refresh = unread_since_slot(database, live, horizon)
+            tick.detail = f"capture started at {format_lsn(tick.position or 0)}: " + _refresh_said(
+                len(tick.refresh), len(live)
             )
         by_id = {e.id: e for e in live}
         for environment_id, ids in batch.identities.items():
@@ -213,24 +236,86 @@ class ChangeCapture:
         with self.engine.connect() as conn, conn.begin():
             advance_slot(conn, self.settings.slot, tick.position)
 
-    def _recreate(self, slot: SlotState, had_one: bool, live: list[EnvironmentInfo]) -> CaptureTick:
-        """A new slot; every live environment refreshed in full (the changes between the old
-        slot's end and the new one's start are unknown)."""
+    def _recreate(
+        self,
+        database: StoreDatabase,
+        slot: SlotState,
+        had_one: bool,
+        live: list[EnvironmentInfo],
+    ) -> CaptureTick:
+        """A new slot; the environments it cannot cover refreshed in full (the changes between
+        the old slot's end and the new one's start are unknown)."""
         with self.engine.connect() as conn, conn.begin():
             if slot.lost:
                 drop_slot(conn, slot.name)
         with self.engine.connect() as conn, conn.begin():
-            position = create_slot(conn, slot.name)
+            made = create_slot(conn, slot.name)
         if slot.lost:
             what = f"slot {slot.name} was invalidated (its WAL was removed)"
         elif had_one:
             what = f"slot {slot.name} was dropped"
         else:
             what = f"slot {slot.name} did not exist"
-        detail = f"{what}: made anew at {format_lsn(position)}; full refresh of every environment"
+        refresh = unread_since_slot(database, live, made.horizon)
+        detail = f"{what}: made anew at {format_lsn(made.position)}; " + _refresh_said(
+            len(refresh), len(live)
+        )
         log.warning("segment_membership.capture.slot_recreated", slot=slot.name, detail=detail)
         return CaptureTick(
-            self.settings, RECREATED, detail, position=position, refresh=live, slot=None
+            self.settings,
+            RECREATED,
+            detail,
+            position=made.position,
+            slot_horizon=made.horizon,
+            refresh=refresh,
+            slot=None,
+        )
+
+
+def unread_since_slot(
+    database: StoreDatabase, live: list[EnvironmentInfo], horizon: int | None
+) -> list[EnvironmentInfo]:
+    """The live environments a slot made at ``horizon`` cannot keep exact: never published,
+    or published from a read that began before the slot's consistent point."""
+    read = published_source_xmins(database)
+    return [e for e in live if not read_after_slot(read.get(e.api_key), horizon)]
+
+
+def _refresh_said(refreshed: int, live: int) -> str:
+    if refreshed == 0:
+        return f"no full refresh: all {live} environments were read after the slot was made"
+    if refreshed == live:
+        return (
+            f"full refresh of every environment ({live}: each was read before the slot was made, "
+            "or never)"
+        )
+    return (
+        f"full refresh of {refreshed} of {live} environments (read before the slot was made, or "
+        f"never); the other {live - refreshed} were read after it and need none"
+    )
+
+
+def record_new_slot(database: StoreDatabase, slot: str, made: MadeSlot, now: datetime) -> None:
+    """A slot ``membership capture enable`` made: its horizon, and no position yet (the first
+    tick reads from the slot's start and refreshes what the slot cannot cover). A slot it found
+    already made (no horizon) leaves the recorded state as it is."""
+    if made.horizon is None:
+        return
+    detail = f"slot made at {format_lsn(made.position)}; no capture tick has read it yet"
+    with database.writer.begin() as conn:
+        insert_if_absent(
+            conn, capture_state, {"slot_name": slot, "state": ENABLED, "updated_at": now}
+        )
+        conn.execute(
+            capture_state.update()
+            .where(capture_state.c.slot_name == slot)
+            .values(
+                state=ENABLED,
+                detail=detail,
+                confirmed_position=None,
+                slot_horizon=made.horizon,
+                updated_at=now,
+            )
         )
 
 
@@ -260,6 +345,9 @@ def capture_status(database: StoreDatabase, slot: str | None = None) -> CaptureS
         row.detail,
         row.changes_recorded,
         row.updated_at,
+        row.slot_horizon,
+        row.consumer,
+        row.consumer_until,
     )
 
 
@@ -274,29 +362,69 @@ def capturing(database: StoreDatabase, now: datetime) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class SlotHolder:
+    """Another capture process holding the slot, and until when its lease runs."""
+
+    consumer: str  # host:pid
+    until: datetime
+
+
 def hold_consumer(
     database: StoreDatabase, slot: str, consumer: str, *, now: datetime, lease: timedelta
-) -> bool:
-    """Take or renew the slot for ``consumer`` (a capture process) unless another live one
-    holds it: one consumer at a time, so requests are made once."""
+) -> SlotHolder | None:
+    """Take or renew the slot for ``consumer`` (a capture process, ``host:pid``) unless another
+    live one holds it — one consumer at a time, so requests are made once: None when
+    ``consumer`` holds it now, else who does. A holder whose lease lapsed, or whose process on
+    this host has ended (a crash, then a restart here), is taken over at once."""
     with database.writer.begin() as conn:
         insert_if_absent(
             conn, capture_state, {"slot_name": slot, "state": STREAMING, "updated_at": now}
         )
-        return bool(
-            conn.execute(
-                capture_state.update()
-                .where(
-                    capture_state.c.slot_name == slot,
-                    sa.or_(
-                        capture_state.c.consumer.is_(None),
-                        capture_state.c.consumer == consumer,
-                        capture_state.c.consumer_until < now,
-                    ),
-                )
-                .values(consumer=consumer, consumer_until=now + lease)
-            ).rowcount
+        holder = conn.execute(
+            sa.select(capture_state.c.consumer, capture_state.c.consumer_until).where(
+                capture_state.c.slot_name == slot
+            )
+        ).one()
+        other = holder.consumer not in (None, consumer)
+        if other and holder.consumer_until >= now and not consumer_gone(holder.consumer):
+            return SlotHolder(holder.consumer, holder.consumer_until)
+        taken = conn.execute(
+            capture_state.update()
+            .where(
+                capture_state.c.slot_name == slot,
+                capture_state.c.consumer.is_not_distinct_from(holder.consumer),
+            )
+            .values(consumer=consumer, consumer_until=now + lease)
+        ).rowcount
+    if not taken:  # another process took it between the two statements
+        return SlotHolder(*_holder(database, slot))
+    if other:
+        log.warning(
+            "segment_membership.capture.slot_taken_over",
+            slot=slot,
+            consumer=consumer,
+            previous=holder.consumer,
+            reason="lease lapsed" if holder.consumer_until < now else "its process has ended",
         )
+    return None
+
+
+def consumer_gone(consumer: str) -> bool:
+    """Whether a consumer named ``host:pid`` ran on this host and its process has ended (a pid
+    used again by another process reads as alive: its lease then decides, as for other hosts)."""
+    host, _, pid = consumer.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def _holder(database: StoreDatabase, slot: str) -> tuple[str, datetime]:
+    with database.reader.connect() as conn:
+        row = conn.execute(
+            sa.select(capture_state.c.consumer, capture_state.c.consumer_until).where(
+                capture_state.c.slot_name == slot
+            )
+        ).one()
+    return row.consumer, row.consumer_until
 
 
 def release_consumer(database: StoreDatabase, slot: str, consumer: str) -> None:
@@ -309,7 +437,8 @@ def release_consumer(database: StoreDatabase, slot: str, consumer: str) -> None:
 
 
 def live_consumer(database: StoreDatabase, slot: str, now: datetime) -> str | None:
-    """The capture process holding the slot now, if any."""
+    """The capture process holding the slot now, if any (not one whose lease lapsed, nor one
+    that ran on this host and has ended)."""
     with database.reader.connect() as conn:
         row = conn.execute(
             sa.select(capture_state.c.consumer, capture_state.c.consumer_until).where(
@@ -317,5 +446,7 @@ def live_consumer(database: StoreDatabase, slot: str, now: datetime) -> str | No
             )
         ).one_or_none()
     if row is None or row.consumer is None or row.consumer_until < now:
+        return None
+    if consumer_gone(row.consumer):
         return None
     return str(row.consumer)

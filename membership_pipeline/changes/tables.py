@@ -31,7 +31,8 @@ segment_signature = sa.Table(
 
 # Change data capture (migration 0008): per replication slot, the position the store recorded
 # (advanced in the transaction that records the changes; the slot follows after the commit), its
-# state ("streaming", "unavailable", "recreated", "stopped") and what to tell an operator.
+# state ("enabled" until its first tick, "streaming", "unavailable", "recreated", "busy") and
+# what to tell an operator.
 capture_state = sa.Table(
     "membership_capture",
     metadata,
@@ -45,4 +46,7 @@ capture_state = sa.Table(
     # until when its lease runs (renewed every tick).
     sa.Column("consumer", sa.String(255)),
     sa.Column("consumer_until", UtcDateTime()),
+    # The source's next transaction id just after the slot was made (migration 0013): a version
+    # whose source_xmin is at least this was read after the slot's consistent point.
+    sa.Column("slot_horizon", sa.BigInteger()),
 )

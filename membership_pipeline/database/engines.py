@@ -17,6 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from membership_pipeline.database.urls import database_url
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -39,14 +41,13 @@ class StoreDatabase:
 
 
 def open_database(url: str, pool_size: int = 5) -> StoreDatabase:
-    parsed = sa.engine.make_url(url)
+    try:
+        parsed = database_url(url)
+    except ValueError as error:
+        raise ValueError(f"the store URL {error}") from None
     if parsed.get_backend_name() == "sqlite":
         reader = _sqlite_engine(parsed)
         return StoreDatabase(url, _sqlite_engine(parsed, "BEGIN IMMEDIATE"), reader, reader)
-    if parsed.get_backend_name() != "postgresql":
-        raise ValueError(
-            f"unsupported store URL {parsed.render_as_string()!r}: use postgresql://... or sqlite:///..."
-        )
     writer = sa.create_engine(parsed, pool_size=pool_size, pool_pre_ping=True)
     reader = writer.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     probe = sa.create_engine(parsed, pool_size=pool_size, isolation_level="AUTOCOMMIT")

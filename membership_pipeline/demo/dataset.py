@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from membership_pipeline.database.urls import database_url
 from membership_pipeline.demo.synthetic import synthetic_environment, synthetic_segments
 from membership_pipeline.sources import flagsmith_tables as tables
 from membership_pipeline.sources.flagsmith_source import EMBEDDED_SOURCE_URL
@@ -68,13 +69,16 @@ def write_demo_dataset(
     segments_per_project: int = 40,
     seed: int = 0,
     unreferenced_traits: int = 0,
+    distinct_segments: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> DemoDataset:
     """(Re)create Flagsmith's tables at ``url`` and fill them. The first project's production
     environment gets ``identities`` identities; later projects and environments get fewer.
-    ``unreferenced_traits``: that many more traits per identity, of keys no segment reads."""
+    ``unreferenced_traits``: that many more traits per identity, of keys no segment reads.
+    ``distinct_segments``: no project holds two segments with the same rules (the demo's
+    catalogue; see ``synthetic_segments``)."""
     _ensure_sqlite_directory(url)
-    engine = sa.create_engine(url, future=True)
+    engine = sa.create_engine(database_url(url), future=True)
     tables.metadata.drop_all(engine)
     tables.metadata.create_all(engine)
     written = DemoDataset(url=url)
@@ -106,7 +110,9 @@ def write_demo_dataset(
                         ],
                     )
                     catalogue = synthetic_segments(
-                        segments_per_project, seed=seed * 1000 + project_id
+                        segments_per_project,
+                        seed=seed * 1000 + project_id,
+                        distinct=distinct_segments,
                     )
                     written.segments_by_project[project_id] = _write_segments(
                         conn, project_id, catalogue, ids, rng
@@ -442,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         segments_per_project=args.segments,
         seed=args.seed,
         unreferenced_traits=args.unreferenced_traits,
+        distinct_segments=True,
         progress=lambda line: print(f"[demo-dataset] {line}", file=sys.stderr, flush=True),
     )
     print(

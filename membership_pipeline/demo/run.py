@@ -6,7 +6,8 @@ environment, read back from the membership store.
     membership-demo [--url URL] [--store-url URL] [--identities N] [--reuse] [--verbose]
 
 Dagster keeps its runs under ``$DAGSTER_HOME`` (default ``.membership/dagster_home``, created
-with the project's ``dagster.yaml``), so ``dg dev`` shows the materializations afterwards.
+with the project's ``dagster.yaml`` where the checkout has one), so ``dg dev`` shows the
+materializations afterwards.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from pathlib import Path
 import dagster as dg
 
 from membership_pipeline.database.schema import migrate
+from membership_pipeline.defs.dagster_instance import InstanceUnavailable, open_instance
 from membership_pipeline.demo.dataset import DEFAULT_URL, write_demo_dataset
+from membership_pipeline.evaluation import kernels
+from membership_pipeline.project_files import project_file
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import DEFAULT_STORE_URL, MembershipStore
 from membership_pipeline.structured_logging import log_to_stderr
 
 DEFAULT_DAGSTER_HOME = Path(".membership/dagster_home")
-PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,18 +52,25 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.reuse:
         started = time.perf_counter()
-        written = write_demo_dataset(args.url, identities=args.identities)
+        written = write_demo_dataset(args.url, identities=args.identities, distinct_segments=True)
         print(
             f"seeded {args.url}: {len(written.environments)} environments, "
             f"{written.identities:,} identities, {written.traits:,} traits "
             f"({time.perf_counter() - started:.1f} s)"
         )
+    if not kernels.cached():
+        print("compiling the engine's kernels (the first run of a checkout; cached after) ...")
+        sys.stdout.flush()
+        print(f"  compiled in {kernels.warm():.0f} s")
     before, after = migrate(args.store_url)
     if before != after:
         print(f"created the membership store {args.store_url} (schema revision {after})")
     with FlagsmithSource(args.url) as source:
         environments = source.environments()
-    instance = dg.DagsterInstance.get() if "DAGSTER_HOME" in os.environ else _local_instance()
+    try:
+        instance = open_instance() if "DAGSTER_HOME" in os.environ else _local_instance()
+    except (InstanceUnavailable, FileNotFoundError) as error:
+        raise SystemExit(f"membership-demo: {error}") from None
     from membership_pipeline.defs.membership.materialize import materialize_environment
 
     print(f"materializing {len(environments)} partitions of segment_membership_bitmaps")
@@ -77,21 +87,31 @@ def main(argv: list[str] | None = None) -> None:
                 result,
                 time.perf_counter() - started,
             )
+    home = _shown(Path(os.environ["DAGSTER_HOME"]))
     print(
         f"\nbitmaps published to {args.store_url}; query them with `membership --help`.\n"
-        f"Dagster runs are in {os.environ['DAGSTER_HOME']}: see them with "
-        f"`DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dg dev`"
+        f"Dagster runs are in {home}: see them with `DAGSTER_HOME={home} .venv/bin/dg dev`"
     )
     sys.stdout.flush()
 
 
 def _local_instance() -> dg.DagsterInstance:
+    """The demo's own instance, ``.membership/dagster_home`` with the project's dagster.yaml
+    (the embedded default: SQLite storage, the queued run coordinator ``dg dev`` uses)."""
     home = DEFAULT_DAGSTER_HOME.resolve()
-    home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copy(PROJECT_DAGSTER_YAML, home / "dagster.yaml")
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(project_file("dagster.yaml"), home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    return open_instance()
+
+
+def _shown(path: Path) -> str:
+    """A folder under the working directory as ``$PWD/...`` (what a reader can paste)."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(Path.cwd()):
+        return f"$PWD/{resolved.relative_to(Path.cwd())}"
+    return str(resolved)
 
 
 def _print_environment(

@@ -9,6 +9,7 @@ seconds.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,15 +81,41 @@ def synthetic_environment(
     )
 
 
-def synthetic_segments(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
-    """A segment catalogue alone (keys "1000", "1001", ...)."""
-    return _segments(np.random.default_rng(seed), count)
+def synthetic_segments(
+    count: int, *, seed: int = 0, distinct: bool = False
+) -> list[dict[str, Any]]:
+    """A segment catalogue alone (keys "1000", "1001", ...). ``distinct``: no two segments
+    with the same rules (a definition drawn again is drawn anew), as a demo's catalogue should
+    be; the benchmarks keep the plain weighted draw, duplicates and all, so their workload stays
+    the one their figures were measured on."""
+    return _segments(np.random.default_rng(seed), count, distinct=distinct)
 
 
-def _segments(rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
+# Draws of a segment whose rules were drawn before, before a distinct catalogue keeps one anyway
+# (only a catalogue larger than every shape's variants runs out).
+DISTINCT_ATTEMPTS = 50
+
+
+def _segments(
+    rng: np.random.Generator, count: int, *, distinct: bool = False
+) -> list[dict[str, Any]]:
     # The first segments take each shape of the catalogue once, so that any catalogue of at
     # least that many segments uses every operator; the rest are drawn by weight.
-    return _named_uniquely([_segment(rng, 1000 + i, shape=i) for i in range(count)])
+    segments: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i in range(count):
+        segment = _segment(rng, 1000 + i, shape=i)
+        for _ in range(DISTINCT_ATTEMPTS if distinct else 0):
+            if _rules_of(segment) not in seen:
+                break
+            segment = _segment(rng, 1000 + i, shape=i)
+        seen.add(_rules_of(segment))
+        segments.append(segment)
+    return _named_uniquely(segments)
+
+
+def _rules_of(segment: dict[str, Any]) -> str:
+    return json.dumps(segment["rules"], sort_keys=True)
 
 
 def _named_uniquely(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -203,9 +230,15 @@ def _segment(rng: np.random.Generator, key: int, shape: int) -> dict[str, Any]:
     age = int(rng.integers(16, 70))
     split = f"{rng.integers(1, 100)}"
     domain = str(rng.choice(EMAIL_DOMAINS))
+    # Drawn in the order the catalogue below used to draw them, so each seed gives the rules it
+    # always gave.
+    nth = int(rng.integers(2, 10))
+    score = f"{rng.random() * 100:.1f}"
+    month = int(rng.integers(1, 13))
+    shown = ", ".join(countries[:3]) + ("…" if len(countries) > 3 else "")
     catalogue: list[tuple[float, str, list[dict[str, Any]]]] = [
         (0.12, f"plan is {plan}", [_rule("ALL", c("plan", "EQUAL", plan))]),
-        (0.12, "in countries", [_rule("ALL", c("country", "IN", ",".join(countries)))]),
+        (0.12, f"in {shown}", [_rule("ALL", c("country", "IN", ",".join(countries)))]),
         (
             0.10,
             f"app ≥ {version}",
@@ -241,8 +274,8 @@ def _segment(rng: np.random.Generator, key: int, shape: int) -> dict[str, Any]:
         (0.05, f"@{domain}", [_rule("ALL", c("email", "CONTAINS", domain))]),
         (
             0.05,
-            "every nth session",
-            [_rule("ALL", c("sessions", "MODULO", f"{rng.integers(2, 10)}|0"))],
+            f"sessions divisible by {nth}",
+            [_rule("ALL", c("sessions", "MODULO", f"{nth}|0"))],
         ),
         (
             0.05,
@@ -250,15 +283,11 @@ def _segment(rng: np.random.Generator, key: int, shape: int) -> dict[str, Any]:
             [_rule("ANY", c("beta_opt_in", "EQUAL", "true"), c("plan", "EQUAL", "enterprise"))],
         ),
         (0.04, "no plan", [_rule("NONE", c("plan", "IS_SET", None))]),
+        (0.04, f"score above {score}", [_rule("ALL", c("score", "GREATER_THAN", score))]),
         (
             0.04,
-            "high score",
-            [_rule("ALL", c("score", "GREATER_THAN", f"{rng.random() * 100:.1f}"))],
-        ),
-        (
-            0.04,
-            "recent signup",
-            [_rule("ALL", c("signup_day", "GREATER_THAN", f"2023{rng.integers(1, 13):02d}01"))],
+            f"signed up after 2023-{month:02d}",
+            [_rule("ALL", c("signup_day", "GREATER_THAN", f"2023{month:02d}01"))],
         ),
         (
             0.04,
@@ -275,7 +304,7 @@ def _segment(rng: np.random.Generator, key: int, shape: int) -> dict[str, Any]:
         # Flagsmith's editor shape: an ALL rule holding ANY / NONE / ALL sub-rules.
         (
             0.08,
-            f"{split}% of targeted adults",
+            f"{split}% of targeted adults in {shown}",
             [
                 _rule(
                     "ALL",

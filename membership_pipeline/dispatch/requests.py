@@ -95,6 +95,13 @@ class BackfillRequest:
             delta=delta,
         )
 
+    def describe(self, now: datetime) -> str:
+        """``env_x full (change, queued 3 min ago)``: one request as an operator reads it."""
+        return (
+            f"{self.environment} {self.mode} ({self.reason.value}, queued "
+            f"{waited(self.created_at, now)} ago)"
+        )
+
     def retry(self, now: datetime) -> BackfillRequest:
         """The same window again after a failed backfill, one attempt later."""
         return dataclasses.replace(
@@ -106,3 +113,22 @@ class BackfillRequest:
             created_at=now,
             coalesced=(),
         )
+
+
+def waited(since: datetime, now: datetime) -> str:
+    """How long ago ``since`` was, rounded as a person says it: 40 s, 3 min, 2 h 5 min, 4 d."""
+    seconds = max(int((now - since).total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d"
+
+
+def describe_queued(requests: list[BackfillRequest], now: datetime, shown: int = 5) -> str:
+    """The oldest ``shown`` requests, one clause each, and how many more."""
+    ordered = sorted(requests, key=lambda r: r.created_at)
+    text = "; ".join(r.describe(now) for r in ordered[:shown])
+    return text + (f"; and {len(ordered) - shown} more" if len(ordered) > shown else "")

@@ -10,12 +10,19 @@ of timed test waits):
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from membership_pipeline.evaluation.bitmaps import bitmap_of_codes, bitmap_where, bitmaps_by_code
 from membership_pipeline.evaluation.hash_texts import HashTexts
 from membership_pipeline.evaluation.md5_buckets import md5_buckets
+
+
+def cached() -> bool:
+    """Whether numba's on-disk cache holds compiled kernels (then ``warm`` takes a second or
+    two, else about a minute on 2 cores: the first run of a checkout)."""
+    return any(Path(__file__).with_name("__pycache__").glob("*.nbi"))  # the kernels' modules
 
 
 def warm() -> float:

@@ -52,6 +52,9 @@ class SourceMarks:
     max_identity_id: int | None
     max_trait_id: int | None
     environment_digest: str
+    # The oldest source transaction running when it read (``model.slot_coverage``; None: not
+    # PostgreSQL, or not read by this backfill).
+    snapshot_xmin: int | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from membership_pipeline.database.urls import database_url
 from membership_pipeline.evaluation import referenced_trait_keys
 from membership_pipeline.model.environment import EnvironmentInfo
 from membership_pipeline.model.errors import DatabaseUnreachable
@@ -105,7 +106,7 @@ class FlagsmithSource:
         ``pre_ping``: test each pooled connection before use (a source kept open for long)."""
         self.url = url
         self.parallel_reads = parallel_reads or min(os.cpu_count() or 1, 4)
-        self.engine = sa.create_engine(url, future=True, pool_pre_ping=pre_ping)
+        self.engine = sa.create_engine(database_url(url), future=True, pool_pre_ping=pre_ping)
         sa.event.listen(self.engine, "connect", _read_only)
         self.catalogue = EnvironmentCatalogue(self.engine)
         self.reader: RangeReader = (

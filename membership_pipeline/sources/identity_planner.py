@@ -28,6 +28,9 @@ class IdentityPlan:
     # The environment's traits above ``traits_after`` (None: not asked, or more rows above it
     # than the check reads).
     new_traits: int | None = None
+    # The oldest source transaction still running when the snapshot was taken (PostgreSQL; see
+    # ``model.slot_coverage``).
+    snapshot_xmin: int | None = None
 
 
 def plan_identities(
@@ -44,6 +47,7 @@ def plan_identities(
     primary-key range scan of at most ``trait_check_rows`` rows)."""
     if every < 1:
         raise ValueError(f"every must be at least 1, got {every}")
+    xmin = snapshot_xmin(conn)  # the snapshot's first statement: it takes the snapshot
     totals = conn.execute(
         sa.text(
             "SELECT count(*) AS n, min(id) AS min_id, max(id) AS max_id "
@@ -82,6 +86,19 @@ def plan_identities(
         as_of=as_of,
         max_trait_id=None if max_trait_id is None else int(max_trait_id),
         new_traits=new_traits,
+        snapshot_xmin=xmin,
+    )
+
+
+def snapshot_xmin(conn: sa.Connection) -> int | None:
+    """In a snapshot transaction: the oldest source transaction still running when the snapshot
+    was taken (every lower id had ended); None where the source is not PostgreSQL."""
+    if conn.dialect.name != "postgresql":
+        return None
+    return int(
+        conn.execute(
+            sa.text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        ).scalar_one()
     )
 
 

@@ -101,13 +101,27 @@ def publication_exists(conn: sa.Connection, publication: str) -> bool:
     )
 
 
-def create_slot(conn: sa.Connection, slot: str) -> int:
-    """A new ``pgoutput`` slot; its position (changes after it are captured)."""
+@dataclass(frozen=True)
+class MadeSlot:
+    """A slot as ``create_slot`` made it: its position (changes after it are captured) and the
+    source's next transaction id read just after (see ``model.slot_coverage``); ``horizon`` is
+    None for a slot found already made."""
+
+    position: int
+    horizon: int | None
+
+
+def create_slot(conn: sa.Connection, slot: str) -> MadeSlot:
+    """A new ``pgoutput`` slot. ``conn`` is at READ COMMITTED, so the horizon's statement
+    takes a snapshot of its own, after the slot's consistent point."""
     lsn = conn.execute(
         sa.text("SELECT lsn::text FROM pg_create_logical_replication_slot(:slot, 'pgoutput')"),
         {"slot": slot},
     ).scalar_one()
-    return parse_lsn(lsn)
+    horizon = conn.execute(
+        sa.text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+    ).scalar_one()
+    return MadeSlot(parse_lsn(lsn), int(horizon))
 
 
 def drop_slot(conn: sa.Connection, slot: str) -> bool:
@@ -146,9 +160,10 @@ def advance(conn: sa.Connection, slot: str, position: int) -> None:
     )
 
 
-def enable_capture(engine: sa.Engine, publication: str, slot: str) -> int:
+def enable_capture(engine: sa.Engine, publication: str, slot: str) -> MadeSlot:
     """The publication, the replica identities and the slot (see the module's docstring);
-    returns the slot's position. Needs the tables' owner and REPLICATION."""
+    returns the slot (one already there: its position, no horizon). Needs the tables' owner
+    and REPLICATION."""
     with engine.begin() as conn:
         reason = capture_support(conn)
         if reason is not None:
@@ -179,7 +194,7 @@ def enable_capture(engine: sa.Engine, publication: str, slot: str) -> int:
         existing = slot_state(conn, slot)
         if existing.exists and not existing.lost:
             assert existing.confirmed is not None
-            return existing.confirmed
+            return MadeSlot(existing.confirmed, None)
         if existing.lost:
             drop_slot(conn, slot)
     with engine.begin() as conn:

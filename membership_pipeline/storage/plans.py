@@ -73,6 +73,7 @@ def stage_plan(
                 source_max_identity_id=marks.max_identity_id if marks else None,
                 source_max_trait_id=marks.max_trait_id if marks else None,
                 environment_digest=marks.environment_digest if marks else None,
+                source_xmin=_source_xmin(conn, plan),
             )
         )
         conn.execute(
@@ -158,6 +159,16 @@ def load_plan(database: StoreDatabase, environment_key: str, owner: str) -> Stag
         else (),
         rebuilt_segments=tuple(json.loads(found.rebuilt_segments or "[]")),
     )
+
+
+def _source_xmin(conn: sa.Connection, plan: BackfillPlan) -> int | None:
+    """A full version's own snapshot; a version that shares its base's bitmaps or answers holds
+    what the base read, so it takes the base's (``model.slot_coverage``)."""
+    if plan.mode is RefreshMode.FULL:
+        return plan.marks.snapshot_xmin if plan.marks else None
+    return conn.execute(
+        sa.select(version.c.source_xmin).where(version.c.version_id == plan.base_version_id)
+    ).scalar()
 
 
 def _fields(plan: BackfillPlan) -> dict[str, object]:

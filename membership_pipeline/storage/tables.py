@@ -91,6 +91,10 @@ version = sa.Table(
     sa.Column("shared_byte_size", sa.BigInteger()),
     # A full version that wrote its answers by identity (migration 0010): their column order.
     sa.Column("answer_keys", sa.Text()),
+    # Every source transaction with a lower id had ended before any part of this version was
+    # read (migration 0013; PostgreSQL sources): a full version's plan snapshot's xmin, an
+    # incremental or delta version's base's. A replication slot made after that covers it.
+    sa.Column("source_xmin", sa.BigInteger()),
 )
 
 bitmap = sa.Table(

@@ -34,7 +34,14 @@ from membership_pipeline.structured_logging import get_logger
 
 log = get_logger("store")
 
-__all__ = ["UNIVERSE_KEY", "Publication", "ShadowVersion", "publish", "rollback"]
+__all__ = [
+    "UNIVERSE_KEY",
+    "Publication",
+    "ShadowVersion",
+    "publish",
+    "published_source_xmins",
+    "rollback",
+]
 
 
 @dataclass(frozen=True)
@@ -315,3 +322,15 @@ def _retire_published(
         .values(state="retired", retired_at=now)
         .returning(version.c.version_id)
     ).scalar_one_or_none()
+
+
+def published_source_xmins(database: StoreDatabase) -> dict[str, int | None]:
+    """Per environment with a published version: that version's ``source_xmin`` (None:
+    unknown), what a new replication slot's first tick compares with its horizon."""
+    with database.reader.connect() as conn:
+        rows = conn.execute(
+            sa.select(environment.c.environment_key, version.c.source_xmin).join(
+                version, version.c.version_id == environment.c.published_version_id
+            )
+        )
+        return {key: xmin for key, xmin in rows}

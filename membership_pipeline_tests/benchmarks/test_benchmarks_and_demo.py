@@ -1,4 +1,5 @@
-"""The benchmark and demo commands run end to end (their figures are not asserted: no timing)."""
+"""The benchmark commands run end to end (their figures are not asserted: no timing); the demo's
+are test_first_hour.py's."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import re
 import subprocess
 import sys
 
-import dagster as dg
 import sqlalchemy as sa
 
-from membership_pipeline.storage import BackfillStatus, MembershipStore
 from membership_pipeline_tests.conftest import POSTGRES_URL
 
 
@@ -74,36 +73,6 @@ def test_change_benchmark_times_the_dispatch_sensor() -> None:
     assert "first tick on a new store" in out
     assert "nothing changed" in out and "1,000 new traits in 10 environments" in out
     assert "requested exactly the 10 environments: yes" in out
-
-
-def test_demo_materializes_every_environment_through_dagster(tmp_path) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
-    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    demo = ("membership_pipeline.demo.run", "--url", url, "--store-url", store_url)
-    out = _run(*demo, "--identities", "3000", DAGSTER_HOME=str(home))
-    assert out.count(" succeeded in ") == 8
-    assert f"seeded {url}: 8 environments" in out
-    assert out.count("identities, ") == 9  # the seeding line and one line per environment
-    assert "(0 failed)" in out and "failed)" in out
-    assert out.count("  segment ") == 8
-    assert f"bitmaps published to {store_url}" in out
-    with MembershipStore(store_url) as store:
-        first = store.all_metadata()
-        assert len(first) == 8
-        assert {m.last_backfill_status for m in first} == {BackfillStatus.SUCCEEDED}
-        assert sum(m.published_identity_count for m in first) > 3000
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_runs()
-        assert len(runs) == 8 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-        assert {r.tags["dagster/partition"] for r in runs} == {m.environment_key for m in first}
-    again = _run(*demo, "--reuse", DAGSTER_HOME=str(home))
-    assert "seeded" not in again and again.count("  segment ") == 8
-    with MembershipStore(store_url) as store:
-        second = store.all_metadata()
-    assert [m.publication for m in second] == [2] * 8  # a refresh of every environment
 
 
 def test_store_benchmark_prints_its_figures() -> None:

@@ -1,7 +1,8 @@
 """Change data capture against real logical replication (PostgreSQL, wal_level = logical, the
 pgoutput plugin): every kind of identity write reaches the store's pending identities, exactly
-once, whatever is killed when; a dropped slot is made anew with a full refresh; an undecodable
-message stops capture where it is; without a publication capture says it is off."""
+once, whatever is killed when; a dropped slot is made anew with a full refresh; a new slot
+refreshes only what was read before it; an undecodable message stops capture where it is;
+without a publication capture says it is off."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from membership_pipeline import cli
 from membership_pipeline.changes.capture import (
     RECREATED,
     STREAMING,
@@ -32,6 +34,7 @@ from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.sources.pgoutput import parse_lsn
 from membership_pipeline.sources.replication import slot_state
 from membership_pipeline.storage import MembershipStore
+from membership_pipeline.storage.versions import published_source_xmins
 from membership_pipeline_tests.backfill.conftest import delta_backfill, sharded_backfill
 from membership_pipeline_tests.backfill.identity_edits import IDENTITY_EDITS, apply_identity_edit
 from membership_pipeline_tests.backfill.test_incremental_exactness import answers, fresh_store
@@ -351,4 +354,55 @@ def test_an_idle_slot_moves_past_wal_the_publication_has_nothing_in(
         tick = capture_once(source, store, capture)
     assert tick.batch.transactions == 0 and not tick.pending
     assert slot_position(source) >= written
+    store.close()
+
+
+def test_a_new_slot_refreshes_only_the_environments_read_before_it(
+    captured_source: CapturedSource, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """`membership capture enable` records the new slot's horizon in the store; capture's first
+    tick refreshes the environment published from a read before the slot, not the one
+    backfilled after it (the README's order: enable, backfill, capture), whose version holds
+    the write committed before the slot that the slot never reports. A delta on top of a
+    version holds what that version read: it keeps its base's ``source_xmin``."""
+    source, settings = captured_source, captured_source.settings
+    before, after = (e["api_key"] for e in source.dataset.environments)
+    after_id = source.dataset.environments[1]["id"]
+    store = fresh_store(tmp_path)
+    with FlagsmithSource(source.url) as flagsmith:
+        sharded_backfill(flagsmith, store, before, 50)  # read before the new slot
+    written = apply_identity_edit(source.url, "update_value", after_id, random.Random(5))
+    names = ["--slot", settings.slot, "--publication", settings.publication]
+    urls = ["--store-url", store.url, "--source-url", source.url]
+    assert cli.main([*urls, "capture", "disable", *names]) == 0
+    assert cli.main([*urls, "capture", "enable", *names]) == 0
+    said = capsys.readouterr().out
+    assert "capture enabled: " in said and "none backfilled from now on" in said
+    enabled = capture_status(store.database, settings.slot)
+    assert enabled.state == "enabled" and enabled.slot_horizon is not None
+    assert cli.main([*urls, "capture", "enable", *names]) == 0  # again: nothing changes
+    assert "capture already enabled" in capsys.readouterr().out
+    assert capture_status(store.database, settings.slot).slot_horizon == enabled.slot_horizon
+    with FlagsmithSource(source.url) as flagsmith:
+        sharded_backfill(flagsmith, store, after, 50)  # read after it
+    read = published_source_xmins(store.database)
+    assert read[before] < enabled.slot_horizon <= read[after]
+    with source.consumer() as capture:
+        tick = capture_once(source, store, capture)
+    assert [e.api_key for e in tick.refresh] == [before]
+    assert "full refresh of 1 of 2 environments" in tick.detail
+    assert not tick.pending  # the write before the slot is not in the stream...
+    with fresh_store(tmp_path) as full, FlagsmithSource(source.url) as flagsmith:
+        sharded_backfill(flagsmith, full, after, 50)  # ...and the version read after it holds it
+        assert_same_answers(store, full, after)
+    assert written and capture_status(store.database, settings.slot).state == STREAMING
+    # A delta keeps what its base read.
+    changed = apply_identity_edit(source.url, "update_value", after_id, random.Random(6))
+    with source.consumer() as capture:
+        assert capture_once(source, store, capture).pending
+    with FlagsmithSource(source.url) as flagsmith:
+        plans = []
+        delta_backfill(flagsmith, store, after, plans=plans)
+    assert plans[0].mode == "delta" and changed
+    assert published_source_xmins(store.database)[after] == read[after]
     store.close()

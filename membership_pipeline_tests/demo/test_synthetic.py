@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from membership_pipeline.demo.synthetic import synthetic_environment, synthetic_segments
@@ -65,3 +67,26 @@ def test_segment_names_are_unique_in_a_catalogue_and_in_each_demo_project(tmp_pa
         project_names = [s["name"] for s in source.read_environment(info.api_key).segments]
         assert len(project_names) == len(set(project_names)) == 60, info.api_key
     source.close()
+
+
+def test_the_demos_catalogue_holds_no_segment_twice(tmp_path) -> None:
+    """The demo's projects draw a definition again rather than repeat one (the plain catalogue,
+    which the benchmarks measure, keeps its duplicates: the same rules for every seed)."""
+    from membership_pipeline.demo.dataset import write_demo_dataset
+    from membership_pipeline.sources.flagsmith_source import FlagsmithSource
+
+    def rules(segments):
+        return [json.dumps(s["rules"], sort_keys=True) for s in segments]
+
+    for seed in range(5):
+        plain, distinct = (synthetic_segments(40, seed=seed, distinct=d) for d in (False, True))
+        assert len(set(rules(distinct))) == 40
+        assert rules(distinct)[:19] == rules(plain)[:19]  # every shape, as drawn before
+    assert any(len(set(rules(synthetic_segments(40, seed=s)))) < 40 for s in range(5))
+    written = write_demo_dataset(
+        f"sqlite:///{tmp_path / 'flagsmith.sqlite'}", identities=50, distinct_segments=True
+    )
+    with FlagsmithSource(written.url) as source:
+        for info in source.environments():
+            segments = source.read_environment(info.api_key).segments
+            assert len(set(rules(segments))) == len(segments) == 40, info.api_key

@@ -47,6 +47,8 @@ def test_the_kubernetes_instance_validates(monkeypatch):
     assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
     assert_valid(K8sRunLauncher.config_type(), launcher["config"])
     assert_valid(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
+    # The driver installed: SQLAlchemy 2.1 reads a bare "postgresql" scheme as psycopg 3.
+    assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert {
         "key": "dagster/partition",
@@ -90,6 +92,10 @@ def test_the_helm_values_match_the_instance_and_the_code():
     launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
     assert launcher["jobNamespace"] == instance["run_launcher"]["config"]["job_namespace"]
     assert values["postgresql"]["enabled"] is False
+    assert (
+        values["postgresql"]["postgresqlScheme"]
+        == instance["storage"]["postgres"]["postgres_db"]["scheme"]
+    )
     queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert (
         queued["tagConcurrencyLimits"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from membership_pipeline.serving.api_keys import Scope, add_key
 from membership_pipeline.sources.flagsmith_source import FlagsmithSource
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline_tests.backfill.conftest import plain_backfill
+from membership_pipeline_tests.process_groups import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,9 +135,4 @@ def running_service(
         with httpx.Client(timeout=30) as client:
             yield Service(url, keys, log, client)
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(15)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)

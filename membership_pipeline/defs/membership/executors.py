@@ -11,7 +11,7 @@ any of them can run any step.
 - ``in_process``: every step in the run's own process (debugging, tiny environments);
 - ``celery``: steps go to Celery workers through a broker (default ``$MEMBERSHIP_CELERY_BROKER``,
   else RabbitMQ on localhost; results over ``$MEMBERSHIP_CELERY_BACKEND``, else ``rpc://``);
-  start workers with ``dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml``;
+  start workers with ``membership-celery-worker`` (``deploy/celery.yaml``);
 - ``k8s``: one Kubernetes Job per step (dagster-k8s ``k8s_job_executor``), each step's pod with
   ``step_memory`` (default ``$MEMBERSHIP_K8S_STEP_MEMORY``, else 2Gi) and at most
   ``max_concurrent`` (default ``$MEMBERSHIP_K8S_MAX_CONCURRENT``, else 16) pods per run; see
@@ -32,6 +32,7 @@ from membership_pipeline.defs.membership.deployment import Deployment, ExecutorK
 from membership_pipeline.defs.membership.step_server import PRELOADED
 from membership_pipeline.dispatch.settings import whole_number
 
+BROKER_VARIABLE = "MEMBERSHIP_CELERY_BROKER"
 DEFAULT_BROKER = "pyamqp://guest@127.0.0.1:5672//"
 DEFAULT_BACKEND = "rpc://"
 DEFAULT_STEP_MEMORY = "2Gi"
@@ -70,7 +71,7 @@ def _celery() -> dg.ExecutorDefinition:
 
     def config(given: dict[str, Any]) -> dict[str, Any]:
         return {
-            "broker": given.get("broker") or _variable("MEMBERSHIP_CELERY_BROKER", DEFAULT_BROKER),
+            "broker": given.get("broker") or _variable(BROKER_VARIABLE, DEFAULT_BROKER),
             "backend": given.get("backend")
             or _variable("MEMBERSHIP_CELERY_BACKEND", DEFAULT_BACKEND),
         }

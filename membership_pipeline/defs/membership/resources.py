@@ -20,6 +20,7 @@ from membership_pipeline.changes.capture import (
     CaptureSettings,
     ChangeCapture,
 )
+from membership_pipeline.database.urls import database_url
 from membership_pipeline.dispatch.orphaned_runs import DEFAULT_ORPHANED_RUN_GRACE
 from membership_pipeline.dispatch.policy import PolicySettings
 from membership_pipeline.dispatch.settings import POLICY_SETTINGS, policy_settings
@@ -41,7 +42,7 @@ class FlagsmithSourceResource(dg.ConfigurableResource):
 
     url: str = Field(
         default=EMBEDDED_SOURCE_URL,
-        description="Flagsmith's core database, as an SQLAlchemy URL (postgresql+psycopg2://... "
+        description="Flagsmith's core database, as a database URL (postgresql://... "
         "or sqlite:///...); read-only. Deployment: $MEMBERSHIP_SOURCE_URL.",
     )
     detection_rows_per_tick: int = Field(
@@ -85,7 +86,7 @@ class MembershipStoreResource(dg.ConfigurableResource):
 
     url: str = Field(
         default=DEFAULT_STORE_URL,
-        description="The membership store, as an SQLAlchemy URL (postgresql+psycopg2://... in "
+        description="The membership store, as a database URL (postgresql://... in "
         "production, sqlite:///... embedded). Deployment: $MEMBERSHIP_STORE_URL.",
     )
     cooldown_seconds: int = Field(
@@ -216,7 +217,7 @@ class FlagsmithCountsResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def engine(self) -> Iterator[sa.Engine]:
-        engine = sa.create_engine(self.url)
+        engine = sa.create_engine(database_url(self.url))
         try:
             yield engine
         finally:

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,12 +14,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from membership_pipeline.database.schema import migrate
 from membership_pipeline.defs.membership.definitions import build_resources
 from membership_pipeline.demo.dataset import DemoDataset, write_demo_dataset
 from membership_pipeline.storage import MembershipStore
 from membership_pipeline_tests.conftest import POSTGRES_URL
+from membership_pipeline_tests.process_groups import stop_group
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -58,12 +58,13 @@ def store(store_url: str) -> Iterator[MembershipStore]:
 
 @pytest.fixture
 def dagster_postgres_url(postgres_server: sa.Engine) -> Iterator[str]:
-    """A PostgreSQL database of its own for Dagster's instance storage, dropped afterwards."""
+    """A PostgreSQL database of its own for Dagster's instance storage, dropped afterwards; its
+    URL as an operator writes it (``postgresql://``, no driver named)."""
     name = f"mp_dagster_{uuid.uuid4().hex[:12]}"
     admin = postgres_server.execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    url = sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg2", database=name)
+    url = sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql", database=name)
     yield url.render_as_string(hide_password=False)
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
@@ -71,11 +72,14 @@ def dagster_postgres_url(postgres_server: sa.Engine) -> Iterator[str]:
 
 @pytest.fixture
 def instance(backend: str, request: pytest.FixtureRequest) -> Iterator[dg.DagsterInstance]:
-    """A real Dagster instance: SQLite storage, or PostgreSQL (dagster-postgres)."""
+    """A real Dagster instance: SQLite storage, or PostgreSQL as deploy/dagster.postgres.yaml
+    configures it (dagster-postgres)."""
     overrides = None
     if backend == "postgresql":
         url = request.getfixturevalue("dagster_postgres_url")
-        overrides = {"storage": {"postgres": {"postgres_url": url}}}
+        storage = yaml.safe_load((ROOT / "deploy" / "dagster.postgres.yaml").read_text())["storage"]
+        storage["custom"]["config"]["postgres_url"] = url
+        overrides = {"storage": storage}
     with dg.instance_for_test(overrides=overrides) as opened:
         yield opened
 
@@ -141,12 +145,7 @@ def webserver(
             assert time.monotonic() < deadline and server.poll() is None, "webserver did not start"
             time.sleep(0.5)
     yield port, store_url, environment
-    os.killpg(server.pid, signal.SIGINT)  # the webserver shuts down on SIGINT, then the rest
-    try:
-        server.wait(30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
+    stop_group(server, wait=30)  # the webserver shuts down on SIGINT, then the rest
     shutil.rmtree(home, ignore_errors=True)
 
 

@@ -6,13 +6,20 @@ new identity rows into full backfills."""
 from __future__ import annotations
 
 import gc
+import os
 import random
+import signal
+import time
 from pathlib import Path
 
 import dagster as dg
+from dagster._daemon.types import DaemonHeartbeat
 
+from membership_pipeline.changes.capture import hold_consumer, release_consumer
 from membership_pipeline.database.schema import migrate
+from membership_pipeline.defs.membership import assets as assets_module
 from membership_pipeline.defs.membership import resources as resources_module
+from membership_pipeline.defs.membership.awaiting_daemon import SENSOR_DAEMON, waiting_for_daemon
 from membership_pipeline.defs.membership.capture_sensor import capture_sensor
 from membership_pipeline.defs.membership.definitions import build_resources
 from membership_pipeline.defs.membership.jobs import EDIT_JOB
@@ -159,10 +166,11 @@ def test_trait_writes_are_published_by_a_delta_run(
 def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
     instance, store_url, captured_source: CapturedSource, tmp_path: Path, monkeypatch
 ):
-    """``membership-capture``'s loop: it holds the slot (the sensor skips), records the writes
-    and runs the delta in-process as a Dagster run in the instance; once it stops, the sensor
-    takes over."""
-    from membership_pipeline.defs.membership.capture_process import run_capture
+    """``membership-capture``'s loop: while another process holds the slot it waits and says
+    whose; then it holds the slot (the sensor skips), leaves the first tick's full refresh to
+    the daemon (saying none runs), records the writes and runs the delta in-process as a
+    Dagster run in the instance; once it stops, the sensor takes over."""
+    from membership_pipeline.defs.membership.capture_process import LEASE, run_capture
     from membership_pipeline.defs.membership.definitions import membership_definitions
     from membership_pipeline.defs.membership.deployment import Deployment
 
@@ -184,9 +192,37 @@ def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
             url=store_url, cooldown_seconds=0, change_cooldown_seconds=0
         ),
     }
-    run_capture(definitions, instance, ticks=1)  # the first tick: a full refresh, left queued
+    # Another process holds the slot: the process waits and says whose it is.
+    said: list[str] = []
     with MembershipStore(store_url) as store:
-        assert {r.mode for r in DatabaseQueue(store.database).pending()} == {"full"}
+        now = store.clock()
+        hold_consumer(store.database, source.settings.slot, "elsewhere:7", now=now, lease=LEASE)
+    run_capture(definitions, instance, ticks=1, say=said.append)
+    assert said == [
+        f"slot {source.settings.slot} is held by the capture process elsewhere:7 (its lease "
+        f"runs until {(now + LEASE).strftime('%H:%M:%S')} UTC and is renewed while it runs): "
+        "waiting. If that process has stopped, this one takes over when the lease lapses; stop "
+        "it to hand over now."
+    ]
+    with MembershipStore(store_url) as store:
+        release_consumer(store.database, source.settings.slot, "elsewhere:7")
+        assert not DatabaseQueue(store.database).pending()  # it read nothing meanwhile
+    said.clear()
+    run_capture(definitions, instance, ticks=1, say=said.append)  # a full refresh, left queued
+    with MembershipStore(store_url) as store:
+        queued = DatabaseQueue(store.database).pending()
+        assert {r.mode for r in queued} == {"full"}
+        # No daemon runs on this instance: the process says so, naming what to start.
+        [waiting] = said
+        assert waiting.startswith(
+            f"{len(queued)} full backfill(s) wait for the Dagster daemon, and none runs on this "
+            "instance: start `dagster-daemon run` (or `dg dev`) with DAGSTER_HOME="
+        )
+        assert f"{env_key} full (change, queued " in waiting
+        instance.add_daemon_heartbeat(
+            DaemonHeartbeat(time.time(), SENSOR_DAEMON, "test-daemon", errors=[])
+        )
+        assert waiting_for_daemon(store, instance, store.clock()) is None  # one runs now
     launched = tick(backfill_dispatch_sensor, instance, resources)  # the daemon's dispatcher
     [full] = [r for r in launched.run_requests if r.partition_key == env_key]
     assert full.tags[MODE_TAG] == "full"
@@ -241,3 +277,22 @@ def test_the_capture_process_runs_deltas_itself_and_the_sensor_stands_aside(
     }
     after = tick(capture_sensor(2), instance, resources)
     assert "capture runs in the process" not in str(getattr(after, "skip_message", ""))
+    # SIGINT while a run is in progress: the run completes and publishes, and the process stops
+    # after that tick (Dagster's own SIGINT handler, installed around a run on the main
+    # thread, would fail the run and keep the process going); its handlers are put back.
+    changed = apply_identity_edit(source.url, "update_value", environment["id"], random.Random(9))
+    real = assets_module.compute_delta
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(assets_module, "compute_delta", interrupted)
+    ran = []
+    handler = signal.getsignal(signal.SIGINT)
+    run_capture(definitions, instance, interval=0.1, ticks=30, report=lambda _, r: ran.append(r))
+    [[run]] = [runs for runs in ran if runs]
+    assert run.success and len(ran) < 30 and changed
+    assert ran[-1] == [run]  # no tick after the one the signal came in
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert_published_like_a_full_backfill(instance, source, store_url, env_key, tmp_path)
