@@ -381,11 +381,8 @@ def hold_consumer(
         insert_if_absent(
             conn, capture_state, {"slot_name": slot, "state": STREAMING, "updated_at": now}
         )
-        holder = conn.execute(
-            sa.select(capture_state.c.consumer, capture_state.c.consumer_until).where(
-                capture_state.c.slot_name == slot
-            )
-        ).one()
+        holder = _holder(conn, slot)
+        assert holder is not None  # (inserted above)
         other = holder.consumer not in (None, consumer)
         if other and holder.consumer_until >= now and not consumer_gone(holder.consumer):
             return SlotHolder(holder.consumer, holder.consumer_until)
@@ -398,7 +395,10 @@ def hold_consumer(
             .values(consumer=consumer, consumer_until=now + lease)
         ).rowcount
     if not taken:  # another process took it between the two statements
-        return SlotHolder(*_holder(database, slot))
+        with database.reader.connect() as conn:
+            row = _holder(conn, slot)
+        assert row is not None
+        return SlotHolder(row.consumer, row.consumer_until)
     if other:
         log.warning(
             "segment_membership.capture.slot_taken_over",
@@ -417,14 +417,13 @@ def consumer_gone(consumer: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
 
 
-def _holder(database: StoreDatabase, slot: str) -> tuple[str, datetime]:
-    with database.reader.connect() as conn:
-        row = conn.execute(
-            sa.select(capture_state.c.consumer, capture_state.c.consumer_until).where(
-                capture_state.c.slot_name == slot
-            )
-        ).one()
-    return row.consumer, row.consumer_until
+def _holder(conn: sa.Connection, slot: str) -> sa.Row[tuple[str | None, datetime | None]] | None:
+    """The slot's ``consumer`` and ``consumer_until`` as recorded (None: no row yet)."""
+    return conn.execute(
+        sa.select(capture_state.c.consumer, capture_state.c.consumer_until).where(
+            capture_state.c.slot_name == slot
+        )
+    ).one_or_none()
 
 
 def release_consumer(database: StoreDatabase, slot: str, consumer: str) -> None:
@@ -440,11 +439,7 @@ def live_consumer(database: StoreDatabase, slot: str, now: datetime) -> str | No
     """The capture process holding the slot now, if any (not one whose lease lapsed, nor one
     that ran on this host and has ended)."""
     with database.reader.connect() as conn:
-        row = conn.execute(
-            sa.select(capture_state.c.consumer, capture_state.c.consumer_until).where(
-                capture_state.c.slot_name == slot
-            )
-        ).one_or_none()
+        row = _holder(conn, slot)
     if row is None or row.consumer is None or row.consumer_until < now:
         return None
     if consumer_gone(row.consumer):
