@@ -12,6 +12,8 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster_postgres.utils import DagsterPostgresException
 
+from membership_pipeline.model.errors import driver_reason, first_line
+
 UNSET_VARIABLE = re.compile(r'environment variable "(\w+)" which is not set')
 
 
@@ -38,14 +40,9 @@ def open_instance() -> dg.DagsterInstance:
                 f"{where} reads ${unset.group(1)}, which is not set (e.g. "
                 f"{unset.group(1)}=postgresql://user:password@host:5432/dagster)"
             ) from None
-        raise InstanceUnavailable(f"{where}: {_first_line(messages or str(error))}") from None
+        raise InstanceUnavailable(f"{where}: {first_line(messages or str(error))}") from None
     except dg.DagsterInvariantViolationError as error:
-        raise InstanceUnavailable(f"{where}: {_first_line(str(error))}") from None
+        raise InstanceUnavailable(f"{where}: {first_line(str(error))}") from None
     except (DagsterPostgresException, sa.exc.SQLAlchemyError) as error:
-        cause = error.__cause__ or error
-        reason = _first_line(str(getattr(cause, "orig", None) or cause))
+        reason = driver_reason(error.__cause__ or error)
         raise InstanceUnavailable(f"{where} cannot reach its storage: {reason}") from None
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text

@@ -30,9 +30,18 @@ class DatabaseUnreachable(StoreError):
 
     def __init__(self, what: str, url: str, error: BaseException) -> None:
         self.url = masked_url(url)
-        cause = str(getattr(error, "orig", None) or error).strip()
-        reason = next((line.strip() for line in cause.splitlines() if line.strip()), cause)
-        super().__init__(f"cannot reach {what} at {self.url}: {reason}")
+        super().__init__(f"cannot reach {what} at {self.url}: {driver_reason(error)}")
+
+
+def driver_reason(error: BaseException) -> str:
+    """The first line of a database driver's message (under SQLAlchemy's wrapper, its ``orig``):
+    where the driver says what went wrong."""
+    return first_line(str(getattr(error, "orig", None) or error))
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text``, stripped."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
 def masked_url(url: str) -> str:
